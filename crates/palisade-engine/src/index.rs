@@ -1,0 +1,467 @@
+//! The index: identities (endpoints no policy can tell apart), one shared
+//! identity set per distinct selector, and every policy resolved against
+//! them. Built once per cluster snapshot; verdicts and the compiler only read it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use palisade_model::{
+    AdminPeer, AdminPolicy, AdminPort, AdminSubject, AdminTier, Cluster, ContainerPort, IpBlock,
+    LabelSelector, Labels, NamespaceScope, NetworkPolicy, Peer, PortSpec,
+};
+
+/// A dense set of identity ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdSet {
+    words: Vec<u64>,
+}
+
+impl IdSet {
+    pub fn with_capacity(n: usize) -> Self {
+        IdSet {
+            words: vec![0; n.div_ceil(64)],
+        }
+    }
+
+    pub fn insert(&mut self, id: usize) {
+        let w = id / 64;
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        self.words[w] |= 1 << (id % 64);
+    }
+
+    #[inline]
+    pub fn contains(&self, id: usize) -> bool {
+        self.words
+            .get(id / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64)
+                .filter(move |b| w & (1u64 << b) != 0)
+                .map(move |b| i * 64 + b)
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+}
+
+/// Matches on an address rather than on labels; which of these contain a
+/// pod's address is part of its identity, because `ipBlock` applies to pod
+/// addresses too.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AddressMatcher {
+    Block(IpBlock),
+    Networks(Vec<IpNet>),
+    /// The addresses of the nodes an admin `nodes` peer selects.
+    Nodes(Vec<IpAddr>),
+}
+
+impl AddressMatcher {
+    #[inline]
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match self {
+            AddressMatcher::Block(b) => b.contains(ip),
+            AddressMatcher::Networks(n) => n.iter().any(|n| n.contains(ip)),
+            AddressMatcher::Nodes(a) => a.contains(ip),
+        }
+    }
+}
+
+/// A group of pods that every selector, address matcher and named port
+/// treats the same way.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub namespace: String,
+    pub labels: Labels,
+    pub ports: Vec<ContainerPort>,
+    pub host_network: bool,
+    /// Indexes into `Cluster::pods`, sorted.
+    pub members: Vec<usize>,
+    /// NetworkPolicies (indexes into `Cluster::policies`) that select the
+    /// identity and isolate it for ingress / egress.
+    pub ingress_policies: Vec<usize>,
+    pub egress_policies: Vec<usize>,
+    /// Admin policies (indexes into `Index::admin`) whose subject selects the
+    /// identity, in evaluation order, per tier.
+    pub admin: Vec<usize>,
+    pub baseline: Vec<usize>,
+}
+
+/// A resolved NetworkPolicy peer.
+#[derive(Clone, Debug)]
+pub enum PeerMatch {
+    /// Pods whose identity is in `Index::sets[id]`.
+    Set(usize),
+    /// An address matcher, `Index::matchers[id]`.
+    Addr(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct ResolvedRule {
+    pub peers: Option<Vec<PeerMatch>>,
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResolvedPolicy {
+    pub ingress: Option<Vec<ResolvedRule>>,
+    pub egress: Option<Vec<ResolvedRule>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResolvedAdminRule {
+    pub peers: Vec<PeerMatch>,
+    pub ports: Option<Vec<AdminPort>>,
+}
+
+/// An admin policy with its rules resolved; `Index::admin` is sorted in
+/// evaluation order: tier, priority, then name (the documented tie-break).
+#[derive(Clone, Debug)]
+pub struct ResolvedAdmin {
+    pub policy: AdminPolicy,
+    pub ingress: Vec<ResolvedAdminRule>,
+    pub egress: Vec<ResolvedAdminRule>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub identities: Vec<Identity>,
+    /// Identity of each pod (`Cluster::pods` order); `None` for non-endpoints.
+    pub pod_identity: Vec<Option<u32>>,
+    /// Distinct selector pairs, one shared identity set each.
+    pub sets: Vec<IdSet>,
+    pub set_keys: Vec<SetKey>,
+    pub matchers: Vec<AddressMatcher>,
+    pub policies: Vec<ResolvedPolicy>,
+    pub admin: Vec<ResolvedAdmin>,
+    /// Addresses of endpoint pods that are not host-network.
+    pub ip_to_pod: HashMap<IpAddr, usize>,
+    /// Node name → its addresses.
+    pub node_addresses: HashMap<String, Vec<IpAddr>>,
+}
+
+/// What a shared identity set selects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SetKey {
+    /// Pods in namespaces matching the first selector (or the named
+    /// namespace) and matching the second.
+    Pods(NamespaceScope, LabelSelector),
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct IdentityKey<'a> {
+    namespace: &'a str,
+    labels: &'a Labels,
+    ports: Vec<ContainerPort>,
+    host_network: bool,
+    has_v4: bool,
+    has_v6: bool,
+    /// For each address matcher: does it contain the v4 / v6 address.
+    addr_sig: Vec<(bool, bool)>,
+}
+
+fn first_of_family(ips: &[IpAddr], v4: bool) -> Option<IpAddr> {
+    ips.iter().copied().find(|ip| ip.is_ipv4() == v4)
+}
+
+struct Builder<'c> {
+    cluster: &'c Cluster,
+    matchers: Vec<AddressMatcher>,
+    matcher_ids: HashMap<AddressMatcher, usize>,
+    set_keys: Vec<SetKey>,
+    set_ids: HashMap<SetKey, usize>,
+}
+
+impl Builder<'_> {
+    fn matcher(&mut self, m: AddressMatcher) -> usize {
+        if let Some(&id) = self.matcher_ids.get(&m) {
+            return id;
+        }
+        let id = self.matchers.len();
+        self.matchers.push(m.clone());
+        self.matcher_ids.insert(m, id);
+        id
+    }
+
+    fn set(&mut self, key: SetKey) -> usize {
+        if let Some(&id) = self.set_ids.get(&key) {
+            return id;
+        }
+        let id = self.set_keys.len();
+        self.set_keys.push(key.clone());
+        self.set_ids.insert(key, id);
+        id
+    }
+
+    fn node_addresses(&self, sel: &LabelSelector) -> Vec<IpAddr> {
+        let mut a: Vec<IpAddr> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| sel.matches(&n.labels))
+            .flat_map(|n| n.addresses.iter().copied())
+            .collect();
+        a.sort();
+        a.dedup();
+        a
+    }
+
+    fn np_peer(&mut self, p: &Peer) -> PeerMatch {
+        match p {
+            Peer::Pods { namespaces, pods } => {
+                PeerMatch::Set(self.set(SetKey::Pods(namespaces.clone(), pods.clone())))
+            }
+            Peer::IpBlock(b) => PeerMatch::Addr(self.matcher(AddressMatcher::Block(b.clone()))),
+        }
+    }
+
+    fn admin_peer(&mut self, p: &AdminPeer) -> PeerMatch {
+        match p {
+            AdminPeer::Namespaces(ns) => PeerMatch::Set(self.set(SetKey::Pods(
+                NamespaceScope::Selector(ns.clone()),
+                LabelSelector::everything(),
+            ))),
+            AdminPeer::Pods { namespaces, pods } => PeerMatch::Set(self.set(SetKey::Pods(
+                NamespaceScope::Selector(namespaces.clone()),
+                pods.clone(),
+            ))),
+            AdminPeer::Nodes(sel) => {
+                let addrs = self.node_addresses(sel);
+                PeerMatch::Addr(self.matcher(AddressMatcher::Nodes(addrs)))
+            }
+            AdminPeer::Networks(n) => {
+                let mut n = n.clone();
+                n.sort();
+                n.dedup();
+                PeerMatch::Addr(self.matcher(AddressMatcher::Networks(n)))
+            }
+        }
+    }
+}
+
+fn resolve_rules(
+    b: &mut Builder,
+    rules: &Option<Vec<palisade_model::Rule>>,
+) -> Option<Vec<ResolvedRule>> {
+    rules.as_ref().map(|rules| {
+        rules
+            .iter()
+            .map(|r| ResolvedRule {
+                peers: r
+                    .peers
+                    .as_ref()
+                    .map(|ps| ps.iter().map(|p| b.np_peer(p)).collect()),
+                ports: r.ports.clone(),
+            })
+            .collect()
+    })
+}
+
+fn subject_selects(subject: &AdminSubject, ns_labels: &Labels, pod_labels: &Labels) -> bool {
+    match subject {
+        AdminSubject::Namespaces(ns) => ns.matches(ns_labels),
+        AdminSubject::Pods { namespaces, pods } => {
+            namespaces.matches(ns_labels) && pods.matches(pod_labels)
+        }
+    }
+}
+
+fn np_selects(p: &NetworkPolicy, id: &Identity) -> bool {
+    !id.host_network && p.namespace == id.namespace && p.pod_selector.matches(&id.labels)
+}
+
+impl Index {
+    pub fn build(cluster: &Cluster) -> Index {
+        let mut b = Builder {
+            cluster,
+            matchers: Vec::new(),
+            matcher_ids: HashMap::new(),
+            set_keys: Vec::new(),
+            set_ids: HashMap::new(),
+        };
+
+        // Resolve every rule first: that fixes the address matchers, which
+        // identities depend on.
+        let policies: Vec<ResolvedPolicy> = cluster
+            .policies
+            .iter()
+            .map(|p| ResolvedPolicy {
+                ingress: resolve_rules(&mut b, &p.ingress),
+                egress: resolve_rules(&mut b, &p.egress),
+            })
+            .collect();
+        let mut admin_sorted: Vec<&AdminPolicy> = cluster.admin_policies.iter().collect();
+        admin_sorted
+            .sort_by(|a, c| (a.tier, a.priority, &a.name).cmp(&(c.tier, c.priority, &c.name)));
+        let admin: Vec<ResolvedAdmin> = admin_sorted
+            .into_iter()
+            .map(|p| {
+                let mut res = |rules: &[palisade_model::AdminRule]| -> Vec<ResolvedAdminRule> {
+                    rules
+                        .iter()
+                        .map(|r| ResolvedAdminRule {
+                            peers: r.peers.iter().map(|p| b.admin_peer(p)).collect(),
+                            ports: r.ports.clone(),
+                        })
+                        .collect()
+                };
+                let ingress = res(&p.ingress);
+                let egress = res(&p.egress);
+                ResolvedAdmin {
+                    policy: p.clone(),
+                    ingress,
+                    egress,
+                }
+            })
+            .collect();
+
+        // Group endpoints into identities.
+        let mut identities: Vec<Identity> = Vec::new();
+        let mut ids: HashMap<IdentityKey, u32> = HashMap::new();
+        let mut pod_identity = vec![None; cluster.pods.len()];
+        let mut ip_to_pod = HashMap::new();
+        for (i, pod) in cluster.pods.iter().enumerate() {
+            if !pod.is_endpoint() {
+                continue;
+            }
+            let v4 = first_of_family(&pod.ips, true);
+            let v6 = first_of_family(&pod.ips, false);
+            let mut ports = pod.ports.clone();
+            ports.sort();
+            ports.dedup();
+            let key = IdentityKey {
+                namespace: &pod.namespace,
+                labels: &pod.labels,
+                ports,
+                host_network: pod.host_network,
+                has_v4: v4.is_some(),
+                has_v6: v6.is_some(),
+                addr_sig: b
+                    .matchers
+                    .iter()
+                    .map(|m| {
+                        (
+                            v4.is_some_and(|a| m.contains(&a)),
+                            v6.is_some_and(|a| m.contains(&a)),
+                        )
+                    })
+                    .collect(),
+            };
+            let next = identities.len() as u32;
+            let id = *ids.entry(key).or_insert_with_key(|k| {
+                identities.push(Identity {
+                    namespace: pod.namespace.clone(),
+                    labels: pod.labels.clone(),
+                    ports: k.ports.clone(),
+                    host_network: pod.host_network,
+                    members: Vec::new(),
+                    ingress_policies: Vec::new(),
+                    egress_policies: Vec::new(),
+                    admin: Vec::new(),
+                    baseline: Vec::new(),
+                });
+                next
+            });
+            identities[id as usize].members.push(i);
+            pod_identity[i] = Some(id);
+            if !pod.host_network {
+                for ip in &pod.ips {
+                    ip_to_pod.insert(*ip, i);
+                }
+            }
+        }
+
+        let empty = Labels::new();
+        let ns_labels = |ns: &str| cluster.namespaces.get(ns).map_or(&empty, |n| &n.labels);
+
+        // Which policies select which identity.
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (pi, p) in cluster.policies.iter().enumerate() {
+            by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(pi);
+        }
+        for id in identities.iter_mut() {
+            let candidates = by_namespace.get(id.namespace.as_str());
+            for &pi in candidates.into_iter().flatten() {
+                let p = &cluster.policies[pi];
+                if np_selects(p, id) {
+                    if p.ingress.is_some() {
+                        id.ingress_policies.push(pi);
+                    }
+                    if p.egress.is_some() {
+                        id.egress_policies.push(pi);
+                    }
+                }
+            }
+            if id.host_network {
+                continue;
+            }
+            let nsl = ns_labels(&id.namespace);
+            for (ai, a) in admin.iter().enumerate() {
+                if subject_selects(&a.policy.subject, nsl, &id.labels) {
+                    match a.policy.tier {
+                        AdminTier::Admin => id.admin.push(ai),
+                        AdminTier::Baseline => id.baseline.push(ai),
+                    }
+                }
+            }
+        }
+
+        // One identity set per distinct selector pair.
+        let sets = b
+            .set_keys
+            .iter()
+            .map(|SetKey::Pods(scope, pods)| {
+                let mut s = IdSet::with_capacity(identities.len());
+                for (i, id) in identities.iter().enumerate() {
+                    if id.host_network || !pods.matches(&id.labels) {
+                        continue;
+                    }
+                    let ns_ok = match scope {
+                        NamespaceScope::Own(ns) => *ns == id.namespace,
+                        NamespaceScope::Selector(sel) => sel.matches(ns_labels(&id.namespace)),
+                    };
+                    if ns_ok {
+                        s.insert(i);
+                    }
+                }
+                s
+            })
+            .collect();
+
+        let mut node_addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for n in &cluster.nodes {
+            node_addresses.insert(n.name.clone(), n.addresses.clone());
+        }
+
+        Index {
+            identities,
+            pod_identity,
+            sets,
+            set_keys: b.set_keys,
+            matchers: b.matchers,
+            policies,
+            admin,
+            ip_to_pod,
+            node_addresses,
+        }
+    }
+
+    /// Identities grouped for display: namespace, then labels.
+    pub fn identities_by_namespace(&self) -> BTreeMap<&str, Vec<usize>> {
+        let mut m: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, id) in self.identities.iter().enumerate() {
+            m.entry(id.namespace.as_str()).or_default().push(i);
+        }
+        m
+    }
+}

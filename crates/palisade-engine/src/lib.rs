@@ -1,0 +1,40 @@
+//! Palisade's engine: decides any flow exactly as the Kubernetes
+//! NetworkPolicy and AdminNetworkPolicy APIs specify, and says why.
+//!
+//! Pure: it takes a [`Cluster`] value and answers questions about it. The
+//! [`Index`] groups pods into identities so that whole-cluster questions
+//! (the reachability matrix, the dataplane compiler) work over classes of
+//! pods rather than pairs.
+
+pub mod index;
+pub mod matrix;
+pub mod synth;
+mod verdict;
+
+pub use index::{IdSet, Identity, Index};
+pub use matrix::{Matrix, PortProto};
+pub use verdict::{Decision, Direction, Endpoint, Explanation, Flow, Outcome, Verdict};
+
+use palisade_model::Cluster;
+
+/// A cluster snapshot with its index. Immutable: a change builds a new one.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    cluster: Cluster,
+    index: Index,
+}
+
+impl Engine {
+    pub fn new(cluster: Cluster) -> Engine {
+        let index = Index::build(&cluster);
+        Engine { cluster, index }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}

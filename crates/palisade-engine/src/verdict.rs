@@ -1,0 +1,694 @@
+//! The verdict function: the one place that decides whether a flow is
+//! allowed. Evaluation yields a [`Decision`] made of indexes (cheap, no
+//! allocation); reasons are rendered from it only when asked for.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use palisade_model::{AdminAction, AdminPort, AdminTier, Pod, PortSpec, Protocol};
+
+use crate::index::{PeerMatch, ResolvedAdminRule, ResolvedRule};
+use crate::Engine;
+
+/// One side of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// An index into `Cluster::pods` (an endpoint pod).
+    Pod(usize),
+    /// An address that is not an endpoint pod's.
+    Ip(IpAddr),
+}
+
+/// A connection attempt: the first packet of `src_ip` → `dst_ip:port`.
+/// Build it with [`Engine::flow`], which resolves addresses to pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// How one direction of a flow was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The subject is an external address, a host-network pod or a
+    /// non-endpoint: no policy applies to it.
+    NotSubject,
+    /// No NetworkPolicy isolates the pod in this direction and no admin
+    /// policy matched.
+    NotIsolated,
+    /// Ingress to an isolated pod from its own node.
+    OwnNode,
+    /// A NetworkPolicy rule allows it. `peer`/`port` are `None` when the
+    /// rule has no peers / ports (which means all).
+    Allowed {
+        policy: usize,
+        rule: usize,
+        peer: Option<usize>,
+        port: Option<usize>,
+    },
+    /// Isolated by NetworkPolicy and no rule allows it.
+    Denied,
+    /// An admin policy rule (index into `Index::admin`) with action Allow or
+    /// Deny decided.
+    Admin {
+        admin: usize,
+        rule: usize,
+        action: AdminAction,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub direction: Direction,
+    /// The admin rule that passed the flow down to NetworkPolicy, if any.
+    pub passed: Option<(usize, usize)>,
+    pub decision: Decision,
+}
+
+impl Outcome {
+    pub fn allowed(&self) -> bool {
+        match self.decision {
+            Decision::Denied => false,
+            Decision::Admin { action, .. } => action != AdminAction::Deny,
+            _ => true,
+        }
+    }
+}
+
+/// The answer for one flow: allowed iff both directions allow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub egress: Outcome,
+    pub ingress: Outcome,
+}
+
+impl Explanation {
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed() && self.ingress.allowed()
+    }
+}
+
+#[inline]
+fn np_port_matches(spec: &PortSpec, protocol: Protocol, port: u16, holder: Option<&Pod>) -> bool {
+    match spec {
+        PortSpec::AllPorts(p) => *p == protocol,
+        PortSpec::Range {
+            protocol: p,
+            start,
+            end,
+        } => *p == protocol && *start <= port && port <= *end,
+        PortSpec::Named { protocol: p, name } => {
+            *p == protocol && holder.and_then(|h| h.named_port(name, protocol)) == Some(port)
+        }
+    }
+}
+
+#[inline]
+fn admin_port_matches(
+    spec: &AdminPort,
+    protocol: Protocol,
+    port: u16,
+    holder: Option<&Pod>,
+) -> bool {
+    match spec {
+        AdminPort::Number {
+            protocol: p,
+            port: q,
+        } => *p == protocol && *q == port,
+        AdminPort::Range {
+            protocol: p,
+            start,
+            end,
+        } => *p == protocol && *start <= port && port <= *end,
+        AdminPort::Named(name) => holder.is_some_and(|h| {
+            h.ports.iter().any(|c| {
+                c.protocol == protocol && c.port == port && c.name.as_deref() == Some(name)
+            })
+        }),
+    }
+}
+
+/// The fixed facts of one direction's evaluation.
+struct Ctx<'a> {
+    peer: Endpoint,
+    peer_ip: IpAddr,
+    protocol: Protocol,
+    port: u16,
+    /// The pod whose named ports count: the destination, if a pod.
+    holder: Option<&'a Pod>,
+}
+
+impl Engine {
+    /// Resolves `namespace/name` or an IP address to an endpoint.
+    pub fn endpoint(&self, s: &str) -> Result<Endpoint, String> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(self.endpoint_for_ip(ip));
+        }
+        let Some((ns, name)) = s.split_once('/') else {
+            return Err(format!("{s:?} is neither namespace/pod nor an IP address"));
+        };
+        let Some(i) = self
+            .cluster
+            .pods
+            .iter()
+            .position(|p| p.namespace == ns && p.name == name)
+        else {
+            return Err(format!("pod {s} not found"));
+        };
+        if self.index.pod_identity[i].is_none() {
+            let p = &self.cluster.pods[i];
+            return Err(format!(
+                "pod {s} is not an endpoint ({}, phase {:?})",
+                if p.ips.is_empty() {
+                    "no IP address"
+                } else {
+                    "terminated"
+                },
+                p.phase
+            ));
+        }
+        Ok(Endpoint::Pod(i))
+    }
+
+    /// An address is a pod when an endpoint pod (not host-network) holds it.
+    pub fn endpoint_for_ip(&self, ip: IpAddr) -> Endpoint {
+        match self.index.ip_to_pod.get(&ip) {
+            Some(&i) => Endpoint::Pod(i),
+            None => Endpoint::Ip(ip),
+        }
+    }
+
+    fn ips_of<'a>(&'a self, e: &'a Endpoint) -> &'a [IpAddr] {
+        match *e {
+            Endpoint::Pod(i) => &self.cluster.pods[i].ips,
+            Endpoint::Ip(ref ip) => std::slice::from_ref(ip),
+        }
+    }
+
+    /// Builds a flow, choosing the addresses: the family of an explicit
+    /// address, else IPv4 when both pods have it, else IPv6.
+    pub fn flow(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, String> {
+        let families: &[bool] = match (src, dst) {
+            (Endpoint::Ip(a), _) | (_, Endpoint::Ip(a)) => {
+                if a.is_ipv4() {
+                    &[true]
+                } else {
+                    &[false]
+                }
+            }
+            _ => &[true, false],
+        };
+        for &v4 in families {
+            let s = self.ips_of(&src).iter().find(|ip| ip.is_ipv4() == v4);
+            let d = self.ips_of(&dst).iter().find(|ip| ip.is_ipv4() == v4);
+            if let (Some(&s), Some(&d)) = (s, d) {
+                return Ok(Flow {
+                    src,
+                    dst,
+                    src_ip: s,
+                    dst_ip: d,
+                    protocol,
+                    port,
+                });
+            }
+        }
+        Err(format!(
+            "{} and {} have no address family in common",
+            self.describe(src),
+            self.describe(dst)
+        ))
+    }
+
+    /// Resolves `SRC DST` as written by a user: `namespace/pod` or an
+    /// address. An address fixes the family and, for a pod with several
+    /// addresses, which one the flow uses.
+    pub fn flow_between(
+        &self,
+        src: &str,
+        dst: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, String> {
+        let s = self.endpoint(src)?;
+        let d = self.endpoint(dst)?;
+        let (sip, dip) = (src.parse::<IpAddr>().ok(), dst.parse::<IpAddr>().ok());
+        let Some(v4) = sip.or(dip).map(|ip| ip.is_ipv4()) else {
+            return self.flow(s, d, protocol, port);
+        };
+        if let (Some(a), Some(b)) = (sip, dip) {
+            if a.is_ipv4() != b.is_ipv4() {
+                return Err(format!("{src} and {dst} are of different address families"));
+            }
+        }
+        let pick = |e: Endpoint, explicit: Option<IpAddr>| -> Result<IpAddr, String> {
+            explicit
+                .or_else(|| {
+                    self.ips_of(&e)
+                        .iter()
+                        .copied()
+                        .find(|ip| ip.is_ipv4() == v4)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no {} address",
+                        self.describe(e),
+                        if v4 { "IPv4" } else { "IPv6" }
+                    )
+                })
+        };
+        Ok(Flow {
+            src: s,
+            dst: d,
+            src_ip: pick(s, sip)?,
+            dst_ip: pick(d, dip)?,
+            protocol,
+            port,
+        })
+    }
+
+    /// Like [`Engine::flow`] but over one address family (`true`: IPv4).
+    pub fn flow_in_family(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        protocol: Protocol,
+        port: u16,
+        v4: bool,
+    ) -> Option<Flow> {
+        let s = *self.ips_of(&src).iter().find(|ip| ip.is_ipv4() == v4)?;
+        let d = *self.ips_of(&dst).iter().find(|ip| ip.is_ipv4() == v4)?;
+        Some(Flow {
+            src,
+            dst,
+            src_ip: s,
+            dst_ip: d,
+            protocol,
+            port,
+        })
+    }
+
+    pub fn describe(&self, e: Endpoint) -> String {
+        match e {
+            Endpoint::Pod(i) => self.cluster.pods[i].key(),
+            Endpoint::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// The fast path: no reasons, no allocation.
+    #[inline]
+    pub fn allowed(&self, flow: &Flow) -> bool {
+        self.outcome(Direction::Egress, flow).allowed()
+            && self.outcome(Direction::Ingress, flow).allowed()
+    }
+
+    pub fn explain(&self, flow: &Flow) -> Explanation {
+        Explanation {
+            egress: self.outcome(Direction::Egress, flow),
+            ingress: self.outcome(Direction::Ingress, flow),
+        }
+    }
+
+    pub fn verdict(&self, flow: &Flow) -> Verdict {
+        let e = self.explain(flow);
+        Verdict {
+            allowed: e.allowed(),
+            reasons: vec![self.render(&e.egress, flow), self.render(&e.ingress, flow)],
+        }
+    }
+
+    #[inline]
+    fn peer_matches(&self, m: &PeerMatch, ctx: &Ctx) -> bool {
+        match *m {
+            PeerMatch::Set(s) => match ctx.peer {
+                Endpoint::Pod(p) => self.index.pod_identity[p]
+                    .is_some_and(|id| self.index.sets[s].contains(id as usize)),
+                Endpoint::Ip(_) => false,
+            },
+            PeerMatch::Addr(a) => self.index.matchers[a].contains(&ctx.peer_ip),
+        }
+    }
+
+    fn np_rule_matches(
+        &self,
+        r: &ResolvedRule,
+        ctx: &Ctx,
+    ) -> Option<(Option<usize>, Option<usize>)> {
+        let peer = match &r.peers {
+            None => None,
+            Some(ps) => Some(ps.iter().position(|m| self.peer_matches(m, ctx))?),
+        };
+        let port = match &r.ports {
+            None => None,
+            Some(ps) => Some(
+                ps.iter()
+                    .position(|s| np_port_matches(s, ctx.protocol, ctx.port, ctx.holder))?,
+            ),
+        };
+        Some((peer, port))
+    }
+
+    fn admin_rule_matches(&self, r: &ResolvedAdminRule, ctx: &Ctx) -> bool {
+        r.peers.iter().any(|m| self.peer_matches(m, ctx))
+            && r.ports.as_ref().is_none_or(|ps| {
+                ps.iter()
+                    .any(|s| admin_port_matches(s, ctx.protocol, ctx.port, ctx.holder))
+            })
+    }
+
+    /// First matching rule among admin policies of one tier.
+    fn admin_tier(
+        &self,
+        list: &[usize],
+        dir: Direction,
+        ctx: &Ctx,
+    ) -> Option<(usize, usize, AdminAction)> {
+        for &ai in list {
+            let a = &self.index.admin[ai];
+            let rules = match dir {
+                Direction::Ingress => &a.ingress,
+                Direction::Egress => &a.egress,
+            };
+            for (ri, r) in rules.iter().enumerate() {
+                if self.admin_rule_matches(r, ctx) {
+                    return Some((ai, ri, a.policy.ingress_or_egress(dir, ri).action));
+                }
+            }
+        }
+        None
+    }
+
+    pub fn outcome(&self, dir: Direction, flow: &Flow) -> Outcome {
+        let (subject, peer, peer_ip) = match dir {
+            Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
+            Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
+        };
+        let not_subject = Outcome {
+            direction: dir,
+            passed: None,
+            decision: Decision::NotSubject,
+        };
+        let Endpoint::Pod(sp) = subject else {
+            return not_subject;
+        };
+        let pod = &self.cluster.pods[sp];
+        let Some(idn) = self.index.pod_identity[sp] else {
+            return not_subject;
+        };
+        if pod.host_network {
+            return not_subject;
+        }
+        let ident = &self.index.identities[idn as usize];
+        let holder = match flow.dst {
+            Endpoint::Pod(d) if !self.cluster.pods[d].host_network => Some(&self.cluster.pods[d]),
+            _ => None,
+        };
+        let ctx = Ctx {
+            peer,
+            peer_ip,
+            protocol: flow.protocol,
+            port: flow.port,
+            holder,
+        };
+        let done = |passed, decision| Outcome {
+            direction: dir,
+            passed,
+            decision,
+        };
+
+        let mut passed = None;
+        if let Some((admin, rule, action)) = self.admin_tier(&ident.admin, dir, &ctx) {
+            if action == AdminAction::Pass {
+                passed = Some((admin, rule));
+            } else {
+                return done(
+                    None,
+                    Decision::Admin {
+                        admin,
+                        rule,
+                        action,
+                    },
+                );
+            }
+        }
+
+        let policies = match dir {
+            Direction::Ingress => &ident.ingress_policies,
+            Direction::Egress => &ident.egress_policies,
+        };
+        if !policies.is_empty() {
+            if dir == Direction::Ingress && self.from_own_node(pod, peer, peer_ip) {
+                return done(passed, Decision::OwnNode);
+            }
+            for &pi in policies {
+                let rules = match dir {
+                    Direction::Ingress => self.index.policies[pi].ingress.as_deref(),
+                    Direction::Egress => self.index.policies[pi].egress.as_deref(),
+                };
+                for (ri, r) in rules.unwrap_or_default().iter().enumerate() {
+                    if let Some((peer, port)) = self.np_rule_matches(r, &ctx) {
+                        return done(
+                            passed,
+                            Decision::Allowed {
+                                policy: pi,
+                                rule: ri,
+                                peer,
+                                port,
+                            },
+                        );
+                    }
+                }
+            }
+            return done(passed, Decision::Denied);
+        }
+
+        if let Some((admin, rule, action)) = self.admin_tier(&ident.baseline, dir, &ctx) {
+            // Pass has no meaning in the baseline tier; the decoder refuses
+            // it, and it would fall through to "allow" anyway.
+            if action != AdminAction::Pass {
+                return done(
+                    passed,
+                    Decision::Admin {
+                        admin,
+                        rule,
+                        action,
+                    },
+                );
+            }
+        }
+        done(passed, Decision::NotIsolated)
+    }
+
+    fn from_own_node(&self, pod: &Pod, peer: Endpoint, peer_ip: IpAddr) -> bool {
+        let Some(node) = pod.node.as_deref() else {
+            return false;
+        };
+        if let Endpoint::Pod(p) = peer {
+            let pp = &self.cluster.pods[p];
+            if pp.host_network && pp.node.as_deref() == Some(node) {
+                return true;
+            }
+        }
+        self.index
+            .node_addresses
+            .get(node)
+            .is_some_and(|a| a.contains(&peer_ip))
+    }
+
+    fn admin_label(&self, ai: usize) -> String {
+        let p = &self.index.admin[ai].policy;
+        match (p.kind.as_str(), p.tier) {
+            ("BaselineAdminNetworkPolicy", _) => format!("{} {}", p.kind, p.name),
+            ("AdminNetworkPolicy", _) => format!("{} {} (priority {})", p.kind, p.name, p.priority),
+            (_, AdminTier::Admin) => format!(
+                "{} {} (Admin tier, priority {})",
+                p.kind, p.name, p.priority
+            ),
+            (_, AdminTier::Baseline) => {
+                format!(
+                    "{} {} (Baseline tier, priority {})",
+                    p.kind, p.name, p.priority
+                )
+            }
+        }
+    }
+
+    /// Renders one direction's outcome as a sentence naming the objects
+    /// that decided it.
+    pub fn render(&self, o: &Outcome, flow: &Flow) -> String {
+        let dir = o.direction.as_str();
+        let (subject, peer) = match o.direction {
+            Direction::Ingress => (flow.dst, flow.src),
+            Direction::Egress => (flow.src, flow.dst),
+        };
+        let mut s = String::new();
+        if let Some((ai, ri)) = o.passed {
+            let _ = write!(
+                s,
+                "{dir} passed by {} rule {ri} {:?}, then ",
+                self.admin_label(ai),
+                self.index.admin[ai]
+                    .policy
+                    .ingress_or_egress(o.direction, ri)
+                    .name
+            );
+        }
+        let port = format!("{}/{}", flow.port, flow.protocol);
+        let _ = match o.decision {
+            Decision::NotSubject => {
+                let why = match subject {
+                    Endpoint::Ip(ip) => format!("{ip} is not a pod"),
+                    Endpoint::Pod(p) => {
+                        format!("{} uses the host network", self.cluster.pods[p].key())
+                    }
+                };
+                write!(s, "{dir} not restricted: {why}")
+            }
+            Decision::NotIsolated => write!(
+                s,
+                "{dir} allowed: {} is not isolated for {dir}",
+                self.describe(subject)
+            ),
+            Decision::OwnNode => write!(
+                s,
+                "{dir} allowed: {} accepts traffic from its own node {}",
+                self.describe(subject),
+                match subject {
+                    Endpoint::Pod(p) => self.cluster.pods[p].node.as_deref().unwrap_or("?"),
+                    Endpoint::Ip(_) => "?",
+                }
+            ),
+            Decision::Allowed {
+                policy,
+                rule,
+                peer: pe,
+                port: po,
+            } => {
+                let p = &self.cluster.policies[policy];
+                let rules = match o.direction {
+                    Direction::Ingress => p.ingress.as_deref(),
+                    Direction::Egress => p.egress.as_deref(),
+                }
+                .unwrap_or_default();
+                let (fromto, peer_text) = match o.direction {
+                    Direction::Ingress => ("from", pe),
+                    Direction::Egress => ("to", pe),
+                };
+                let peer_text = match peer_text {
+                    Some(i) => format!("{fromto} peer {i}"),
+                    None => format!("{fromto} any peer"),
+                };
+                let port_text = match po.and_then(|i| rules.get(rule)?.ports.as_ref()?.get(i)) {
+                    Some(PortSpec::Named { name, .. }) => format!("port {name}={port}"),
+                    Some(PortSpec::Range { start, end, .. }) if start != end => {
+                        format!("ports {start}-{end}/{}, {port}", flow.protocol)
+                    }
+                    Some(PortSpec::AllPorts(_)) => format!("any {} port, {port}", flow.protocol),
+                    _ if po.is_none() => format!("any port, {port}"),
+                    _ => format!("port {port}"),
+                };
+                write!(
+                    s,
+                    "{dir} allowed by {} rule {rule} ({peer_text}, {port_text})",
+                    p.key()
+                )
+            }
+            Decision::Denied => {
+                let ident = match subject {
+                    Endpoint::Pod(p) => self.index.pod_identity[p],
+                    Endpoint::Ip(_) => None,
+                };
+                let by = ident
+                    .map(|i| {
+                        let id = &self.index.identities[i as usize];
+                        let list = match o.direction {
+                            Direction::Ingress => &id.ingress_policies,
+                            Direction::Egress => &id.egress_policies,
+                        };
+                        list.iter()
+                            .map(|&pi| self.cluster.policies[pi].key())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                let what = match o.direction {
+                    Direction::Egress if flow.dst_ip.is_ipv6() => {
+                        format!("[{}]:{port}", flow.dst_ip)
+                    }
+                    Direction::Egress => format!("{}:{port}", flow.dst_ip),
+                    Direction::Ingress => format!("{} to port {port}", flow.src_ip),
+                };
+                let _ = peer;
+                write!(
+                    s,
+                    "{dir} denied: {} is isolated for {dir} by {by} and no rule allows {what}",
+                    self.describe(subject)
+                )
+            }
+            Decision::Admin {
+                admin,
+                rule,
+                action,
+            } => {
+                let verb = match action {
+                    AdminAction::Allow => "allowed",
+                    AdminAction::Deny => "denied",
+                    AdminAction::Pass => "passed",
+                };
+                write!(
+                    s,
+                    "{dir} {verb} by {} rule {rule} {:?}",
+                    self.admin_label(admin),
+                    self.index.admin[admin]
+                        .policy
+                        .ingress_or_egress(o.direction, rule)
+                        .name
+                )
+            }
+        };
+        s
+    }
+}
+
+trait AdminRules {
+    fn ingress_or_egress(&self, dir: Direction, i: usize) -> &palisade_model::AdminRule;
+}
+
+impl AdminRules for palisade_model::AdminPolicy {
+    fn ingress_or_egress(&self, dir: Direction, i: usize) -> &palisade_model::AdminRule {
+        match dir {
+            Direction::Ingress => &self.ingress[i],
+            Direction::Egress => &self.egress[i],
+        }
+    }
+}

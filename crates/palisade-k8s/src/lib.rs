@@ -1,0 +1,548 @@
+//! Kubernetes manifests to the Palisade model.
+//!
+//! Decoding is pure (bytes in, values and diagnostics out), never panics,
+//! and reports every problem it finds with its file, object and field path.
+//! Policy kinds are validated strictly, as `kubectl --validate=strict`
+//! would: a misspelled field is an error, never a silently different policy.
+//! Pods, Namespaces and Nodes are read leniently, since `kubectl get -o yaml`
+//! output carries many fields Palisade does not need.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use palisade_model::{AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod};
+use serde_json::{Map, Value};
+
+mod admin;
+mod core;
+mod netpol;
+mod source;
+mod walk;
+
+use walk::{as_map, as_str, dns1123_label_error, dns1123_subdomain_error, field, get_str, Cx};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem found while decoding or assembling, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: String,
+    /// The line of the problem, or of the document holding the object.
+    pub line: Option<usize>,
+    /// The object, as in `NetworkPolicy default/web` or `AdminNetworkPolicy deny-imds`.
+    pub object: Option<String>,
+    /// The field path, as in `spec.ingress[0].ports[1].endPort`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// `policies.yaml:12: NetworkPolicy default/web: spec.ingress[0].ports[1].endPort: 70 is below port 80`,
+    /// with `warning: ` in front for warnings.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(o) = &self.object {
+            write!(f, "{o}: ")?;
+        }
+        if let Some(p) = &self.field {
+            write!(f, "{p}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A decoded object of a kind Palisade uses.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Node(Node),
+    NetworkPolicy(NetworkPolicy),
+    AdminPolicy(AdminPolicy),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        let (kind, namespace, name) = match self {
+            Object::Namespace(n) => ("Namespace", None, &n.name),
+            Object::Pod(p) => ("Pod", Some(&p.namespace), &p.name),
+            Object::Node(n) => ("Node", None, &n.name),
+            Object::NetworkPolicy(p) => ("NetworkPolicy", Some(&p.namespace), &p.name),
+            Object::AdminPolicy(p) => (p.kind.as_str(), None, &p.name),
+        };
+        ObjectKey {
+            kind: kind.to_string(),
+            namespace: namespace.cloned(),
+            name: name.clone(),
+        }
+    }
+}
+
+/// What makes an object unique: kind, namespace (if namespaced) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// A value with where it was read from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    pub file: String,
+    /// The line where the document starts, 1-based, if known.
+    pub line: Option<usize>,
+    pub value: T,
+}
+
+impl<T> Located<T> {
+    fn place(&self) -> String {
+        match self.line {
+            Some(l) => format!("{}:{l}", self.file),
+            None => self.file.clone(),
+        }
+    }
+}
+
+/// Decodes one file's contents. `file` is only used in messages. Files whose
+/// name ends in `.json` are JSON; anything else is YAML, possibly with
+/// several `---`-separated documents.
+pub fn decode(file: &str, bytes: &[u8]) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut out = Vec::new();
+    let Some(text) = source::text(file, bytes, &mut diags) else {
+        return (out, diags);
+    };
+    let docs = if file.to_ascii_lowercase().ends_with(".json") {
+        source::json(file, text, &mut diags)
+    } else {
+        source::yaml(file, text, &mut diags)
+    };
+    for doc in docs {
+        decode_document(file, doc.line, &doc.value, None, 0, &mut out, &mut diags);
+    }
+    (out, diags)
+}
+
+/// Decodes one already-parsed object (or list of objects). `origin` names
+/// it in messages.
+pub fn decode_value(origin: &str, value: Value) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut out = Vec::new();
+    decode_document(origin, None, &value, None, 0, &mut out, &mut diags);
+    (out, diags)
+}
+
+/// The kinds Palisade reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Namespace,
+    Pod,
+    Node,
+    NetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+    ClusterNetworkPolicy,
+}
+
+const POLICY_GROUP_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
+const POLICY_GROUP_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
+
+impl Kind {
+    fn from_name(kind: &str) -> Option<Kind> {
+        use k8s_openapi::api::core::v1 as core;
+        use k8s_openapi::api::networking::v1 as net;
+        use k8s_openapi::Resource;
+        Some(match kind {
+            k if k == core::Namespace::KIND => Kind::Namespace,
+            k if k == core::Pod::KIND => Kind::Pod,
+            k if k == core::Node::KIND => Kind::Node,
+            k if k == net::NetworkPolicy::KIND => Kind::NetworkPolicy,
+            "AdminNetworkPolicy" => Kind::AdminNetworkPolicy,
+            "BaselineAdminNetworkPolicy" => Kind::BaselineAdminNetworkPolicy,
+            "ClusterNetworkPolicy" => Kind::ClusterNetworkPolicy,
+            _ => return None,
+        })
+    }
+
+    fn api_version(self) -> &'static str {
+        use k8s_openapi::api::core::v1 as core;
+        use k8s_openapi::api::networking::v1 as net;
+        use k8s_openapi::Resource;
+        match self {
+            Kind::Namespace => core::Namespace::API_VERSION,
+            Kind::Pod => core::Pod::API_VERSION,
+            Kind::Node => core::Node::API_VERSION,
+            Kind::NetworkPolicy => net::NetworkPolicy::API_VERSION,
+            Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => POLICY_GROUP_V1ALPHA1,
+            Kind::ClusterNetworkPolicy => POLICY_GROUP_V1ALPHA2,
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        matches!(self, Kind::Pod | Kind::NetworkPolicy)
+    }
+
+    /// Policy kinds: unknown fields are errors.
+    fn strict(self) -> bool {
+        matches!(
+            self,
+            Kind::NetworkPolicy
+                | Kind::AdminNetworkPolicy
+                | Kind::BaselineAdminNetworkPolicy
+                | Kind::ClusterNetworkPolicy
+        )
+    }
+}
+
+/// Lists nest rarely; this bounds recursion on hostile input.
+const MAX_LIST_DEPTH: usize = 8;
+
+const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+fn decode_document(
+    file: &str,
+    line: Option<usize>,
+    value: &Value,
+    inherited: Option<(&str, Option<&str>)>,
+    depth: usize,
+    out: &mut Vec<Located<Object>>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut cx = Cx::new(file, line, diags);
+    let Value::Object(obj) = value else {
+        cx.error(
+            "",
+            format!(
+                "expected a Kubernetes object (a mapping with apiVersion and kind), found {}",
+                walk::describe(value)
+            ),
+        );
+        return;
+    };
+    let kind = match field(obj, "kind") {
+        Some(v) => as_str(&mut cx, v, "kind").map(str::to_string),
+        None => inherited.map(|(k, _)| k.to_string()),
+    };
+    let api_version = match field(obj, "apiVersion") {
+        Some(v) => as_str(&mut cx, v, "apiVersion").map(str::to_string),
+        None => inherited.and_then(|(_, a)| a.map(str::to_string)),
+    };
+    let Some(kind) = kind else {
+        if !obj.contains_key("kind") || obj.get("kind").is_some_and(Value::is_null) {
+            cx.error("kind", "missing kind");
+        }
+        return;
+    };
+
+    // `kind: List` and any `FooList` with items.
+    if let (Some(items_kind), Some(items)) = (kind.strip_suffix("List"), obj.get("items")) {
+        if depth >= MAX_LIST_DEPTH {
+            cx.error("items", "lists nested too deeply");
+            return;
+        }
+        cx.object = Some(kind.clone());
+        let Some(items) = walk::as_list(&mut cx, items, "items") else {
+            return;
+        };
+        let inherit = (!items_kind.is_empty()).then_some((items_kind, api_version.as_deref()));
+        for item in items {
+            decode_document(file, line, item, inherit, depth + 1, out, diags);
+        }
+        return;
+    }
+
+    let raw_meta = obj.get("metadata").and_then(Value::as_object);
+    let raw_name = raw_meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let raw_ns = raw_meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+
+    let Some(k) = Kind::from_name(&kind) else {
+        cx.object = Some(match raw_name {
+            Some(n) => format!("{kind} {n}"),
+            None => kind.clone(),
+        });
+        cx.warn("", format!("skipped: kind {kind} is not used by Palisade"));
+        return;
+    };
+
+    cx.object = Some(match (raw_name, k.namespaced()) {
+        (Some(n), true) => format!("{kind} {raw_ns}/{n}"),
+        (Some(n), false) => format!("{kind} {n}"),
+        (None, _) => kind.clone(),
+    });
+
+    match api_version.as_deref() {
+        None => {
+            if field(obj, "apiVersion").is_none() {
+                cx.error(
+                    "apiVersion",
+                    format!("missing apiVersion (expected {})", k.api_version()),
+                );
+            }
+        }
+        Some(a) if a != k.api_version() => cx.error(
+            "apiVersion",
+            format!("{kind} is {}, not {a:?}", k.api_version()),
+        ),
+        Some(_) => {}
+    }
+
+    if k.strict() {
+        as_map(&mut cx, value, "", Some(TOP_FIELDS));
+    }
+    let meta = metadata(&mut cx, obj, k);
+
+    let object = match k {
+        Kind::Namespace => Object::Namespace(core::namespace(&mut cx, obj, meta)),
+        Kind::Pod => Object::Pod(core::pod(&mut cx, obj, meta)),
+        Kind::Node => Object::Node(core::node(&mut cx, obj, meta)),
+        Kind::NetworkPolicy => Object::NetworkPolicy(netpol::decode(&mut cx, obj, meta)),
+        Kind::AdminNetworkPolicy => {
+            Object::AdminPolicy(admin::decode(&mut cx, obj, meta, admin::Flavor::Anp))
+        }
+        Kind::BaselineAdminNetworkPolicy => {
+            Object::AdminPolicy(admin::decode(&mut cx, obj, meta, admin::Flavor::Banp))
+        }
+        Kind::ClusterNetworkPolicy => {
+            Object::AdminPolicy(admin::decode(&mut cx, obj, meta, admin::Flavor::Cnp))
+        }
+    };
+    if cx.errors == 0 {
+        out.push(Located {
+            file: file.to_string(),
+            line,
+            value: object,
+        });
+    }
+}
+
+/// The parts of `metadata` Palisade uses.
+pub(crate) struct Meta {
+    pub name: String,
+    pub namespace: String,
+    pub labels: Labels,
+}
+
+fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
+    let allowed = kind.strict().then_some(OBJECT_META_FIELDS);
+    let m = match field(obj, "metadata") {
+        Some(v) => as_map(cx, v, "metadata", allowed),
+        None => None,
+    };
+    let m = m.cloned().unwrap_or_default();
+    let name = get_str(cx, &m, "metadata", "name").unwrap_or_default();
+    if name.is_empty()
+        && !(m
+            .get("name")
+            .is_some_and(|v| !v.is_null() && !v.is_string()))
+    {
+        cx.error("metadata.name", "missing name");
+    } else if !name.is_empty() {
+        let err = if kind == Kind::Namespace {
+            dns1123_label_error(name)
+        } else {
+            dns1123_subdomain_error(name)
+        };
+        if let Some(e) = err {
+            cx.error("metadata.name", format!("invalid name {name:?}: {e}"));
+        }
+    }
+    let mut namespace = "default".to_string();
+    if let Some(ns) = get_str(cx, &m, "metadata", "namespace").filter(|s| !s.is_empty()) {
+        if kind.namespaced() {
+            if let Some(e) = dns1123_label_error(ns) {
+                cx.error(
+                    "metadata.namespace",
+                    format!("invalid namespace {ns:?}: {e}"),
+                );
+            }
+            namespace = ns.to_string();
+        } else {
+            cx.warn(
+                "metadata.namespace",
+                format!("ignored: {kind:?} is not namespaced"),
+            );
+        }
+    }
+    let labels = match field(&m, "labels") {
+        Some(v) => walk::labels(cx, v, "metadata.labels"),
+        None => Labels::new(),
+    };
+    if kind.strict() {
+        if let Some(a) = field(&m, "annotations") {
+            walk::as_map(cx, a, "metadata.annotations", None);
+        }
+    }
+    Meta {
+        name: name.to_string(),
+        namespace,
+        labels,
+    }
+}
+
+/// Objects merged into a cluster, with what merging found.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub cluster: Cluster,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Merges objects from many files into a [`Cluster`].
+///
+/// Duplicates (same kind, namespace and name) are errors naming both places;
+/// the first is kept. Implicit namespaces are added. Two admin policies of
+/// one tier sharing a priority get a warning: the engine breaks the tie by
+/// name. Pods and policies are sorted by namespace and name, nodes by name,
+/// admin policies by tier, priority and name.
+pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
+    let mut diagnostics = Vec::new();
+    let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    let mut cluster = Cluster::default();
+    let mut admin_places: BTreeMap<(String, String), Located<()>> = BTreeMap::new();
+
+    for located in objects {
+        let key = located.value.key();
+        if let Some(first) = seen.get(&key) {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: located.file.clone(),
+                line: located.line,
+                object: Some(key.to_string()),
+                field: None,
+                message: format!(
+                    "duplicate {key}: already defined at {first}; the first definition is kept"
+                ),
+            });
+            continue;
+        }
+        seen.insert(key.clone(), located.place());
+        let Located { file, line, value } = located;
+        match value {
+            Object::Namespace(n) => {
+                cluster.namespaces.insert(n.name.clone(), n);
+            }
+            Object::Pod(p) => cluster.pods.push(p),
+            Object::Node(n) => cluster.nodes.push(n),
+            Object::NetworkPolicy(p) => cluster.policies.push(p),
+            Object::AdminPolicy(p) => {
+                admin_places.insert(
+                    (p.kind.clone(), p.name.clone()),
+                    Located {
+                        file,
+                        line,
+                        value: (),
+                    },
+                );
+                cluster.admin_policies.push(p);
+            }
+        }
+    }
+
+    cluster.complete_namespaces();
+    cluster
+        .pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    cluster
+        .policies
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    cluster.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    cluster.admin_policies.sort_by(|a, b| {
+        (a.tier, a.priority, &a.name, &a.kind).cmp(&(b.tier, b.priority, &b.name, &b.kind))
+    });
+
+    for pair in cluster.admin_policies.windows(2) {
+        let [a, b] = pair else { continue };
+        if a.tier != b.tier || a.priority != b.priority {
+            continue;
+        }
+        let place = admin_places.get(&(b.kind.clone(), b.name.clone()));
+        diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            file: place.map(|p| p.file.clone()).unwrap_or_default(),
+            line: place.and_then(|p| p.line),
+            object: Some(format!("{} {}", b.kind, b.name)),
+            field: None,
+            message: format!(
+                "same tier ({:?}) and priority ({}) as {} {}; the tie is broken by name, lexicographically, so {} {} is evaluated first",
+                a.tier, a.priority, a.kind, a.name, a.kind, a.name
+            ),
+        });
+    }
+
+    Loaded {
+        cluster,
+        diagnostics,
+    }
+}
+
+/// Decodes several `(name, contents)` inputs and assembles them.
+pub fn load(inputs: &[(String, Vec<u8>)]) -> Loaded {
+    let mut objects = Vec::new();
+    let mut diagnostics = Vec::new();
+    for (name, bytes) in inputs {
+        let (o, d) = decode(name, bytes);
+        objects.extend(o);
+        diagnostics.extend(d);
+    }
+    let mut loaded = assemble(objects);
+    diagnostics.append(&mut loaded.diagnostics);
+    loaded.diagnostics = diagnostics;
+    loaded
+}

@@ -1,0 +1,373 @@
+//! Plain, validated types shared by every Palisade crate.
+//!
+//! Everything here is already normalized: API defaults applied, `null`s
+//! folded into absent values, and invalid states (an `endPort` below its
+//! `port`, an `except` outside its `cidr`) rejected by the decoder before a
+//! value of these types exists. The engine and the compiler therefore never
+//! re-validate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+pub use ipnet::IpNet;
+
+mod selector;
+pub use selector::{LabelSelector, Requirement};
+
+/// The label every namespace carries, as Kubernetes sets it.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// IANA protocol number, as nftables' `meta l4proto` sees it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    /// Case-insensitive on the command line; the decoder is strict on manifests.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            _ => Err(format!(
+                "unknown protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
+        }
+    }
+}
+
+/// A port a container declares; the only source of named ports.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always contains [`NAMESPACE_NAME_LABEL`].
+    pub labels: Labels,
+}
+
+impl Namespace {
+    /// A namespace known only by name, as Kubernetes labels every namespace.
+    pub fn implicit(name: &str) -> Self {
+        let mut labels = Labels::new();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        Namespace {
+            name: name.to_string(),
+            labels,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// `status.podIPs` (or `status.podIP`), IPv4 and IPv6.
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    pub host_network: bool,
+    pub phase: PodPhase,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    /// Terminated pods and pods without an address are not endpoints: their
+    /// address may already belong to another pod.
+    pub fn is_endpoint(&self) -> bool {
+        !self.ips.is_empty() && !matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Resolves a named port on this pod for one protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    /// `status.addresses` that parse as IP addresses.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// An `ipBlock`: `cidr` minus every `except`. The decoder guarantees each
+/// `except` lies inside `cidr` and that prefixes are normalized.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpBlock {
+    pub cidr: IpNet,
+    pub except: Vec<IpNet>,
+}
+
+impl IpBlock {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+}
+
+impl fmt::Display for IpBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cidr)?;
+        for e in &self.except {
+            write!(f, " except {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which namespaces a NetworkPolicy peer's pod selector looks in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NamespaceScope {
+    /// `podSelector` alone: the policy's own namespace.
+    Own(String),
+    /// `namespaceSelector` (`{}` selects every namespace).
+    Selector(LabelSelector),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// Pods in `namespaces` matching `pods` (`namespaceSelector` alone
+    /// carries the empty selector: all pods there).
+    Pods {
+        namespaces: NamespaceScope,
+        pods: LabelSelector,
+    },
+    IpBlock(IpBlock),
+}
+
+/// A port in a NetworkPolicy rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortSpec {
+    /// `{protocol}` with no port: every port of that protocol.
+    AllPorts(Protocol),
+    /// `port` (with `endPort`, inclusive): `start == end` for a single port.
+    Range {
+        protocol: Protocol,
+        start: u16,
+        end: u16,
+    },
+    /// A named port, resolved on the destination pod by name and protocol.
+    Named { protocol: Protocol, name: String },
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortSpec::AllPorts(p) => write!(f, "any/{p}"),
+            PortSpec::Range {
+                protocol,
+                start,
+                end,
+            } if start == end => write!(f, "{start}/{protocol}"),
+            PortSpec::Range {
+                protocol,
+                start,
+                end,
+            } => write!(f, "{start}-{end}/{protocol}"),
+            PortSpec::Named { protocol, name } => write!(f, "{name}/{protocol}"),
+        }
+    }
+}
+
+/// One ingress or egress rule. `None` means the field was absent or empty,
+/// which in the API means "everything".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub peers: Option<Vec<Peer>>,
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: LabelSelector,
+    /// `Some` iff the policy isolates selected pods for ingress (after
+    /// `policyTypes` defaulting); the rules are then the only allows.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl NetworkPolicy {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AdminAction {
+    Allow,
+    Deny,
+    Pass,
+}
+
+impl fmt::Display for AdminAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdminAction::Allow => "Allow",
+            AdminAction::Deny => "Deny",
+            AdminAction::Pass => "Pass",
+        })
+    }
+}
+
+/// Which pods an admin policy applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AdminSubject {
+    Namespaces(LabelSelector),
+    Pods {
+        namespaces: LabelSelector,
+        pods: LabelSelector,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AdminPeer {
+    Namespaces(LabelSelector),
+    Pods {
+        namespaces: LabelSelector,
+        pods: LabelSelector,
+    },
+    /// Egress only: the addresses of matching nodes.
+    Nodes(LabelSelector),
+    /// Egress only: CIDRs, matching pod addresses too.
+    Networks(Vec<IpNet>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AdminPort {
+    Number {
+        protocol: Protocol,
+        port: u16,
+    },
+    Range {
+        protocol: Protocol,
+        start: u16,
+        end: u16,
+    },
+    /// Matches a destination pod's container port of that name, whatever
+    /// its protocol.
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AdminRule {
+    pub name: String,
+    pub action: AdminAction,
+    pub peers: Vec<AdminPeer>,
+    /// `None`: all ports.
+    pub ports: Option<Vec<AdminPort>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AdminTier {
+    /// AdminNetworkPolicy, or ClusterNetworkPolicy tier `Admin`.
+    Admin,
+    /// BaselineAdminNetworkPolicy, or ClusterNetworkPolicy tier `Baseline`.
+    Baseline,
+}
+
+/// AdminNetworkPolicy, BaselineAdminNetworkPolicy and ClusterNetworkPolicy
+/// in one normalized form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AdminPolicy {
+    /// The kind as written, for messages.
+    pub kind: String,
+    pub name: String,
+    pub tier: AdminTier,
+    /// Baseline objects of the v1alpha1 API have no priority: 0.
+    pub priority: u32,
+    pub subject: AdminSubject,
+    pub ingress: Vec<AdminRule>,
+    pub egress: Vec<AdminRule>,
+}
+
+/// Everything a set of manifests (or a datastore) describes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub policies: Vec<NetworkPolicy>,
+    pub admin_policies: Vec<AdminPolicy>,
+}
+
+impl Cluster {
+    /// Adds the implicit namespace of every pod and policy that has no
+    /// Namespace object, as Kubernetes would have it.
+    pub fn complete_namespaces(&mut self) {
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .chain(self.policies.iter().map(|p| p.namespace.clone()))
+            .collect();
+        for n in names {
+            self.namespaces
+                .entry(n.clone())
+                .or_insert_with(|| Namespace::implicit(&n));
+        }
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+}

@@ -1,0 +1,142 @@
+//! `palisade bench`: engine throughput on the shared synthetic cluster,
+//! single-threaded. Every figure is printed with a ratio against a baseline
+//! measured in the same run, because absolute numbers on a shared machine
+//! drift from run to run while ratios hold.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use palisade_engine::synth::{self, Params, Rng};
+use palisade_engine::{Engine, Flow, PortProto};
+use palisade_model::Protocol;
+
+fn flows(engine: &Engine, n: usize, seed: u64) -> Vec<Flow> {
+    let mut r = Rng::new(seed);
+    let pods = engine.cluster().pods.len();
+    let ports = [
+        (80, Protocol::Tcp),
+        (8080, Protocol::Tcp),
+        (443, Protocol::Tcp),
+        (53, Protocol::Udp),
+        (9000, Protocol::Sctp),
+    ];
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (s, d) = (r.below(pods), r.below(pods));
+        let (port, proto) = ports[r.below(ports.len())];
+        let (Ok(s), Ok(d)) = (
+            engine.endpoint(&engine.cluster().pods[s].key()),
+            engine.endpoint(&engine.cluster().pods[d].key()),
+        ) else {
+            continue;
+        };
+        if let Ok(f) = engine.flow(s, d, proto, port) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// Runs `f` over all flows repeatedly for at least `min`; returns flows/s.
+fn rate(flows: &[Flow], min: Duration, mut f: impl FnMut(&Flow) -> bool) -> (f64, usize) {
+    let start = Instant::now();
+    let mut n = 0usize;
+    let mut allowed = 0usize;
+    while start.elapsed() < min || n == 0 {
+        for fl in flows {
+            allowed += usize::from(black_box(f(black_box(fl))));
+        }
+        n += flows.len();
+    }
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        allowed * 1000 / n.max(1),
+    )
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+pub fn run(pods: usize, policies: usize, quick: bool) {
+    let min = if quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    };
+    let nflows = if quick { 20_000 } else { 200_000 };
+    let params = Params {
+        pods,
+        policies,
+        namespaces: (pods / 100).max(1),
+        ..Params::large()
+    };
+    println!(
+        "synthetic cluster: {} pods, {} namespaces, {} network policies, single thread",
+        params.pods, params.namespaces, params.policies
+    );
+
+    let cluster = synth::cluster(&params);
+    let (engine, build) = timed(|| Engine::new(cluster.clone()));
+    println!(
+        "index build: {:.1} ms ({} identities, {} shared selector sets)",
+        build.as_secs_f64() * 1e3,
+        engine.index().identities.len(),
+        engine.index().sets.len()
+    );
+
+    let empty = Engine::new(synth::cluster(&Params {
+        policies: 0,
+        ..params.clone()
+    }));
+    let fl = flows(&engine, nflows, 7);
+    let fl_empty = flows(&empty, nflows, 7);
+    let (base, _) = rate(&fl_empty, min, |f| empty.allowed(f));
+    let (fast, permille) = rate(&fl, min, |f| engine.allowed(f));
+    let (slow, _) = rate(&fl, min, |f| engine.verdict(f).allowed);
+    println!("verdicts/s, no policies (baseline):   {base:>12.0}");
+    println!(
+        "verdicts/s, {policies} policies, no reasons: {fast:>12.0}  ({:.2}x baseline; {:.1}% of flows allowed)",
+        fast / base,
+        permille as f64 / 10.0
+    );
+    println!(
+        "verdicts/s, {policies} policies, reasons:    {slow:>12.0}  ({:.2}x baseline)",
+        slow / base
+    );
+
+    let p80 = [PortProto {
+        port: 80,
+        protocol: Protocol::Tcp,
+    }];
+    let (m, t_matrix) = timed(|| engine.matrix(&p80));
+    let pairs = m.identities.len() * m.identities.len();
+    println!(
+        "matrix 80/TCP over {} identities ({} identity pairs, standing for {} pod pairs): {:.0} ms",
+        m.identities.len(),
+        pairs,
+        pods * pods,
+        t_matrix.as_secs_f64() * 1e3
+    );
+    let ports = engine.default_ports();
+    let (_, t_all) = timed(|| engine.matrix(&ports));
+    println!(
+        "matrix over the {} default ports: {:.0} ms",
+        ports.len(),
+        t_all.as_secs_f64() * 1e3
+    );
+
+    let with_anp = Engine::new(synth::cluster(&Params {
+        admin_policies: 50,
+        ..params.clone()
+    }));
+    let fl_anp = flows(&with_anp, nflows, 7);
+    let (anp, _) = rate(&fl_anp, min, |f| with_anp.allowed(f));
+    let (fast2, _) = rate(&fl, min, |f| engine.allowed(f));
+    println!(
+        "verdicts/s with 50 AdminNetworkPolicies + baseline: {anp:>12.0}  ({:.2}x the same cluster without them, measured again: {fast2:.0})",
+        anp / fast2
+    );
+}

@@ -1,0 +1,200 @@
+//! The `palisade` binary: commands, output formats and exit codes
+//! (0 ok / 1 denied or findings / 2 error). All semantics live in the
+//! library crates; this file only reads files and prints.
+
+mod bench;
+mod input;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_engine::PortProto;
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Microsegmentation engine: decides, explains and enforces Kubernetes network policy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MatrixFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum By {
+    Pod,
+    Workload,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide one flow (SRC DST PORT/PROTO) or every flow of a file (--flows).
+    ///
+    /// SRC and DST are namespace/pod or an IP address; PROTO is TCP, UDP or
+    /// SCTP (default TCP). Exit 0 when allowed, 1 when denied, 2 on error.
+    Check {
+        /// Manifest files or directories (recursive: *.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// A file of flows, one `SRC DST PORT/PROTO` a line (# comments).
+        #[arg(long, conflicts_with_all = ["src", "dst", "port"])]
+        flows: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: CheckFormat,
+        #[arg(required_unless_present = "flows")]
+        src: Option<String>,
+        #[arg(required_unless_present = "flows")]
+        dst: Option<String>,
+        #[arg(required_unless_present = "flows")]
+        port: Option<String>,
+    },
+    /// Decode and validate manifests; print every diagnostic. Exit 2 if invalid.
+    Validate {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the reachability matrix (rows sources, columns destinations).
+    Matrix {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Ports to probe, e.g. 80/TCP,53/UDP (default: the pods' container ports).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<PortProto>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: MatrixFormat,
+        /// `workload` groups pods that no policy can tell apart.
+        #[arg(long, value_enum, default_value = "pod")]
+        by: By,
+    },
+    /// Measure engine throughput on a synthetic cluster; prints ratios
+    /// against baselines measured in the same run.
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Fewer iterations, for a smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { files } => {
+            let loaded = input::load(&files)?;
+            let errors = input::report(&loaded.diagnostics);
+            if errors > 0 {
+                eprintln!("{errors} error(s)");
+                return Ok(ExitCode::from(2));
+            }
+            let c = &loaded.cluster;
+            println!(
+                "valid: {} namespaces, {} pods, {} nodes, {} network policies, {} admin policies",
+                c.namespaces.len(),
+                c.pods.len(),
+                c.nodes.len(),
+                c.policies.len(),
+                c.admin_policies.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            files,
+            flows,
+            output,
+            src,
+            dst,
+            port,
+        } => {
+            let engine = input::engine(&files)?;
+            if let Some(path) = flows {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let lines = input::parse_flow_lines(&path.display().to_string(), &text)?;
+                // Resolve every line before printing any: a bad line is an
+                // error for the whole file, not a partial answer.
+                let mut resolved = Vec::with_capacity(lines.len());
+                for l in &lines {
+                    resolved.push(
+                        input::resolve_flow(&engine, &l.src, &l.dst, &l.port)
+                            .with_context(|| format!("{}:{}", path.display(), l.line))?,
+                    );
+                }
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for (l, f) in lines.iter().zip(&resolved) {
+                    let v = engine.verdict(f);
+                    output::write_check(&mut out, output, &l.src, &l.dst, f, &v, false)?;
+                }
+                use std::io::Write;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (Some(src), Some(dst), Some(port)) = (src, dst, port) else {
+                bail!("check needs SRC DST PORT/PROTO or --flows FILE");
+            };
+            let f = input::resolve_flow(&engine, &src, &dst, &port)?;
+            let v = engine.verdict(&f);
+            let mut out = std::io::stdout().lock();
+            output::write_check(&mut out, output, &src, &dst, &f, &v, true)?;
+            Ok(if v.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Matrix {
+            files,
+            ports,
+            output,
+            by,
+        } => {
+            let engine = input::engine(&files)?;
+            let ports = if ports.is_empty() {
+                engine.default_ports()
+            } else {
+                ports
+            };
+            let m = engine.matrix(&ports);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            output::write_matrix(&mut out, &engine, &m, output, by == By::Workload)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            pods,
+            policies,
+            quick,
+        } => {
+            bench::run(pods, policies, quick);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
