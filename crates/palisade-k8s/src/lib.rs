@@ -141,12 +141,15 @@ pub fn decode(file: &str, bytes: &[u8]) -> (Vec<Located<Object>>, Vec<Diagnostic
         return (out, diags);
     };
     let docs = if file.to_ascii_lowercase().ends_with(".json") {
-        source::json(file, text, &mut diags)
+        source::json(file, text)
     } else {
-        source::yaml(file, text, &mut diags)
+        source::yaml(file, text)
     };
     for doc in docs {
-        decode_document(file, doc.line, &doc.value, None, 0, &mut out, &mut diags);
+        match doc {
+            Ok(doc) => decode_document(file, doc.line, &doc.value, None, 0, &mut out, &mut diags),
+            Err(d) => diags.push(d),
+        }
     }
     (out, diags)
 }
@@ -273,8 +276,14 @@ fn decode_document(
         None => inherited.and_then(|(_, a)| a.map(str::to_string)),
     };
     let Some(kind) = kind else {
-        if !obj.contains_key("kind") || obj.get("kind").is_some_and(Value::is_null) {
-            cx.error("kind", "missing kind");
+        if field(obj, "kind").is_none() {
+            let named = obj
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .map(|n| format!(" (object named {n:?})"))
+                .unwrap_or_default();
+            cx.error("kind", format!("missing kind{named}"));
         }
         return;
     };
@@ -308,9 +317,14 @@ fn decode_document(
         .unwrap_or("default");
 
     let Some(k) = Kind::from_name(&kind) else {
-        cx.object = Some(match raw_name {
-            Some(n) => format!("{kind} {n}"),
-            None => kind.clone(),
+        let raw_ns = raw_meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        cx.object = Some(match (raw_name, raw_ns) {
+            (Some(n), Some(ns)) => format!("{kind} {ns}/{n}"),
+            (Some(n), None) => format!("{kind} {n}"),
+            (None, _) => kind.clone(),
         });
         cx.warn("", format!("skipped: kind {kind} is not used by Palisade"));
         return;

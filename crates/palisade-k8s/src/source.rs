@@ -43,7 +43,7 @@ pub(crate) fn text<'b>(
     }
 }
 
-pub(crate) fn json(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+pub(crate) fn json(file: &str, text: &str) -> Vec<Result<Document, Diagnostic>> {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => {
             if value.is_null() {
@@ -51,15 +51,18 @@ pub(crate) fn json(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
             }
             let start = text.len() - text.trim_start().len();
             let line = text[..start].matches('\n').count() + 1;
-            vec![Document {
+            vec![Ok(Document {
                 line: Some(line),
                 value,
-            }]
+            })]
         }
         Err(e) => {
             let line = (e.line() > 0).then_some(e.line());
-            diags.push(syntax_error(file, line, format!("JSON syntax error: {e}")));
-            Vec::new()
+            vec![Err(syntax_error(
+                file,
+                line,
+                format!("JSON syntax error: {e}"),
+            ))]
         }
     }
 }
@@ -83,7 +86,7 @@ fn content(line: &str) -> bool {
 
 /// Splits a YAML stream into documents and parses each on its own, so a
 /// syntax error in one document does not hide the others.
-pub(crate) fn yaml(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+pub(crate) fn yaml(file: &str, text: &str) -> Vec<Result<Document, Diagnostic>> {
     // (first line index, byte range) of each chunk.
     let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
     let mut start = 0usize;
@@ -119,10 +122,10 @@ pub(crate) fn yaml(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
         };
         match serde_norway::from_str::<Value>(chunk) {
             Ok(Value::Null) => {}
-            Ok(value) => docs.push(Document {
+            Ok(value) => docs.push(Ok(Document {
                 line: Some(line),
                 value,
-            }),
+            })),
             Err(_) => {
                 // Parse again with the chunk at its place in the file, so the
                 // message's positions are the file's.
@@ -132,11 +135,11 @@ pub(crate) fn yaml(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<D
                     Some(e) => (e.location().map(|l| l.line()), e.to_string()),
                     None => (Some(line), "invalid document".to_string()),
                 };
-                diags.push(syntax_error(
+                docs.push(Err(syntax_error(
                     file,
                     line,
                     format!("YAML syntax error: {msg}"),
-                ));
+                )));
             }
         }
     }

@@ -580,3 +580,61 @@ pub(crate) fn cidr(cx: &mut Cx, s: &str, path: &str) -> Option<IpNet> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys_follow_kubernetes_syntax() {
+        assert_eq!(label_key_error("app"), None);
+        assert_eq!(label_key_error("app.kubernetes.io/name"), None);
+        assert_eq!(label_key_error("A_b.c-D"), None);
+        assert!(label_key_error("").is_some());
+        assert!(label_key_error("/app").is_some());
+        assert!(label_key_error("Example.com/app").is_some());
+        assert!(label_key_error("a/b/c").is_some());
+        assert!(label_key_error("-app").is_some());
+        assert!(label_key_error(&"a".repeat(64)).is_some());
+        assert_eq!(label_key_error(&"a".repeat(63)), None);
+    }
+
+    #[test]
+    fn label_values_may_be_empty() {
+        assert_eq!(label_value_error(""), None);
+        assert_eq!(label_value_error("v1.2_3-x"), None);
+        assert!(label_value_error("a b").is_some());
+        assert!(label_value_error("x-").is_some());
+    }
+
+    #[test]
+    fn port_names_are_iana_service_names() {
+        assert_eq!(port_name_error("http"), None);
+        assert_eq!(port_name_error("dns-tcp"), None);
+        assert!(port_name_error("80").is_some());
+        assert!(port_name_error("HTTP").is_some());
+        assert!(port_name_error("a--b").is_some());
+        assert!(port_name_error("-a").is_some());
+        assert!(port_name_error("abcdefghijklmnop").is_some());
+    }
+
+    #[test]
+    fn dns_names() {
+        assert_eq!(dns1123_label_error("kube-system"), None);
+        assert!(dns1123_label_error("a.b").is_some());
+        assert_eq!(dns1123_subdomain_error("a.b-c"), None);
+        assert!(dns1123_subdomain_error("a..b").is_some());
+    }
+
+    #[test]
+    fn typos_get_suggestions() {
+        assert_eq!(
+            unknown_field("ingres", &["ingress", "egress"]),
+            "unknown field \"ingres\" (did you mean \"ingress\"?)"
+        );
+        assert_eq!(
+            unknown_field("podSelector", &["from", "ports"]),
+            "unknown field \"podSelector\" (expected one of: from, ports)"
+        );
+    }
+}

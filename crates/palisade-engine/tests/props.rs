@@ -1,0 +1,368 @@
+//! Property tests over random synthetic clusters. The oracle below is a
+//! deliberately naive reading of the API (no index, no identities, every
+//! selector evaluated from scratch), so that the indexed engine is checked
+//! against the specification rather than against itself.
+
+use std::net::IpAddr;
+
+use palisade_engine::synth::{self, Params, Rng};
+use palisade_engine::{Endpoint, Engine, Flow};
+use palisade_model::{
+    AdminAction, AdminPeer, AdminPort, AdminSubject, AdminTier, Cluster, Labels, NamespaceScope,
+    Peer, Pod, PortSpec, Protocol, Rule,
+};
+use proptest::prelude::*;
+
+fn ns_labels<'a>(c: &'a Cluster, ns: &str) -> &'a Labels {
+    &c.namespaces[ns].labels
+}
+
+fn pod_of(c: &Cluster, e: Endpoint) -> Option<&Pod> {
+    match e {
+        Endpoint::Pod(i) => Some(&c.pods[i]),
+        Endpoint::Ip(_) => None,
+    }
+}
+
+/// A pod that selectors can see: an endpoint not on the host network.
+fn selectable(p: Option<&Pod>) -> Option<&Pod> {
+    p.filter(|p| p.is_endpoint() && !p.host_network)
+}
+
+fn np_peer(c: &Cluster, policy_ns: &str, peer: &Peer, other: Option<&Pod>, ip: IpAddr) -> bool {
+    match peer {
+        Peer::IpBlock(b) => b.contains(&ip),
+        Peer::Pods { namespaces, pods } => selectable(other).is_some_and(|o| {
+            let ns_ok = match namespaces {
+                NamespaceScope::Own(_) => o.namespace == policy_ns,
+                NamespaceScope::Selector(s) => s.matches(ns_labels(c, &o.namespace)),
+            };
+            ns_ok && pods.matches(&o.labels)
+        }),
+    }
+}
+
+fn np_port(spec: &PortSpec, dst: Option<&Pod>, proto: Protocol, port: u16) -> bool {
+    match spec {
+        PortSpec::AllPorts(p) => *p == proto,
+        PortSpec::Range {
+            protocol,
+            start,
+            end,
+        } => *protocol == proto && (*start..=*end).contains(&port),
+        PortSpec::Named { protocol, name } => {
+            *protocol == proto
+                && selectable(dst).is_some_and(|d| {
+                    d.ports.iter().any(|cp| {
+                        cp.name.as_deref() == Some(name.as_str())
+                            && cp.protocol == proto
+                            && cp.port == port
+                    })
+                })
+        }
+    }
+}
+
+fn rule_allows(
+    c: &Cluster,
+    ns: &str,
+    r: &Rule,
+    other: Option<&Pod>,
+    ip: IpAddr,
+    dst: Option<&Pod>,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    let peer_ok = r
+        .peers
+        .as_ref()
+        .is_none_or(|ps| ps.iter().any(|p| np_peer(c, ns, p, other, ip)));
+    let port_ok = r
+        .ports
+        .as_ref()
+        .is_none_or(|ps| ps.iter().any(|s| np_port(s, dst, proto, port)));
+    peer_ok && port_ok
+}
+
+fn admin_peer(c: &Cluster, p: &AdminPeer, other: Option<&Pod>, ip: IpAddr) -> bool {
+    match p {
+        AdminPeer::Namespaces(s) => {
+            selectable(other).is_some_and(|o| s.matches(ns_labels(c, &o.namespace)))
+        }
+        AdminPeer::Pods { namespaces, pods } => selectable(other).is_some_and(|o| {
+            namespaces.matches(ns_labels(c, &o.namespace)) && pods.matches(&o.labels)
+        }),
+        AdminPeer::Nodes(s) => c
+            .nodes
+            .iter()
+            .any(|n| s.matches(&n.labels) && n.addresses.contains(&ip)),
+        AdminPeer::Networks(ns) => ns.iter().any(|n| n.contains(&ip)),
+    }
+}
+
+fn admin_port(p: &AdminPort, dst: Option<&Pod>, proto: Protocol, port: u16) -> bool {
+    match p {
+        AdminPort::Number { protocol, port: q } => *protocol == proto && *q == port,
+        AdminPort::Range {
+            protocol,
+            start,
+            end,
+        } => *protocol == proto && (*start..=*end).contains(&port),
+        AdminPort::Named(n) => selectable(dst).is_some_and(|d| {
+            d.ports.iter().any(|cp| {
+                cp.name.as_deref() == Some(n.as_str()) && cp.protocol == proto && cp.port == port
+            })
+        }),
+    }
+}
+
+/// One direction: `subject` is the pod the policies apply to, `other` the
+/// peer with address `ip`; `dst` holds the named ports.
+#[allow(clippy::too_many_arguments)]
+fn direction(
+    c: &Cluster,
+    ingress: bool,
+    subject: Option<&Pod>,
+    other: Option<&Pod>,
+    ip: IpAddr,
+    dst: Option<&Pod>,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    let Some(s) = selectable(subject) else {
+        return true;
+    };
+    let nsl = ns_labels(c, &s.namespace);
+    let applies = |subj: &AdminSubject| match subj {
+        AdminSubject::Namespaces(n) => n.matches(nsl),
+        AdminSubject::Pods { namespaces, pods } => {
+            namespaces.matches(nsl) && pods.matches(&s.labels)
+        }
+    };
+    let tier_decision = |tier: AdminTier| -> Option<AdminAction> {
+        let mut ps: Vec<_> = c
+            .admin_policies
+            .iter()
+            .filter(|a| a.tier == tier && applies(&a.subject))
+            .collect();
+        ps.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        for a in ps {
+            let rules = if ingress { &a.ingress } else { &a.egress };
+            for r in rules {
+                let peer = r.peers.iter().any(|p| admin_peer(c, p, other, ip));
+                let port_ok = r
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ps| ps.iter().any(|p| admin_port(p, dst, proto, port)));
+                if peer && port_ok {
+                    return Some(r.action);
+                }
+            }
+        }
+        None
+    };
+    match tier_decision(AdminTier::Admin) {
+        Some(AdminAction::Allow) => return true,
+        Some(AdminAction::Deny) => return false,
+        _ => {}
+    }
+    let isolating: Vec<_> = c
+        .policies
+        .iter()
+        .filter(|p| p.namespace == s.namespace && p.pod_selector.matches(&s.labels))
+        .filter(|p| {
+            if ingress {
+                p.ingress.is_some()
+            } else {
+                p.egress.is_some()
+            }
+        })
+        .collect();
+    if !isolating.is_empty() {
+        if ingress {
+            let node_addrs: Vec<IpAddr> = c
+                .nodes
+                .iter()
+                .filter(|n| Some(&n.name) == s.node.as_ref())
+                .flat_map(|n| n.addresses.clone())
+                .collect();
+            if node_addrs.contains(&ip) {
+                return true;
+            }
+        }
+        return isolating.iter().any(|p| {
+            let rules = if ingress {
+                p.ingress.as_ref()
+            } else {
+                p.egress.as_ref()
+            };
+            rules
+                .unwrap()
+                .iter()
+                .any(|r| rule_allows(c, &p.namespace, r, other, ip, dst, proto, port))
+        });
+    }
+    !matches!(tier_decision(AdminTier::Baseline), Some(AdminAction::Deny))
+}
+
+fn oracle(c: &Cluster, f: &Flow) -> bool {
+    let (src, dst) = (pod_of(c, f.src), pod_of(c, f.dst));
+    direction(c, false, src, dst, f.dst_ip, dst, f.protocol, f.port)
+        && direction(c, true, dst, src, f.src_ip, dst, f.protocol, f.port)
+}
+
+const PORTS: [(u16, Protocol); 7] = [
+    (80, Protocol::Tcp),
+    (8080, Protocol::Tcp),
+    (8050, Protocol::Tcp),
+    (443, Protocol::Tcp),
+    (53, Protocol::Udp),
+    (80, Protocol::Udp),
+    (80, Protocol::Sctp),
+];
+
+/// Random flows between pods, external addresses and node addresses.
+fn flows(engine: &Engine, seed: u64, n: usize) -> Vec<Flow> {
+    let c = engine.cluster();
+    let mut r = Rng::new(seed);
+    let externals: Vec<IpAddr> = [
+        "203.0.113.9",
+        "10.0.0.77",
+        "2001:db8::1",
+        "fd00::1:99",
+        "192.168.0.1",
+        "192.168.0.2",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let pick = |r: &mut Rng| {
+            if r.chance(80) && !c.pods.is_empty() {
+                Endpoint::Pod(r.below(c.pods.len()))
+            } else {
+                engine.endpoint_for_ip(externals[r.below(externals.len())])
+            }
+        };
+        let (s, d) = (pick(&mut r), pick(&mut r));
+        let (port, proto) = PORTS[r.below(PORTS.len())];
+        let v4 = r.chance(50);
+        if let Some(f) = engine.flow_in_family(s, d, proto, port, v4) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+fn params(seed: u64, admin: usize, pods: usize, policies: usize) -> Params {
+    Params {
+        seed,
+        namespaces: 3,
+        apps_per_namespace: 3,
+        pods,
+        nodes: 2,
+        policies,
+        admin_policies: admin,
+        dual_stack: true,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The indexed engine decides exactly as the naive reading of the API,
+    /// with and without admin policies.
+    #[test]
+    fn engine_matches_naive_oracle(seed in any::<u64>(), admin in 0usize..4, pods in 2usize..30, policies in 0usize..12) {
+        let c = synth::cluster(&params(seed, admin, pods, policies));
+        let engine = Engine::new(c.clone());
+        for f in flows(&engine, seed ^ 0x55, 300) {
+            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
+            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+        }
+    }
+
+    /// Adding a NetworkPolicy never removes an allowed ingress to a pod that
+    /// was already isolated for ingress (policies only add allows).
+    #[test]
+    fn adding_a_policy_never_revokes_an_isolated_pods_allow(seed in any::<u64>(), pods in 2usize..25, policies in 1usize..10) {
+        let full = synth::cluster(&params(seed, 0, pods, policies));
+        let mut fewer = full.clone();
+        fewer.policies.pop();
+        let before = Engine::new(fewer);
+        let after = Engine::new(full);
+        for f in flows(&before, seed, 300) {
+            let isolated = before.outcome(palisade_engine::Direction::Ingress, &f).decision != palisade_engine::Decision::NotIsolated
+                && matches!(f.dst, Endpoint::Pod(_));
+            let was = before.outcome(palisade_engine::Direction::Ingress, &f);
+            if isolated && was.allowed() {
+                prop_assert!(after.outcome(palisade_engine::Direction::Ingress, &f).allowed(), "{:?}", f);
+            }
+        }
+    }
+
+    /// A pod selected by no policy accepts everything.
+    #[test]
+    fn unselected_pods_accept_everything(seed in any::<u64>(), pods in 2usize..25, policies in 0usize..10) {
+        let c = synth::cluster(&params(seed, 0, pods, policies));
+        let engine = Engine::new(c.clone());
+        for f in flows(&engine, seed, 300) {
+            if let Endpoint::Pod(d) = f.dst {
+                let p = &c.pods[d];
+                let selected = c.policies.iter().any(|np| np.ingress.is_some() && np.namespace == p.namespace && np.pod_selector.matches(&p.labels));
+                if !selected {
+                    prop_assert!(engine.outcome(palisade_engine::Direction::Ingress, &f).allowed());
+                }
+            }
+        }
+    }
+
+    /// Admin policies whose every rule passes change nothing: with no
+    /// baseline, verdicts equal the NetworkPolicy-only verdicts.
+    #[test]
+    fn pass_only_admin_policies_equal_networkpolicy_only(seed in any::<u64>(), pods in 2usize..25, policies in 0usize..10) {
+        let plain = synth::cluster(&params(seed, 0, pods, policies));
+        let mut passing = synth::cluster(&params(seed, 3, pods, policies));
+        passing.admin_policies.retain(|a| a.tier == AdminTier::Admin);
+        for a in &mut passing.admin_policies {
+            for r in a.ingress.iter_mut().chain(a.egress.iter_mut()) {
+                r.action = AdminAction::Pass;
+            }
+        }
+        let mut plain_with_same_pods = passing.clone();
+        plain_with_same_pods.admin_policies.clear();
+        let _ = plain;
+        let a = Engine::new(plain_with_same_pods);
+        let b = Engine::new(passing);
+        for f in flows(&a, seed, 300) {
+            prop_assert_eq!(a.allowed(&f), b.allowed(&f));
+        }
+    }
+
+    /// Pods of one identity are indistinguishable: same row, same column.
+    #[test]
+    fn identity_members_are_indistinguishable(seed in any::<u64>(), pods in 2usize..40, policies in 0usize..12, admin in 0usize..3) {
+        let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
+        let idx = engine.index();
+        let reps: Vec<usize> = idx.identities.iter().map(|i| i.members[0]).collect();
+        for id in &idx.identities {
+            for &m in &id.members[1..] {
+                for &other in &reps {
+                    for (port, proto) in PORTS {
+                        let a = engine.flow(Endpoint::Pod(id.members[0]), Endpoint::Pod(other), proto, port);
+                        let b = engine.flow(Endpoint::Pod(m), Endpoint::Pod(other), proto, port);
+                        if let (Ok(a), Ok(b)) = (a, b) {
+                            prop_assert_eq!(engine.allowed(&a), engine.allowed(&b));
+                        }
+                        let a = engine.flow(Endpoint::Pod(other), Endpoint::Pod(id.members[0]), proto, port);
+                        let b = engine.flow(Endpoint::Pod(other), Endpoint::Pod(m), proto, port);
+                        if let (Ok(a), Ok(b)) = (a, b) {
+                            prop_assert_eq!(engine.allowed(&a), engine.allowed(&b));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,767 @@
+//! Decoding and defaulting of valid manifests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use palisade_k8s::{
+    assemble, decode, decode_value, load, Diagnostic, Located, Object, ObjectKey, Severity,
+};
+use palisade_model::{
+    AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
+    ContainerPort, IpBlock, IpNet, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
+    Node, Peer, Pod, PodPhase, PortSpec, Protocol, Requirement, Rule,
+};
+
+fn ok(file: &str, text: &str) -> Vec<Object> {
+    let (objects, diags) = decode(file, text.as_bytes());
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "unexpected errors: {errors:#?}");
+    objects.into_iter().map(|l| l.value).collect()
+}
+
+fn one_policy(spec: &str) -> NetworkPolicy {
+    let text = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: ns}}\nspec:\n{spec}"
+    );
+    match ok("p.yaml", &text).as_slice() {
+        [Object::NetworkPolicy(p)] => p.clone(),
+        other => panic!("expected one policy, got {other:?}"),
+    }
+}
+
+fn sel(kv: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector::from_labels(kv.iter().copied())
+}
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const ALL: Rule = Rule {
+    peers: None,
+    ports: None,
+};
+
+#[test]
+fn policy_types_default_to_ingress_only_without_egress_rules() {
+    let p = one_policy("  podSelector: {}\n");
+    assert_eq!(p.ingress, Some(vec![]));
+    assert_eq!(p.egress, None);
+    assert!(p.pod_selector.is_everything());
+}
+
+#[test]
+fn policy_types_default_adds_egress_with_egress_rules() {
+    let p = one_policy("  podSelector: {}\n  egress: [{}]\n");
+    assert_eq!(p.ingress, Some(vec![]));
+    assert_eq!(p.egress, Some(vec![ALL]));
+}
+
+#[test]
+fn empty_egress_list_does_not_add_egress() {
+    let p = one_policy("  podSelector: {}\n  egress: []\n");
+    assert_eq!(p.ingress, Some(vec![]));
+    assert_eq!(p.egress, None);
+}
+
+#[test]
+fn explicit_policy_types_drop_the_other_direction_with_a_warning() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]\n";
+    let (objects, diags) = decode("p.yaml", text.as_bytes());
+    let Object::NetworkPolicy(p) = &objects[0].value else {
+        panic!()
+    };
+    assert_eq!(p.namespace, "default");
+    assert_eq!(p.ingress, None);
+    assert_eq!(p.egress, Some(vec![]));
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        diags[0].to_string(),
+        "warning: p.yaml:1: NetworkPolicy default/p: spec.ingress: ignored: policyTypes does not include Ingress"
+    );
+}
+
+#[test]
+fn explicit_both_policy_types_without_rules_deny_both() {
+    let p = one_policy("  podSelector: {}\n  policyTypes: [Ingress, Egress]\n");
+    assert_eq!(p.ingress, Some(vec![]));
+    assert_eq!(p.egress, Some(vec![]));
+}
+
+#[test]
+fn empty_policy_types_list_is_defaulted() {
+    let p = one_policy("  podSelector: {}\n  policyTypes: []\n  egress: [{}]\n");
+    assert_eq!(p.ingress, Some(vec![]));
+    assert_eq!(p.egress, Some(vec![ALL]));
+}
+
+#[test]
+fn empty_rule_allows_everything() {
+    let p = one_policy("  podSelector: {}\n  ingress: [{}]\n");
+    assert_eq!(p.ingress, Some(vec![ALL]));
+    let p = one_policy("  podSelector: {}\n  ingress: [{from: [], ports: []}]\n");
+    assert_eq!(p.ingress, Some(vec![ALL]));
+}
+
+#[test]
+fn explicit_nulls_are_absent_fields() {
+    let p = one_policy(
+        "  podSelector: null\n  policyTypes: null\n  egress: null\n  ingress:\n    - from: null\n      ports: null\n    -\n",
+    );
+    assert!(p.pod_selector.is_everything());
+    assert_eq!(p.ingress, Some(vec![ALL, ALL]));
+    assert_eq!(p.egress, None);
+}
+
+#[test]
+fn peers_and_ports_are_normalized() {
+    let p = one_policy(
+        r#"  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from:
+        - podSelector: {matchLabels: {app: lb}}
+        - namespaceSelector: {}
+        - namespaceSelector: {matchLabels: {team: a}}
+          podSelector: {matchLabels: {app: x}}
+        - ipBlock: {cidr: "fd00::/8", except: ["fd00:1::/32"]}
+      ports:
+        - {}
+        - {protocol: UDP}
+        - {port: 53, protocol: UDP}
+        - {port: 8000, endPort: 8080}
+        - {port: web-http}
+"#,
+    );
+    assert_eq!(p.pod_selector, sel(&[("app", "web")]));
+    let rule = &p.ingress.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.peers.as_deref().unwrap(),
+        &[
+            Peer::Pods {
+                namespaces: NamespaceScope::Own("ns".into()),
+                pods: sel(&[("app", "lb")]),
+            },
+            Peer::Pods {
+                namespaces: NamespaceScope::Selector(LabelSelector::everything()),
+                pods: LabelSelector::everything(),
+            },
+            Peer::Pods {
+                namespaces: NamespaceScope::Selector(sel(&[("team", "a")])),
+                pods: sel(&[("app", "x")]),
+            },
+            Peer::IpBlock(IpBlock {
+                cidr: net("fd00::/8"),
+                except: vec![net("fd00:1::/32")],
+            }),
+        ]
+    );
+    assert_eq!(
+        rule.ports.as_deref().unwrap(),
+        &[
+            PortSpec::AllPorts(Protocol::Tcp),
+            PortSpec::AllPorts(Protocol::Udp),
+            PortSpec::Range {
+                protocol: Protocol::Udp,
+                start: 53,
+                end: 53
+            },
+            PortSpec::Range {
+                protocol: Protocol::Tcp,
+                start: 8000,
+                end: 8080
+            },
+            PortSpec::Named {
+                protocol: Protocol::Tcp,
+                name: "web-http".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn selectors_fold_match_labels_and_expressions() {
+    let p = one_policy(
+        r#"  podSelector:
+    matchLabels: {app: web, tier: ""}
+    matchExpressions:
+      - {key: env, operator: NotIn, values: [prod, dev, prod]}
+      - {key: example.com/legacy, operator: DoesNotExist}
+      - {key: app, operator: In, values: [web]}
+      - {key: canary, operator: Exists, values: []}
+"#,
+    );
+    assert_eq!(
+        p.pod_selector,
+        LabelSelector::new(vec![
+            Requirement::In {
+                key: "app".into(),
+                values: vec!["web".into()]
+            },
+            Requirement::In {
+                key: "tier".into(),
+                values: vec!["".into()]
+            },
+            Requirement::NotIn {
+                key: "env".into(),
+                values: vec!["dev".into(), "prod".into()]
+            },
+            Requirement::DoesNotExist {
+                key: "example.com/legacy".into()
+            },
+            Requirement::Exists {
+                key: "canary".into()
+            },
+        ])
+    );
+    // `app=web` appears twice and is deduplicated.
+    assert_eq!(p.pod_selector.requirements.len(), 5);
+}
+
+#[test]
+fn cidr_host_bits_are_cleared_with_a_warning() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.0.1/16, except: [10.0.1.7/24]}}]\n";
+    let (objects, diags) = decode("p.yaml", text.as_bytes());
+    let Object::NetworkPolicy(p) = &objects[0].value else {
+        panic!()
+    };
+    let rule = &p.egress.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.peers.as_deref().unwrap(),
+        &[Peer::IpBlock(IpBlock {
+            cidr: net("10.0.0.0/16"),
+            except: vec![net("10.0.1.0/24")]
+        })]
+    );
+    let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "warning: p.yaml:1: NetworkPolicy default/p: spec.egress[0].to[0].ipBlock.cidr: 10.0.0.1/16 has host bits set; it is read as 10.0.0.0/16",
+            "warning: p.yaml:1: NetworkPolicy default/p: spec.egress[0].to[0].ipBlock.except[0]: 10.0.1.7/24 has host bits set; it is read as 10.0.1.0/24",
+        ]
+    );
+}
+
+#[test]
+fn except_must_be_strictly_inside_and_same_family() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  egress:\n    - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16, \"fd00::/8\", 10.0.0.0/8]}}]\n";
+    let (objects, diags) = decode("p.yaml", text.as_bytes());
+    assert!(objects.is_empty());
+    let msgs: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "10.0.0.0/16 is not strictly inside cidr 10.0.0.0/16: it would except the whole block",
+            "fd00::/8 is not inside cidr 10.0.0.0/16 (different address family)",
+            "10.0.0.0/8 is not inside cidr 10.0.0.0/16",
+        ]
+    );
+}
+
+#[test]
+fn every_error_in_a_file_is_reported() {
+    let text = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {matchLabels: {"a b": c}}
+  ingres: []
+  ingress:
+    - ports: [{port: 0}, {port: 80, endPort: 70}, {protocol: tcp}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: BAD}
+---
+: : bad yaml [
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: fine}
+"#;
+    let (objects, diags) = decode("many.yaml", text.as_bytes());
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    let fields: Vec<Option<&str>> = errors.iter().map(|d| d.field.as_deref()).collect();
+    assert_eq!(
+        fields,
+        [
+            Some("spec.ingres"),
+            Some("spec.podSelector.matchLabels"),
+            Some("spec.ingress[0].ports[0].port"),
+            Some("spec.ingress[0].ports[1].endPort"),
+            Some("spec.ingress[0].ports[2].protocol"),
+            Some("metadata.name"),
+            None,
+        ],
+        "{errors:#?}"
+    );
+    assert_eq!(errors[5].line, Some(10));
+    assert_eq!(errors[5].object.as_deref(), Some("Pod default/BAD"));
+    assert_eq!(errors[6].line, Some(14));
+    assert!(errors[6].message.starts_with("YAML syntax error"));
+    // The valid namespace after the broken document is still read.
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].line, Some(16));
+    assert_eq!(
+        objects[0].value.key(),
+        ObjectKey {
+            kind: "Namespace".into(),
+            namespace: None,
+            name: "fine".into()
+        }
+    );
+}
+
+#[test]
+fn lists_multiple_documents_and_json() {
+    let yaml = "# leading comment\n---\napiVersion: v1\nkind: NamespaceList\nitems:\n  - metadata: {name: a}\n  - metadata: {name: b}\n---\n---\napiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: c}}\n...\n";
+    let (objects, diags) = decode("ns.yaml", yaml.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    let names: Vec<(String, Option<usize>)> = objects
+        .iter()
+        .map(|o| (o.value.key().name, o.line))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("a".to_string(), Some(3)),
+            ("b".to_string(), Some(3)),
+            ("c".to_string(), Some(10))
+        ]
+    );
+
+    let json = r#"
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "p", "namespace": "x", "labels": {"app": "a"}},
+ "status": {"podIP": "10.1.1.1"}}"#;
+    let objects = ok("pod.json", json);
+    assert_eq!(
+        objects,
+        [Object::Pod(Pod {
+            namespace: "x".into(),
+            name: "p".into(),
+            labels: labels(&[("app", "a")]),
+            ips: vec![ip("10.1.1.1")],
+            node: None,
+            host_network: false,
+            phase: PodPhase::Running,
+            ports: vec![],
+        })]
+    );
+
+    let (objects, diags) = decode("bad.json", b"{\n  \"kind\": \"Pod\",\n}");
+    assert!(objects.is_empty());
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].line, Some(3));
+    assert!(diags[0]
+        .to_string()
+        .starts_with("bad.json:3: JSON syntax error"));
+}
+
+#[test]
+fn decode_value_reads_one_object() {
+    let v = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n1", "labels": {"zone": "z"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"},
+                                 {"type": "Hostname", "address": "n1"}]}
+    });
+    let (objects, diags) = decode_value("etcd:/registry/minions/n1", v);
+    assert!(diags.is_empty());
+    assert_eq!(
+        objects,
+        [Located {
+            file: "etcd:/registry/minions/n1".into(),
+            line: None,
+            value: Object::Node(Node {
+                name: "n1".into(),
+                labels: labels(&[("zone", "z")]),
+                addresses: vec![ip("10.0.0.1")],
+            })
+        }]
+    );
+    let (_, diags) = decode_value(
+        "etcd:x",
+        serde_json::json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p"}, "status": {"phase": "Sleeping"}}),
+    );
+    assert_eq!(
+        diags[0].to_string(),
+        "etcd:x: Pod default/p: status.phase: unknown phase \"Sleeping\" (expected Pending, Running, Succeeded, Failed or Unknown)"
+    );
+}
+
+#[test]
+fn other_kinds_are_skipped_with_a_warning_and_missing_fields_are_errors() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: v1\nmetadata: {name: q}\n";
+    let (objects, diags) = decode("d.yaml", text.as_bytes());
+    assert!(objects.is_empty());
+    let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "warning: d.yaml:1: Deployment web: skipped: kind Deployment is not used by Palisade",
+            "d.yaml:5: Pod default/p: apiVersion: missing apiVersion (expected v1)",
+            "d.yaml:8: kind: missing kind (object named \"q\")",
+        ]
+    );
+    assert_eq!(diags[0].severity, Severity::Warning);
+}
+
+#[test]
+fn pods_are_lenient_but_checked() {
+    let text = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  namespace: n
+  uid: 1234
+  managedFields: [{manager: kubectl}]
+spec:
+  unknownField: true
+  containers:
+    - name: c
+      ports: [{containerPort: 80, name: "HTTP"}, {containerPort: "80"}]
+status:
+  podIPs: []
+  podIP: ""
+  phase: Pending
+"#;
+    let (objects, diags) = decode("pod.yaml", text.as_bytes());
+    assert!(objects.is_empty());
+    let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "pod.yaml:1: Pod n/p: spec.containers[0].ports[0].name: \"HTTP\" is not a valid port name: must contain only lower case alphanumeric characters and '-'",
+            "pod.yaml:1: Pod n/p: spec.containers[0].ports[1].containerPort: expected an integer, found string \"80\"",
+        ]
+    );
+}
+
+#[test]
+fn assemble_reports_duplicates_ties_and_sorts() {
+    let a = r#"apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: zeta}
+spec: {priority: 5, subject: {namespaces: {}}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: alpha}
+spec: {tier: Admin, priority: 5, subject: {namespaces: {}}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: first}
+spec: {priority: 1, subject: {namespaces: {}}}
+"#;
+    let b = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: z}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: z}\n---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: first}\nspec: {priority: 9, subject: {namespaces: {}}}\n";
+    let loaded = load(&[
+        ("a.yaml".to_string(), a.as_bytes().to_vec()),
+        ("b.yaml".to_string(), b.as_bytes().to_vec()),
+    ]);
+    let msgs: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "b.yaml:9: AdminNetworkPolicy first: duplicate AdminNetworkPolicy first: already defined at a.yaml:11; the first definition is kept",
+            "warning: a.yaml:1: AdminNetworkPolicy zeta: same tier (Admin) and priority (5) as ClusterNetworkPolicy alpha; the tie is broken by name, lexicographically, so ClusterNetworkPolicy alpha is evaluated first",
+        ]
+    );
+    let c = &loaded.cluster;
+    let admin: Vec<(&str, u32)> = c
+        .admin_policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.priority))
+        .collect();
+    assert_eq!(admin, [("first", 1), ("alpha", 5), ("zeta", 5)]);
+    let pods: Vec<String> = c.pods.iter().map(Pod::key).collect();
+    assert_eq!(pods, ["z/a", "z/b"]);
+    assert_eq!(c.namespaces["z"], Namespace::implicit("z"));
+}
+
+#[test]
+fn diagnostic_display_omits_missing_parts() {
+    let d = Diagnostic {
+        severity: Severity::Error,
+        file: "policies.yaml".into(),
+        line: Some(12),
+        object: Some("NetworkPolicy default/web".into()),
+        field: Some("spec.ingress[0].ports[1].endPort".into()),
+        message: "70 is below port 80".into(),
+    };
+    assert_eq!(
+        d.to_string(),
+        "policies.yaml:12: NetworkPolicy default/web: spec.ingress[0].ports[1].endPort: 70 is below port 80"
+    );
+    let w = Diagnostic {
+        severity: Severity::Warning,
+        line: None,
+        object: None,
+        field: None,
+        ..d
+    };
+    assert!(!w.is_error());
+    assert_eq!(w.to_string(), "warning: policies.yaml: 70 is below port 80");
+}
+
+#[test]
+fn valid_fixture_decodes_to_the_expected_cluster() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/valid/cluster.yaml");
+    let bytes = std::fs::read(path).unwrap();
+    let (objects, diags) = decode("cluster.yaml", &bytes);
+    let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        msgs,
+        ["warning: cluster.yaml:54: Service shop/web: skipped: kind Service is not used by Palisade"]
+    );
+    let loaded = assemble(objects);
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+
+    let mut namespaces = BTreeMap::new();
+    namespaces.insert(
+        "shop".to_string(),
+        Namespace {
+            name: "shop".into(),
+            labels: labels(&[("team", "web"), ("kubernetes.io/metadata.name", "shop")]),
+        },
+    );
+    namespaces.insert("default".to_string(), Namespace::implicit("default"));
+
+    let tcp = |name: &str, port| ContainerPort {
+        name: Some(name.into()),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let pods = vec![
+        Pod {
+            namespace: "default".into(),
+            name: "db-0".into(),
+            labels: Labels::new(),
+            ips: vec![ip("192.168.1.10")],
+            node: None,
+            host_network: true,
+            phase: PodPhase::Running,
+            ports: vec![],
+        },
+        Pod {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            labels: labels(&[("app", "web")]),
+            ips: vec![ip("10.0.0.5"), ip("fd00::5")],
+            node: Some("node-a".into()),
+            host_network: false,
+            phase: PodPhase::Running,
+            ports: vec![
+                tcp("http", 8080),
+                ContainerPort {
+                    name: None,
+                    port: 53,
+                    protocol: Protocol::Udp,
+                },
+                tcp("envoy", 15001),
+            ],
+        },
+    ];
+    let nodes = vec![Node {
+        name: "node-a".into(),
+        labels: labels(&[("zone", "a")]),
+        addresses: vec![ip("192.168.1.10"), ip("2001:db8::1")],
+    }];
+    let policies = vec![NetworkPolicy {
+        namespace: "shop".into(),
+        name: "web".into(),
+        pod_selector: sel(&[("app", "web")]),
+        ingress: Some(vec![Rule {
+            peers: Some(vec![
+                Peer::Pods {
+                    namespaces: NamespaceScope::Own("shop".into()),
+                    pods: sel(&[("app", "lb")]),
+                },
+                Peer::Pods {
+                    namespaces: NamespaceScope::Selector(LabelSelector::new(vec![
+                        Requirement::In {
+                            key: "team".into(),
+                            values: vec!["ops".into(), "web".into()],
+                        },
+                    ])),
+                    pods: LabelSelector::everything(),
+                },
+                Peer::IpBlock(IpBlock {
+                    cidr: net("10.1.0.0/16"),
+                    except: vec![net("10.1.2.0/24")],
+                }),
+            ]),
+            ports: Some(vec![
+                PortSpec::Range {
+                    protocol: Protocol::Tcp,
+                    start: 8080,
+                    end: 8080,
+                },
+                PortSpec::Named {
+                    protocol: Protocol::Tcp,
+                    name: "http".into(),
+                },
+                PortSpec::Range {
+                    protocol: Protocol::Udp,
+                    start: 9000,
+                    end: 9010,
+                },
+                PortSpec::AllPorts(Protocol::Sctp),
+            ]),
+        }]),
+        egress: Some(vec![ALL]),
+    }];
+    let admin_policies = vec![
+        AdminPolicy {
+            kind: "ClusterNetworkPolicy".into(),
+            name: "allow-monitoring".into(),
+            tier: AdminTier::Admin,
+            priority: 5,
+            subject: AdminSubject::Namespaces(sel(&[("team", "web")])),
+            ingress: vec![AdminRule {
+                name: "prom".into(),
+                action: AdminAction::Allow,
+                peers: vec![AdminPeer::Namespaces(sel(&[("team", "ops")]))],
+                ports: Some(vec![
+                    AdminPort::Number {
+                        protocol: Protocol::Tcp,
+                        port: 9090,
+                    },
+                    AdminPort::Range {
+                        protocol: Protocol::Udp,
+                        start: 100,
+                        end: 200,
+                    },
+                    AdminPort::Named("metrics".into()),
+                ]),
+            }],
+            egress: vec![AdminRule {
+                name: String::new(),
+                action: AdminAction::Pass,
+                peers: vec![AdminPeer::Nodes(LabelSelector::new(vec![
+                    Requirement::Exists { key: "zone".into() },
+                ]))],
+                ports: None,
+            }],
+        },
+        AdminPolicy {
+            kind: "AdminNetworkPolicy".into(),
+            name: "deny-imds".into(),
+            tier: AdminTier::Admin,
+            priority: 10,
+            subject: AdminSubject::Namespaces(LabelSelector::everything()),
+            ingress: vec![],
+            egress: vec![
+                AdminRule {
+                    name: "imds".into(),
+                    action: AdminAction::Deny,
+                    peers: vec![AdminPeer::Networks(vec![net("169.254.169.254/32")])],
+                    ports: None,
+                },
+                AdminRule {
+                    name: "dns".into(),
+                    action: AdminAction::Allow,
+                    peers: vec![AdminPeer::Pods {
+                        namespaces: sel(&[("kubernetes.io/metadata.name", "kube-system")]),
+                        pods: sel(&[("k8s-app", "kube-dns")]),
+                    }],
+                    ports: Some(vec![
+                        AdminPort::Number {
+                            protocol: Protocol::Udp,
+                            port: 53,
+                        },
+                        AdminPort::Range {
+                            protocol: Protocol::Tcp,
+                            start: 1000,
+                            end: 2000,
+                        },
+                        AdminPort::Named("dns-tcp".into()),
+                    ]),
+                },
+            ],
+        },
+        AdminPolicy {
+            kind: "BaselineAdminNetworkPolicy".into(),
+            name: "default".into(),
+            tier: AdminTier::Baseline,
+            priority: 0,
+            subject: AdminSubject::Pods {
+                namespaces: LabelSelector::everything(),
+                pods: sel(&[("app", "web")]),
+            },
+            ingress: vec![AdminRule {
+                name: String::new(),
+                action: AdminAction::Deny,
+                peers: vec![AdminPeer::Namespaces(LabelSelector::everything())],
+                ports: None,
+            }],
+            egress: vec![],
+        },
+    ];
+    let expected = Cluster {
+        namespaces,
+        pods,
+        nodes,
+        policies,
+        admin_policies,
+    };
+    assert_eq!(loaded.cluster, expected);
+}
+
+#[test]
+fn mangled_inputs_never_panic() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/valid/cluster.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Every line removed in turn, and every line with its value replaced by
+    // values of the wrong type.
+    for i in 0..lines.len() {
+        for replacement in [
+            None,
+            Some("[]"),
+            Some("{}"),
+            Some("7"),
+            Some("null"),
+            Some("x"),
+        ] {
+            let mut l = lines.clone();
+            let changed;
+            match replacement {
+                None => {
+                    l.remove(i);
+                }
+                Some(r) => {
+                    if let Some((k, _)) = lines[i].split_once(": ") {
+                        changed = format!("{k}: {r}");
+                        l[i] = &changed;
+                        let _ = load(&[("m.yaml".to_string(), l.join("\n").into_bytes())]);
+                    }
+                    continue;
+                }
+            }
+            let _ = load(&[("m.yaml".to_string(), l.join("\n").into_bytes())]);
+        }
+    }
+    // Every prefix, in both formats.
+    for cut in (0..text.len()).step_by(7) {
+        let _ = decode("t.yaml", &text.as_bytes()[..cut]);
+        let _ = decode("t.json", &text.as_bytes()[..cut]);
+    }
+    let _ = decode("bin.yaml", &[0xff, 0xfe, 0x00]);
+    let _ = decode_value("v", serde_json::json!([1, {"kind": "List", "items": 3}]));
+}
