@@ -62,7 +62,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -71,10 +71,10 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 }
 
@@ -232,7 +232,7 @@ pub fn cluster(p: &Params) -> Cluster {
             port: [80, 8080][app % 2],
             protocol: Protocol::Tcp,
         }];
-        if app % 3 == 0 {
+        if app.is_multiple_of(3) {
             ports.push(ContainerPort {
                 name: Some("dns".into()),
                 port: 53,

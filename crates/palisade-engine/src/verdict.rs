@@ -467,7 +467,7 @@ impl Engine {
             Direction::Egress => &ident.egress_policies,
         };
         if !policies.is_empty() {
-            if dir == Direction::Ingress && self.from_own_node(pod, peer, peer_ip) {
+            if dir == Direction::Ingress && self.is_from_own_node(pod, peer, peer_ip) {
                 return done(passed, Decision::OwnNode);
             }
             for &pi in policies {
@@ -509,7 +509,7 @@ impl Engine {
         done(passed, Decision::NotIsolated)
     }
 
-    fn from_own_node(&self, pod: &Pod, peer: Endpoint, peer_ip: IpAddr) -> bool {
+    fn is_from_own_node(&self, pod: &Pod, peer: Endpoint, peer_ip: IpAddr) -> bool {
         let Some(node) = pod.node.as_deref() else {
             return false;
         };

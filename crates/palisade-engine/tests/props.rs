@@ -63,6 +63,7 @@ fn np_port(spec: &PortSpec, dst: Option<&Pod>, proto: Protocol, port: u16) -> bo
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rule_allows(
     c: &Cluster,
     ns: &str,

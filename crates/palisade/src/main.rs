@@ -54,16 +54,14 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// A file of flows, one `SRC DST PORT/PROTO` a line (# comments).
-        #[arg(long, conflicts_with_all = ["src", "dst", "port"])]
+        #[arg(long)]
         flows: Option<PathBuf>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: CheckFormat,
-        #[arg(required_unless_present = "flows")]
-        src: Option<String>,
-        #[arg(required_unless_present = "flows")]
-        dst: Option<String>,
-        #[arg(required_unless_present = "flows")]
-        port: Option<String>,
+        /// SRC DST PORT/PROTO. `-f` takes several paths, so the last three
+        /// values after it are the flow, as in `check -f a.yaml b/ SRC DST PORT`.
+        #[arg(value_name = "SRC DST PORT/PROTO", num_args = 0..=3)]
+        flow: Vec<String>,
     },
     /// Decode and validate manifests; print every diagnostic. Exit 2 if invalid.
     Validate {
@@ -128,13 +126,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
-            files,
+            mut files,
             flows,
             output,
-            src,
-            dst,
-            port,
+            flow,
         } => {
+            let mut flow = flow;
+            if flows.is_none() {
+                // Values after `-f` that belong to the flow, not to the paths.
+                while flow.len() < 3 && files.len() > 1 {
+                    let last = files.pop().expect("checked non-empty");
+                    flow.insert(0, last.to_string_lossy().into_owned());
+                }
+                if flow.len() != 3 {
+                    bail!("check needs -f PATH... SRC DST PORT/PROTO, or -f PATH... --flows FILE");
+                }
+            } else if !flow.is_empty() {
+                bail!("give either SRC DST PORT/PROTO or --flows FILE, not both");
+            }
             let engine = input::engine(&files)?;
             if let Some(path) = flows {
                 let text = std::fs::read_to_string(&path)
@@ -158,9 +167,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.flush()?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let (Some(src), Some(dst), Some(port)) = (src, dst, port) else {
-                bail!("check needs SRC DST PORT/PROTO or --flows FILE");
-            };
+            let [src, dst, port] =
+                <[String; 3]>::try_from(flow).expect("three values checked above");
             let f = input::resolve_flow(&engine, &src, &dst, &port)?;
             let v = engine.verdict(&f);
             let mut out = std::io::stdout().lock();

@@ -1,0 +1,262 @@
+//! The command line as users and scripts see it: exact forms, output
+//! formats and exit codes (0 allowed / 1 denied / 2 error).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn palisade(args: &[&str]) -> Output {
+    palisade_in(&root(), args)
+}
+
+fn palisade_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run palisade")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const REFINED: [&str; 4] = [
+    "-f",
+    "examples/webapp/cluster.yaml",
+    "-f",
+    "examples/webapp/policies-refined",
+];
+
+fn check(policies: &str, src: &str, dst: &str, port: &str) -> Output {
+    palisade(&[
+        "check",
+        "-f",
+        "examples/webapp/cluster.yaml",
+        policies,
+        src,
+        dst,
+        port,
+    ])
+}
+
+#[test]
+fn seed_sentences_hold_with_exit_codes() {
+    let refined = "examples/webapp/policies-refined";
+    // Frontend reachable on 80/TCP only from the ingress-nginx pods.
+    let o = check(
+        refined,
+        "ingress-nginx/controller",
+        "default/frontend",
+        "80/TCP",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("allowed\n"));
+    assert!(stdout(&o).contains(
+        "ingress allowed by default/frontend-allow-refined rule 0 (from peer 0, port 80/TCP)"
+    ));
+    for (src, port) in [
+        ("ingress-nginx/default-backend", "80/TCP"),
+        ("monitoring/scraper", "80/TCP"),
+        ("default/backend", "80/TCP"),
+        ("ingress-nginx/controller", "8080/TCP"),
+        ("ingress-nginx/controller", "80/UDP"),
+    ] {
+        let o = check(refined, src, "default/frontend", port);
+        assert_eq!(o.status.code(), Some(1), "{src} {port}: {}", stdout(&o));
+        assert!(stdout(&o).starts_with("denied\n"));
+    }
+    // Frontend may reach the backend on 8080/TCP and nothing else.
+    let o = check(refined, "default/frontend", "default/backend", "8080");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    for (dst, port) in [
+        ("default/backend", "9090/TCP"),
+        ("default/backend", "8080/UDP"),
+        ("default/database", "5432/TCP"),
+        ("ingress-nginx/controller", "80/TCP"),
+        ("203.0.113.1", "443/TCP"),
+    ] {
+        let o = check(refined, "default/frontend", dst, port);
+        assert_eq!(o.status.code(), Some(1), "{dst} {port}: {}", stdout(&o));
+    }
+    // The first version allowed any pod of the namespace.
+    let o = check(
+        "examples/webapp/policies-initial",
+        "default/backend",
+        "default/frontend",
+        "80/TCP",
+    );
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn flows_file_in_order_text_and_json() {
+    let dir = std::env::temp_dir().join(format!("palisade-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flows = dir.join("flows.txt");
+    std::fs::write(
+        &flows,
+        "# seed flows\n\ningress-nginx/controller default/frontend 80/TCP\ndefault/frontend default/database 5432/TCP  # denied\nfd00:50:1::10 default/frontend 80/tcp\n",
+    )
+    .unwrap();
+    let mut args = REFINED.to_vec();
+    args.insert(0, "check");
+    let flows_s = flows.to_str().unwrap();
+    let o = palisade(&[&args[..], &["--flows", flows_s]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("ingress-nginx/controller default/frontend 80/TCP allowed: "));
+    assert!(lines[1].starts_with("default/frontend default/database 5432/TCP denied: "));
+    assert!(lines[2].contains(" allowed: "));
+
+    let o = palisade(&[&args[..], &["--flows", flows_s, "-o", "json"]].concat());
+    assert_eq!(o.status.code(), Some(0));
+    let objs: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(objs.len(), 3);
+    assert_eq!(objs[0]["src"], "ingress-nginx/controller");
+    assert_eq!(objs[0]["dst"], "default/frontend");
+    assert_eq!(objs[0]["port"], 80);
+    assert_eq!(objs[0]["protocol"], "TCP");
+    assert_eq!(objs[0]["allowed"], true);
+    assert_eq!(objs[1]["allowed"], false);
+    assert!(objs[1]["reasons"].as_array().unwrap().iter().any(|r| r
+        .as_str()
+        .unwrap()
+        .starts_with("egress denied: default/frontend is isolated for egress")));
+
+    // A malformed line is an error naming the file and line.
+    std::fs::write(&flows, "default/frontend default/backend\n").unwrap();
+    let o = palisade(&[&args[..], &["--flows", flows_s]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("flows.txt:1"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_invalid_manifest_exits_2_without_panic() {
+    let dir = root().join("crates/palisade-k8s/tests/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "only {} invalid fixtures", files.len());
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(f).unwrap();
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} has no `# expect:` line"));
+        // Relative, as users type it: messages then quote the same path.
+        let fs = name.as_str();
+        let o = palisade_in(&dir, &["validate", "-f", fs]);
+        assert_eq!(o.status.code(), Some(2), "validate {name}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&name),
+            "validate {name}: message names no file: {err}"
+        );
+        assert!(
+            err.contains(expect),
+            "validate {name}: {expect:?} not in {err}"
+        );
+        let o = palisade_in(&dir, &["check", "-f", fs, "10.0.0.1", "10.0.0.2", "80/TCP"]);
+        assert_eq!(o.status.code(), Some(2), "check {name}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "check {name}");
+    }
+}
+
+#[test]
+fn validate_reports_counts_and_bad_arguments_exit_2() {
+    let o = palisade(&["validate", "-f", "examples/webapp"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("6 pods"), "{}", stdout(&o));
+    let o = check(
+        "examples/webapp/policies-refined",
+        "default/nope",
+        "default/frontend",
+        "80",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pod default/nope not found"));
+    let o = check(
+        "examples/webapp/policies-refined",
+        "default/backend",
+        "default/frontend",
+        "80/ICMP",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = check(
+        "examples/webapp/policies-refined",
+        "default/backend",
+        "default/frontend",
+        "0",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = palisade(&["check", "-f", "no/such/file.yaml", "a/b", "c/d", "80"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn matrix_table_json_csv_and_workloads() {
+    let mut args = vec!["matrix"];
+    args.extend(REFINED);
+    let o = palisade(&[&args[..], &["--ports", "80/TCP"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let header = out.lines().nth(1).unwrap();
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let fe = cols.iter().position(|c| *c == "default/frontend").unwrap();
+    let row = |name: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("ingress-nginx/controller")[fe], ".");
+    assert_eq!(row("default/backend")[fe], "X");
+    assert_eq!(row("monitoring/scraper")[fe], "X");
+
+    let o = palisade(&[&args[..], &["--ports", "80/TCP,8080/TCP", "-o", "json"]].concat());
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let pods: Vec<&str> = j["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let fe = pods.iter().position(|p| *p == "default/frontend").unwrap();
+    let be = pods.iter().position(|p| *p == "default/backend").unwrap();
+    let db = pods.iter().position(|p| *p == "default/database").unwrap();
+    assert_eq!(j["matrix"]["8080/TCP"][fe][be], true);
+    assert_eq!(j["matrix"]["8080/TCP"][fe][db], false);
+    assert_eq!(j["matrix"]["80/TCP"][be][fe], false);
+
+    let o = palisade(&[&args[..], &["--ports", "80/TCP", "-o", "csv"]].concat());
+    let csv = stdout(&o);
+    assert!(csv.starts_with("port,from,"));
+    assert_eq!(csv.lines().count(), 1 + pods.len());
+
+    let o = palisade(&[&args[..], &["--by", "workload", "--ports", "80/TCP"]].concat());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("default/{app=frontend}[1]"),
+        "{}",
+        stdout(&o)
+    );
+}
