@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+use crate::Direction;
 use palisade_model::{
-    AdminPeer, AdminPolicy, AdminPort, AdminSubject, AdminTier, Cluster, ContainerPort, IpBlock,
-    LabelSelector, Labels, NamespaceScope, NetworkPolicy, Peer, PortSpec,
+    AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminSubject, AdminTier, Cluster,
+    ContainerPort, IpBlock, LabelSelector, Labels, NamespaceScope, NetworkPolicy, Peer, PortSpec,
+    Protocol,
 };
 
 /// A dense set of identity ids.
@@ -92,6 +95,54 @@ pub struct Identity {
     /// identity, in evaluation order, per tier.
     pub admin: Vec<usize>,
     pub baseline: Vec<usize>,
+    /// Everything above flattened for the verdict hot path.
+    pub ingress_plan: Plan,
+    pub egress_plan: Plan,
+    /// Named container ports, by interned name.
+    pub named_ports: Vec<(u32, Protocol, u16)>,
+}
+
+/// A port condition with names interned; `index` is the position in the
+/// rule as written, for explanations.
+#[derive(Clone, Debug)]
+pub struct FlatPort {
+    pub index: usize,
+    pub kind: FlatPortKind,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum FlatPortKind {
+    /// `start..=end` of one protocol (a single port has start == end).
+    Range(Protocol, u16, u16),
+    /// A NetworkPolicy named port: the destination pod's port of that name
+    /// and protocol.
+    Named(Protocol, u32),
+    /// An admin `namedPort`: the destination's port of that name, any
+    /// protocol.
+    NamedAnyProtocol(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct FlatRule {
+    /// NetworkPolicy index (into `Cluster::policies`) or admin index (into
+    /// `Index::admin`), and the rule's position.
+    pub owner: usize,
+    pub rule: usize,
+    pub action: AdminAction,
+    pub peers: Option<Vec<PeerMatch>>,
+    pub ports: Option<Vec<FlatPort>>,
+}
+
+/// The rules that apply to one identity in one direction, in evaluation
+/// order: admin tier, NetworkPolicy (isolating iff `isolated`), baseline.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub admin: Vec<FlatRule>,
+    pub isolated: bool,
+    /// `ns/name, ...` of the isolating policies, for explanations.
+    pub isolated_by: String,
+    pub np: Vec<FlatRule>,
+    pub baseline: Vec<FlatRule>,
 }
 
 /// A resolved NetworkPolicy peer.
@@ -145,6 +196,15 @@ pub struct Index {
     pub ip_to_pod: HashMap<IpAddr, usize>,
     /// Node name → its addresses.
     pub node_addresses: HashMap<String, Vec<IpAddr>>,
+    /// Each pod's node (`Cluster::pods` order), as an index into
+    /// `node_address_lists`.
+    pub pod_node: Vec<Option<u32>>,
+    pub node_address_lists: Vec<Vec<IpAddr>>,
+    /// Whether some node address is also an endpoint pod's address; when not,
+    /// a pod peer can never be "the pod's own node".
+    pub node_address_is_pod_address: bool,
+    /// Interned port names.
+    pub port_names: HashMap<String, u32>,
 }
 
 /// What a shared identity set selects.
@@ -366,6 +426,9 @@ impl Index {
                     egress_policies: Vec::new(),
                     admin: Vec::new(),
                     baseline: Vec::new(),
+                    ingress_plan: Plan::default(),
+                    egress_plan: Plan::default(),
+                    named_ports: Vec::new(),
                 });
                 next
             });
@@ -438,10 +501,68 @@ impl Index {
             })
             .collect();
 
+        let mut port_names: HashMap<String, u32> = HashMap::new();
+        let mut intern = |n: &str| -> u32 {
+            let next = port_names.len() as u32;
+            *port_names.entry(n.to_string()).or_insert(next)
+        };
+        for id in identities.iter_mut() {
+            id.named_ports = id
+                .ports
+                .iter()
+                .filter_map(|c| Some((intern(c.name.as_deref()?), c.protocol, c.port)))
+                .collect();
+        }
+        let plans: Vec<(Plan, Plan)> = identities
+            .iter()
+            .map(|id| {
+                (
+                    plan(
+                        id,
+                        Direction::Ingress,
+                        cluster,
+                        &policies,
+                        &admin,
+                        &mut intern,
+                    ),
+                    plan(
+                        id,
+                        Direction::Egress,
+                        cluster,
+                        &policies,
+                        &admin,
+                        &mut intern,
+                    ),
+                )
+            })
+            .collect();
+        for (id, (ingress, egress)) in identities.iter_mut().zip(plans) {
+            id.ingress_plan = ingress;
+            id.egress_plan = egress;
+        }
+
         let mut node_addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for n in &cluster.nodes {
             node_addresses.insert(n.name.clone(), n.addresses.clone());
         }
+        let mut node_ids: HashMap<&str, u32> = HashMap::new();
+        let mut node_address_lists: Vec<Vec<IpAddr>> = Vec::new();
+        let pod_node = cluster
+            .pods
+            .iter()
+            .map(|p| {
+                let n = p.node.as_deref()?;
+                Some(*node_ids.entry(n).or_insert_with(|| {
+                    node_address_lists.push(node_addresses.get(n).cloned().unwrap_or_default());
+                    node_address_lists.len() as u32 - 1
+                }))
+            })
+            .collect();
+        let node_address_is_pod_address = cluster
+            .nodes
+            .iter()
+            .flat_map(|n| &n.addresses)
+            .any(|a| ip_to_pod.contains_key(a));
 
         Index {
             identities,
@@ -453,6 +574,10 @@ impl Index {
             admin,
             ip_to_pod,
             node_addresses,
+            pod_node,
+            node_address_lists,
+            node_address_is_pod_address,
+            port_names,
         }
     }
 
@@ -464,4 +589,119 @@ impl Index {
         }
         m
     }
+}
+
+fn flat_np_ports(
+    ports: &Option<Vec<PortSpec>>,
+    intern: &mut impl FnMut(&str) -> u32,
+) -> Option<Vec<FlatPort>> {
+    ports.as_ref().map(|ps| {
+        ps.iter()
+            .enumerate()
+            .map(|(index, p)| FlatPort {
+                index,
+                kind: match p {
+                    PortSpec::AllPorts(proto) => FlatPortKind::Range(*proto, 0, u16::MAX),
+                    PortSpec::Range {
+                        protocol,
+                        start,
+                        end,
+                    } => FlatPortKind::Range(*protocol, *start, *end),
+                    PortSpec::Named { protocol, name } => {
+                        FlatPortKind::Named(*protocol, intern(name))
+                    }
+                },
+            })
+            .collect()
+    })
+}
+
+fn flat_admin_ports(
+    ports: &Option<Vec<AdminPort>>,
+    intern: &mut impl FnMut(&str) -> u32,
+) -> Option<Vec<FlatPort>> {
+    ports.as_ref().map(|ps| {
+        ps.iter()
+            .enumerate()
+            .map(|(index, p)| FlatPort {
+                index,
+                kind: match p {
+                    AdminPort::Number { protocol, port } => {
+                        FlatPortKind::Range(*protocol, *port, *port)
+                    }
+                    AdminPort::Range {
+                        protocol,
+                        start,
+                        end,
+                    } => FlatPortKind::Range(*protocol, *start, *end),
+                    AdminPort::Named(n) => FlatPortKind::NamedAnyProtocol(intern(n)),
+                },
+            })
+            .collect()
+    })
+}
+
+fn plan(
+    id: &Identity,
+    dir: Direction,
+    cluster: &Cluster,
+    policies: &[ResolvedPolicy],
+    admin: &[ResolvedAdmin],
+    intern: &mut impl FnMut(&str) -> u32,
+) -> Plan {
+    let mut p = Plan::default();
+    if id.host_network {
+        return p;
+    }
+    let mut admin_rules = |list: &[usize], out: &mut Vec<FlatRule>| {
+        for &ai in list {
+            let a = &admin[ai];
+            let (rules, written) = match dir {
+                Direction::Ingress => (&a.ingress, &a.policy.ingress),
+                Direction::Egress => (&a.egress, &a.policy.egress),
+            };
+            for (ri, r) in rules.iter().enumerate() {
+                out.push(FlatRule {
+                    owner: ai,
+                    rule: ri,
+                    action: written[ri].action,
+                    peers: Some(r.peers.clone()),
+                    ports: flat_admin_ports(&r.ports, intern),
+                });
+            }
+        }
+    };
+    admin_rules(&id.admin, &mut p.admin);
+    admin_rules(&id.baseline, &mut p.baseline);
+    let isolating = match dir {
+        Direction::Ingress => &id.ingress_policies,
+        Direction::Egress => &id.egress_policies,
+    };
+    p.isolated = !isolating.is_empty();
+    p.isolated_by = isolating
+        .iter()
+        .map(|&pi| cluster.policies[pi].key())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for &pi in isolating {
+        let rules = match dir {
+            Direction::Ingress => policies[pi].ingress.as_deref(),
+            Direction::Egress => policies[pi].egress.as_deref(),
+        };
+        let written = match dir {
+            Direction::Ingress => cluster.policies[pi].ingress.as_deref(),
+            Direction::Egress => cluster.policies[pi].egress.as_deref(),
+        }
+        .unwrap_or_default();
+        for (ri, r) in rules.unwrap_or_default().iter().enumerate() {
+            p.np.push(FlatRule {
+                owner: pi,
+                rule: ri,
+                action: AdminAction::Allow,
+                peers: r.peers.clone(),
+                ports: flat_np_ports(&written[ri].ports, intern),
+            });
+        }
+    }
+    p
 }

@@ -135,22 +135,32 @@ fn peer(r: &mut Rng, p: &Params, own_ns: &str) -> Peer {
             namespaces: NamespaceScope::Selector(LabelSelector::everything()),
             pods: LabelSelector::from_labels([("tier", TIERS[r.below(3)])]),
         },
-        2 => {
-            // A block around some pods' addresses, with a hole.
-            let base = r.below(p.pods.max(1));
-            let cidr: IpNet = format!("{}/22", pod_ipv4(base))
-                .parse::<IpNet>()
-                .unwrap()
-                .trunc();
-            let hole: IpNet = format!("{}/26", pod_ipv4(base))
-                .parse::<IpNet>()
-                .unwrap()
-                .trunc();
-            Peer::IpBlock(IpBlock {
-                cidr,
-                except: if r.chance(50) { vec![hole] } else { vec![] },
-            })
-        }
+        2 => Peer::IpBlock(match r.below(4) {
+            // The shapes users write: the whole pod range, everything but
+            // private ranges, one partner's network, a node's /24.
+            0 => IpBlock {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                except: vec![],
+            },
+            1 => IpBlock {
+                cidr: "0.0.0.0/0".parse().unwrap(),
+                except: vec![
+                    "10.0.0.0/8".parse().unwrap(),
+                    "172.16.0.0/12".parse().unwrap(),
+                    "192.168.0.0/16".parse().unwrap(),
+                ],
+            },
+            2 => IpBlock {
+                cidr: format!("203.0.{}.0/24", r.below(256)).parse().unwrap(),
+                except: vec![],
+            },
+            _ => IpBlock {
+                cidr: "192.168.0.0/24".parse().unwrap(),
+                except: vec![format!("192.168.0.{}/32", 1 + r.below(p.nodes.max(1)))
+                    .parse()
+                    .unwrap()],
+            },
+        }),
         _ => Peer::Pods {
             namespaces: NamespaceScope::Own(own_ns.to_string()),
             pods: app_selector(r, p.apps_per_namespace),
@@ -301,10 +311,13 @@ fn admin_policy(r: &mut Rng, p: &Params, i: usize, tier: AdminTier) -> AdminPoli
                 namespaces: team(r),
                 pods: app_selector(r, p.apps_per_namespace),
             },
-            2 => AdminPeer::Networks(vec![format!("{}/20", pod_ipv4(r.below(p.pods.max(1))))
-                .parse::<IpNet>()
-                .unwrap()
-                .trunc()]),
+            2 => AdminPeer::Networks(vec![if r.chance(50) {
+                "169.254.169.254/32".parse::<IpNet>().unwrap()
+            } else {
+                format!("203.0.{}.0/24", r.below(256))
+                    .parse::<IpNet>()
+                    .unwrap()
+            }]),
             _ => AdminPeer::Nodes(LabelSelector::from_labels([("zone", "z1")])),
         }],
         ports: match r.below(4) {

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use palisade_model::{AdminAction, AdminPort, AdminTier, Pod, PortSpec, Protocol};
+use palisade_model::{AdminAction, AdminTier, PortSpec, Protocol};
 
-use crate::index::{PeerMatch, ResolvedAdminRule, ResolvedRule};
+use crate::index::{FlatPortKind, FlatRule, PeerMatch};
 use crate::Engine;
 
 /// One side of a flow.
@@ -114,53 +114,35 @@ impl Explanation {
 }
 
 #[inline]
-fn np_port_matches(spec: &PortSpec, protocol: Protocol, port: u16, holder: Option<&Pod>) -> bool {
-    match spec {
-        PortSpec::AllPorts(p) => *p == protocol,
-        PortSpec::Range {
-            protocol: p,
-            start,
-            end,
-        } => *p == protocol && *start <= port && port <= *end,
-        PortSpec::Named { protocol: p, name } => {
-            *p == protocol && holder.and_then(|h| h.named_port(name, protocol)) == Some(port)
-        }
-    }
-}
-
-#[inline]
-fn admin_port_matches(
-    spec: &AdminPort,
+fn port_matches(
+    kind: FlatPortKind,
     protocol: Protocol,
     port: u16,
-    holder: Option<&Pod>,
+    named: &[(u32, Protocol, u16)],
 ) -> bool {
-    match spec {
-        AdminPort::Number {
-            protocol: p,
-            port: q,
-        } => *p == protocol && *q == port,
-        AdminPort::Range {
-            protocol: p,
-            start,
-            end,
-        } => *p == protocol && *start <= port && port <= *end,
-        AdminPort::Named(name) => holder.is_some_and(|h| {
-            h.ports.iter().any(|c| {
-                c.protocol == protocol && c.port == port && c.name.as_deref() == Some(name)
-            })
-        }),
+    match kind {
+        FlatPortKind::Range(p, start, end) => p == protocol && start <= port && port <= end,
+        FlatPortKind::Named(p, name) => {
+            p == protocol
+                && named
+                    .iter()
+                    .any(|&(n, q, v)| n == name && q == protocol && v == port)
+        }
+        FlatPortKind::NamedAnyProtocol(name) => named
+            .iter()
+            .any(|&(n, q, v)| n == name && q == protocol && v == port),
     }
 }
 
 /// The fixed facts of one direction's evaluation.
 struct Ctx<'a> {
-    peer: Endpoint,
+    /// The peer's identity, when the peer is an endpoint pod.
+    peer_id: Option<u32>,
     peer_ip: IpAddr,
     protocol: Protocol,
     port: u16,
-    /// The pod whose named ports count: the destination, if a pod.
-    holder: Option<&'a Pod>,
+    /// The destination pod's named ports (empty for a non-pod).
+    named: &'a [(u32, Protocol, u16)],
 }
 
 impl Engine {
@@ -350,62 +332,30 @@ impl Engine {
     #[inline]
     fn peer_matches(&self, m: &PeerMatch, ctx: &Ctx) -> bool {
         match *m {
-            PeerMatch::Set(s) => match ctx.peer {
-                Endpoint::Pod(p) => self.index.pod_identity[p]
-                    .is_some_and(|id| self.index.sets[s].contains(id as usize)),
-                Endpoint::Ip(_) => false,
-            },
+            PeerMatch::Set(s) => ctx
+                .peer_id
+                .is_some_and(|id| self.index.sets[s].contains(id as usize)),
             PeerMatch::Addr(a) => self.index.matchers[a].contains(&ctx.peer_ip),
         }
     }
 
-    fn np_rule_matches(
-        &self,
-        r: &ResolvedRule,
-        ctx: &Ctx,
-    ) -> Option<(Option<usize>, Option<usize>)> {
-        let peer = match &r.peers {
-            None => None,
-            Some(ps) => Some(ps.iter().position(|m| self.peer_matches(m, ctx))?),
-        };
+    /// Whether a rule matches; `Some((peer, port))` gives the positions
+    /// that matched (`None` where the rule has no peers / ports).
+    #[inline]
+    fn rule_matches(&self, r: &FlatRule, ctx: &Ctx) -> Option<(Option<usize>, Option<usize>)> {
         let port = match &r.ports {
             None => None,
             Some(ps) => Some(
                 ps.iter()
-                    .position(|s| np_port_matches(s, ctx.protocol, ctx.port, ctx.holder))?,
+                    .find(|p| port_matches(p.kind, ctx.protocol, ctx.port, ctx.named))?
+                    .index,
             ),
         };
+        let peer = match &r.peers {
+            None => None,
+            Some(ps) => Some(ps.iter().position(|m| self.peer_matches(m, ctx))?),
+        };
         Some((peer, port))
-    }
-
-    fn admin_rule_matches(&self, r: &ResolvedAdminRule, ctx: &Ctx) -> bool {
-        r.peers.iter().any(|m| self.peer_matches(m, ctx))
-            && r.ports.as_ref().is_none_or(|ps| {
-                ps.iter()
-                    .any(|s| admin_port_matches(s, ctx.protocol, ctx.port, ctx.holder))
-            })
-    }
-
-    /// First matching rule among admin policies of one tier.
-    fn admin_tier(
-        &self,
-        list: &[usize],
-        dir: Direction,
-        ctx: &Ctx,
-    ) -> Option<(usize, usize, AdminAction)> {
-        for &ai in list {
-            let a = &self.index.admin[ai];
-            let rules = match dir {
-                Direction::Ingress => &a.ingress,
-                Direction::Egress => &a.egress,
-            };
-            for (ri, r) in rules.iter().enumerate() {
-                if self.admin_rule_matches(r, ctx) {
-                    return Some((ai, ri, a.policy.ingress_or_egress(dir, ri).action));
-                }
-            }
-        }
-        None
     }
 
     pub fn outcome(&self, dir: Direction, flow: &Flow) -> Outcome {
@@ -413,95 +363,95 @@ impl Engine {
             Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
             Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
         };
-        let not_subject = Outcome {
-            direction: dir,
-            passed: None,
-            decision: Decision::NotSubject,
-        };
-        let Endpoint::Pod(sp) = subject else {
-            return not_subject;
-        };
-        let pod = &self.cluster.pods[sp];
-        let Some(idn) = self.index.pod_identity[sp] else {
-            return not_subject;
-        };
-        if pod.host_network {
-            return not_subject;
-        }
-        let ident = &self.index.identities[idn as usize];
-        let holder = match flow.dst {
-            Endpoint::Pod(d) if !self.cluster.pods[d].host_network => Some(&self.cluster.pods[d]),
-            _ => None,
-        };
-        let ctx = Ctx {
-            peer,
-            peer_ip,
-            protocol: flow.protocol,
-            port: flow.port,
-            holder,
-        };
         let done = |passed, decision| Outcome {
             direction: dir,
             passed,
             decision,
         };
+        let Endpoint::Pod(sp) = subject else {
+            return done(None, Decision::NotSubject);
+        };
+        let Some(idn) = self.index.pod_identity[sp] else {
+            return done(None, Decision::NotSubject);
+        };
+        let ident = &self.index.identities[idn as usize];
+        if ident.host_network {
+            return done(None, Decision::NotSubject);
+        }
+        let plan = match dir {
+            Direction::Ingress => &ident.ingress_plan,
+            Direction::Egress => &ident.egress_plan,
+        };
+        let peer_id = match peer {
+            Endpoint::Pod(p) => self.index.pod_identity[p],
+            Endpoint::Ip(_) => None,
+        };
+        let named: &[(u32, Protocol, u16)] = match flow.dst {
+            Endpoint::Pod(d) => self.index.pod_identity[d]
+                .map(|i| &self.index.identities[i as usize])
+                .filter(|i| !i.host_network)
+                .map_or(&[], |i| &i.named_ports[..]),
+            Endpoint::Ip(_) => &[],
+        };
+        let ctx = Ctx {
+            peer_id,
+            peer_ip,
+            protocol: flow.protocol,
+            port: flow.port,
+            named,
+        };
 
         let mut passed = None;
-        if let Some((admin, rule, action)) = self.admin_tier(&ident.admin, dir, &ctx) {
-            if action == AdminAction::Pass {
-                passed = Some((admin, rule));
-            } else {
+        for r in &plan.admin {
+            if self.rule_matches(r, &ctx).is_some() {
+                if r.action == AdminAction::Pass {
+                    passed = Some((r.owner, r.rule));
+                    break;
+                }
                 return done(
                     None,
                     Decision::Admin {
-                        admin,
-                        rule,
-                        action,
+                        admin: r.owner,
+                        rule: r.rule,
+                        action: r.action,
                     },
                 );
             }
         }
 
-        let policies = match dir {
-            Direction::Ingress => &ident.ingress_policies,
-            Direction::Egress => &ident.egress_policies,
-        };
-        if !policies.is_empty() {
-            if dir == Direction::Ingress && self.is_from_own_node(pod, peer, peer_ip) {
+        if plan.isolated {
+            if dir == Direction::Ingress && self.is_from_own_node(sp, peer, peer_ip) {
                 return done(passed, Decision::OwnNode);
             }
-            for &pi in policies {
-                let rules = match dir {
-                    Direction::Ingress => self.index.policies[pi].ingress.as_deref(),
-                    Direction::Egress => self.index.policies[pi].egress.as_deref(),
-                };
-                for (ri, r) in rules.unwrap_or_default().iter().enumerate() {
-                    if let Some((peer, port)) = self.np_rule_matches(r, &ctx) {
-                        return done(
-                            passed,
-                            Decision::Allowed {
-                                policy: pi,
-                                rule: ri,
-                                peer,
-                                port,
-                            },
-                        );
-                    }
+            for r in &plan.np {
+                if let Some((peer, port)) = self.rule_matches(r, &ctx) {
+                    return done(
+                        passed,
+                        Decision::Allowed {
+                            policy: r.owner,
+                            rule: r.rule,
+                            peer,
+                            port,
+                        },
+                    );
                 }
             }
             return done(passed, Decision::Denied);
         }
 
-        if let Some((admin, rule, action)) = self.admin_tier(&ident.baseline, dir, &ctx) {
-            // Pass has no meaning in the baseline tier; the decoder refuses
-            // it, and it would fall through to "allow" anyway.
-            if action != AdminAction::Pass {
+        for r in &plan.baseline {
+            if self.rule_matches(r, &ctx).is_some() {
+                // Pass has no meaning in the baseline tier (the decoder
+                // refuses it): the flow is left to the default, allow.
+                if r.action == AdminAction::Pass {
+                    break;
+                }
                 return done(
                     passed,
                     Decision::Admin {
-                        admin,
-                        rule,
-                        action,
+                        admin: r.owner,
+                        rule: r.rule,
+                        action: r.action,
                     },
                 );
             }
@@ -509,20 +459,22 @@ impl Engine {
         done(passed, Decision::NotIsolated)
     }
 
-    fn is_from_own_node(&self, pod: &Pod, peer: Endpoint, peer_ip: IpAddr) -> bool {
-        let Some(node) = pod.node.as_deref() else {
+    /// Ingress to pod `subject` from its own node: from one of the node's
+    /// addresses, or from a host-network pod on that node.
+    fn is_from_own_node(&self, subject: usize, peer: Endpoint, peer_ip: IpAddr) -> bool {
+        let Some(node) = self.index.pod_node[subject] else {
             return false;
         };
         if let Endpoint::Pod(p) = peer {
-            let pp = &self.cluster.pods[p];
-            if pp.host_network && pp.node.as_deref() == Some(node) {
+            let host = self.cluster.pods[p].host_network;
+            if host && self.index.pod_node[p] == Some(node) {
                 return true;
             }
+            if !host && !self.index.node_address_is_pod_address {
+                return false;
+            }
         }
-        self.index
-            .node_addresses
-            .get(node)
-            .is_some_and(|a| a.contains(&peer_ip))
+        self.index.node_address_lists[node as usize].contains(&peer_ip)
     }
 
     fn admin_label(&self, ai: usize) -> String {
@@ -628,19 +580,13 @@ impl Engine {
                     Endpoint::Pod(p) => self.index.pod_identity[p],
                     Endpoint::Ip(_) => None,
                 };
-                let by = ident
-                    .map(|i| {
-                        let id = &self.index.identities[i as usize];
-                        let list = match o.direction {
-                            Direction::Ingress => &id.ingress_policies,
-                            Direction::Egress => &id.egress_policies,
-                        };
-                        list.iter()
-                            .map(|&pi| self.cluster.policies[pi].key())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
+                let by = ident.map_or("", |i| {
+                    let id = &self.index.identities[i as usize];
+                    match o.direction {
+                        Direction::Ingress => id.ingress_plan.isolated_by.as_str(),
+                        Direction::Egress => id.egress_plan.isolated_by.as_str(),
+                    }
+                });
                 let what = match o.direction {
                     Direction::Egress if flow.dst_ip.is_ipv6() => {
                         format!("[{}]:{port}", flow.dst_ip)

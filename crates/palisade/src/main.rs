@@ -3,6 +3,7 @@
 //! library crates; this file only reads files and prints.
 
 mod bench;
+mod dataplane;
 mod input;
 mod output;
 
@@ -91,6 +92,30 @@ enum Command {
         /// Fewer iterations, for a smoke run.
         #[arg(long)]
         quick: bool,
+    },
+    /// Compile the nftables ruleset of one node (default: every pod).
+    Compile {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "nft")]
+        output: dataplane::RulesetFormat,
+    },
+    /// Replace table inet palisade in the kernel in one nft transaction.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the transaction instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A network-namespace lab that enforces the compiled rulesets (root).
+    Lab {
+        #[command(subcommand)]
+        command: dataplane::LabCommand,
     },
 }
 
@@ -196,6 +221,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output::write_matrix(&mut out, &engine, &m, output, by == By::Workload)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compile {
+            files,
+            node,
+            output,
+        } => dataplane::compile(&files, node.as_deref(), output),
+        Command::Apply {
+            files,
+            node,
+            dry_run,
+        } => dataplane::apply(&files, node.as_deref(), dry_run),
+        Command::Lab { command } => dataplane::lab(command),
         Command::Bench {
             pods,
             policies,

@@ -1,0 +1,100 @@
+//! The listener that runs in each pod namespace: TCP accept-and-echo and UDP
+//! echo on every given port, over IPv4 and IPv6 (dual-stack sockets).
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bound sockets, ready to serve.
+pub struct Listeners {
+    tcp: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
+}
+
+/// Binds every port in the calling thread's network namespace.
+pub fn bind(tcp: &[u16], udp: &[u16]) -> io::Result<Listeners> {
+    let any = |p: u16| SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), p);
+    let mut l = Listeners {
+        tcp: Vec::new(),
+        udp: Vec::new(),
+    };
+    for &p in tcp {
+        let s = TcpListener::bind(any(p))?;
+        s.set_nonblocking(true)?;
+        l.tcp.push(s);
+    }
+    for &p in udp {
+        let s = UdpSocket::bind(any(p))?;
+        s.set_nonblocking(true)?;
+        l.udp.push(s);
+    }
+    Ok(l)
+}
+
+fn echo(mut s: TcpStream, stop: Arc<AtomicBool>) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Listeners {
+    /// Serves until `stop` is set: accepts TCP connections (echoing on
+    /// each) and echoes UDP datagrams.
+    pub fn run(self, stop: Arc<AtomicBool>) {
+        let mut fds: Vec<libc::pollfd> = self
+            .tcp
+            .iter()
+            .map(|s| s.as_raw_fd())
+            .chain(self.udp.iter().map(|s| s.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: fds is a valid array of pollfd for its length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            if n <= 0 {
+                continue;
+            }
+            for (i, pfd) in fds.iter_mut().enumerate() {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                pfd.revents = 0;
+                if i < self.tcp.len() {
+                    while let Ok((s, _)) = self.tcp[i].accept() {
+                        let stop = stop.clone();
+                        std::thread::spawn(move || echo(s, stop));
+                    }
+                } else {
+                    let u = &self.udp[i - self.tcp.len()];
+                    while let Ok((n, from)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(&buf[..n], from);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Random small clusters (deterministic seeds): the kernel, enforcing the
+//! compiled rulesets, agrees with the engine on every pod pair and port.
+//! Needs root; without it the test says why and returns.
+//! `PALISADE_SYNTH_CLUSTERS` sets how many clusters (default 50).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use palisade_engine::{synth, Engine};
+use palisade_lab::{Config, ProbeOptions, Serve};
+
+#[test]
+fn random_clusters_agree_with_the_engine() {
+    if !palisade_lab::sys::is_root() {
+        eprintln!("skipped: the namespace lab needs root");
+        return;
+    }
+    let n: u64 = std::env::var("PALISADE_SYNTH_CLUSTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seeds: Vec<u64> = (1..=n).collect();
+    let failures = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for w in 0..3 {
+            let (seeds, failures, next) = (&seeds, &failures, &next);
+            s.spawn(move || {
+                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let engine = Engine::new(synth::cluster(&synth::Params::small(seed)));
+                    let ports = engine.default_ports();
+                    let name = format!("synth{w}");
+                    let _ = palisade_lab::down(&name);
+                    let lab = palisade_lab::up(
+                        &engine,
+                        &Config {
+                            name,
+                            serve: Serve::Threads,
+                            ports: ports.clone(),
+                            sources: Vec::new(),
+                        },
+                    )
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    let obs =
+                        palisade_lab::probe(&lab.state, &engine, &ports, &ProbeOptions::default())
+                            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    lab.down().unwrap();
+                    let bad: Vec<String> = obs
+                        .iter()
+                        .filter(|o| !o.agrees())
+                        .map(|o| {
+                            format!(
+                                "seed {seed}: {} -> {} ({}) {}/{}: engine {}, kernel {}",
+                                o.src, o.dst, o.dst_ip, o.port, o.protocol, o.expected, o.observed
+                            )
+                        })
+                        .collect();
+                    eprintln!(
+                        "seed {seed}: {} probes, {} allowed, {} disagreements",
+                        obs.len(),
+                        obs.iter().filter(|o| o.observed).count(),
+                        bad.len()
+                    );
+                    failures.lock().unwrap().extend(bad);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

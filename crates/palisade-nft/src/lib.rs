@@ -1,0 +1,1060 @@
+//! Palisade's dataplane compiler: an [`Engine`] snapshot, seen from one
+//! node, becomes one nftables table `inet palisade` that enforces exactly
+//! what [`Engine::allowed`] decides. Pure: values in, values out.
+//!
+//! # Design
+//!
+//! Per-packet cost is a fixed number of hash and interval lookups,
+//! independent of the number of pods and policies. Policies never become
+//! rules; they become set elements.
+//!
+//! - **Hooks.** A `forward` base chain sees pod traffic. Packets entering
+//!   from a local pod interface (`iifname @pod_ifaces`) meet the *egress*
+//!   check of their source; packets leaving to a local pod interface
+//!   (`oifname @pod_ifaces`) meet the *ingress* check of their destination.
+//!   A same-node pod-to-pod flow meets both; across nodes the source node
+//!   checks egress and the destination node ingress.
+//! - **Conntrack first.** `ct state established,related accept`, then
+//!   `ct state invalid drop`: only the first packet of a connection meets
+//!   policy, and replies of allowed connections always pass.
+//! - **Anti-spoofing** runs before conntrack (so a spoofed packet cannot ride
+//!   on another pod's connection): a packet from a local pod interface must
+//!   carry one of that pod's addresses (`iifname . ip saddr @pod_src4`).
+//!   IPv6 link-local and unspecified sources (neighbour discovery) are exempt;
+//!   the kernel never forwards them. The same check guards the `input` hook.
+//! - **Policy groups.** Local identities isolated in a direction are grouped
+//!   by the exact list of NetworkPolicies that isolate them (for ingress,
+//!   also by how the named ports those policies use resolve on them: named
+//!   ports of ingress rules resolve on the selected pod). The group id
+//!   (from 1) of the local pod is looked up by address into `ct mark`
+//!   (`egress_group4`, `ingress_group6`...); a pod in no group is not
+//!   isolated in that direction and the check returns.
+//! - **Peer identities.** Every endpoint pod of the cluster (not host-network)
+//!   maps by address to its identity id + 1 in `meta mark` (`identity4`,
+//!   `identity6`); 0 means "not a pod".
+//! - **Allow sets**, per direction and family, all interval sets so that port
+//!   ranges are single elements:
+//!   - `*_peer4/6`: `group . peer identity . l4proto . port range`, for peers
+//!     given by selectors (and for named ports, which only a pod destination
+//!     can match: they are resolved per identity);
+//!   - `*_cidr4/6`: `group . address range . l4proto . port range`, for
+//!     `ipBlock` peers: `cidr` minus `except` as disjoint ranges; ipBlocks
+//!     match pod addresses too, as the API requires;
+//!   - `*_any`: `group . l4proto . port range`, for rules without peers.
+//!
+//!   A rule without ports allows every TCP, UDP and SCTP port. Elements are
+//!   merged into disjoint boxes, as interval sets require.
+//! - **Own node.** An ingress-isolated pod accepts traffic from its node's
+//!   addresses (`own_node4/6`); node-originated traffic never reaches the
+//!   forward hook anyway.
+//! - **Host-network pods** are node traffic: they are neither subjects nor
+//!   members of any selector (their addresses are absent from `identity4/6`),
+//!   though `ipBlock`s still match their addresses.
+//! - **Atomic replacement.** [`Ruleset::to_nft_replace_text`] creates,
+//!   deletes and re-adds the table in one transaction: `flush table` would keep
+//!   old set elements.
+//!
+//! The marks are scratch registers for the first packet of a connection:
+//! `ct mark` and `meta mark` of pod traffic are owned by this table.
+//!
+//! Not yet supported: AdminNetworkPolicy and BaselineAdminNetworkPolicy
+//! ([`CompileError::AdminPolicies`]); ICMP and other protocols are denied to
+//! isolated pods (the API leaves them undefined).
+
+mod ir;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use ir::{
+    Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value, FAMILY, TABLE,
+};
+
+use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
+use palisade_engine::Engine;
+use palisade_model::{IpBlock, Pod, PortSpec, Protocol};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompileError {
+    /// The cluster has AdminNetworkPolicy / BaselineAdminNetworkPolicy
+    /// objects, which the dataplane does not enforce yet.
+    AdminPolicies { count: usize },
+    /// The named node is not in the cluster and no pod runs on it.
+    UnknownNode(String),
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::AdminPolicies { count } => write!(
+                f,
+                "admin network policies are not yet enforced by the dataplane ({count} in the cluster)"
+            ),
+            CompileError::UnknownNode(n) => {
+                write!(f, "node {n:?} is neither a Node object nor any pod's node")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Which pods are local to the node the ruleset is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// Every pod (a single-node view).
+    All,
+    /// Pods whose `spec.nodeName` is this node; its addresses are "own node".
+    Node(String),
+    /// Exactly these pods (indexes into `Cluster::pods`), with no own-node
+    /// addresses.
+    Pods(Vec<usize>),
+}
+
+/// The node-side interface name of a pod, as the CNI plugin names it.
+pub type InterfaceNamer = fn(&Pod) -> String;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub local: Local,
+    pub interface: InterfaceNamer,
+}
+
+/// The default node-side interface name of a pod: `pl` and 12 hex digits of
+/// a hash of `namespace/name` (Linux allows 15 characters).
+pub fn interface_name(pod: &Pod) -> String {
+    // FNV-1a, 64 bits: stable across releases and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pod.namespace.bytes().chain([b'/']).chain(pod.name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("pl{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Compiles the ruleset of one node: pods whose `spec.nodeName` is `node`,
+/// or every pod when `node` is `None`.
+pub fn compile(engine: &Engine, node: Option<&str>) -> Result<Ruleset, CompileError> {
+    let local = match node {
+        None => Local::All,
+        Some(n) => {
+            let c = engine.cluster();
+            if !c.nodes.iter().any(|x| x.name == n)
+                && !c.pods.iter().any(|p| p.node.as_deref() == Some(n))
+            {
+                return Err(CompileError::UnknownNode(n.to_string()));
+            }
+            Local::Node(n.to_string())
+        }
+    };
+    compile_with(
+        engine,
+        &Options {
+            local,
+            interface: interface_name,
+        },
+    )
+}
+
+const ALL_PROTOCOLS: [Protocol; 3] = Protocol::ALL;
+
+/// A port item after resolution: protocol and inclusive range.
+type PortItem = (u8, u16, u16);
+
+fn port_items(ports: &Option<Vec<PortSpec>>, holder: Option<&Pod>) -> Vec<PortItem> {
+    match ports {
+        None => ALL_PROTOCOLS
+            .iter()
+            .map(|p| (p.number(), 0, u16::MAX))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|s| match s {
+                PortSpec::AllPorts(p) => Some((p.number(), 0, u16::MAX)),
+                PortSpec::Range {
+                    protocol,
+                    start,
+                    end,
+                } => Some((protocol.number(), *start, *end)),
+                PortSpec::Named { protocol, name } => holder
+                    .and_then(|h| h.named_port(name, *protocol))
+                    .map(|p| (protocol.number(), p, p)),
+            })
+            .collect(),
+    }
+}
+
+fn has_named(ports: &Option<Vec<PortSpec>>) -> bool {
+    ports
+        .iter()
+        .flatten()
+        .any(|s| matches!(s, PortSpec::Named { .. }))
+}
+
+/// Merges inclusive ranges into sorted disjoint ones.
+/// An inclusive range of addresses or ports, widened to u128.
+type Span = (u128, u128);
+/// An address range × a port range.
+type Box4 = (u128, u128, u128, u128);
+/// An address range and the port ranges allowed over all of it.
+type Slice = (u128, u128, Vec<Span>);
+/// (isolating policies, resolved named ports) → (group id, members).
+type IngressGroups = BTreeMap<(Vec<usize>, Vec<Option<u16>>), (u32, usize)>;
+
+fn merge_ranges(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    v.sort();
+    let mut out: Vec<(u128, u128)> = Vec::new();
+    for (a, b) in v {
+        if let Some(last) = out.last_mut() {
+            if a <= last.1.saturating_add(1) {
+                last.1 = last.1.max(b);
+                continue;
+            }
+        }
+        out.push((a, b));
+    }
+    out
+}
+
+fn net_range(n: &palisade_model::IpNet) -> (bool, u128, u128) {
+    match n {
+        palisade_model::IpNet::V4(n) => (
+            true,
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        palisade_model::IpNet::V6(n) => (false, u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// `cidr` minus every `except`, as disjoint ranges (and the family).
+fn block_ranges(b: &IpBlock) -> (bool, Vec<(u128, u128)>) {
+    let (v4, lo, hi) = net_range(&b.cidr);
+    let excepts = merge_ranges(
+        b.except
+            .iter()
+            .map(net_range)
+            .filter(|(f, _, _)| *f == v4)
+            .map(|(_, a, b)| (a, b))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    let mut cur = lo;
+    let mut done = false;
+    for (a, b) in excepts {
+        let (a, b) = (a.max(lo), b.min(hi));
+        if a > b {
+            continue;
+        }
+        if a > cur {
+            out.push((cur, a - 1));
+        }
+        if b == u128::MAX || b >= hi {
+            done = true;
+            break;
+        }
+        cur = cur.max(b + 1);
+    }
+    if !done && cur <= hi {
+        out.push((cur, hi));
+    }
+    (v4, out)
+}
+
+fn addr_value(v4: bool, a: u128, b: u128) -> Value {
+    if v4 {
+        Value::Ipv4Range(Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32))
+    } else {
+        Value::Ipv6Range(Ipv6Addr::from(a), Ipv6Addr::from(b))
+    }
+}
+
+/// Allowed elements of one direction, before rendering.
+#[derive(Default)]
+struct Allows {
+    /// (group, peer mark, proto) → port ranges; per family (0: v4, 1: v6).
+    peer: [BTreeMap<(u32, u32, u8), Vec<Span>>; 2],
+    /// (group, proto) → boxes (address range, port range); per family.
+    cidr: [BTreeMap<(u32, u8), Vec<Box4>>; 2],
+    /// (group, proto) → port ranges.
+    any: BTreeMap<(u32, u8), Vec<(u128, u128)>>,
+}
+
+impl Allows {
+    fn peer(&mut self, fam: usize, g: u32, mark: u32, (p, a, b): PortItem) {
+        self.peer[fam]
+            .entry((g, mark, p))
+            .or_default()
+            .push((a.into(), b.into()));
+    }
+}
+
+/// Which families an address matcher contains a pod's addresses in.
+fn matcher_families(m: &AddressMatcher, pod: &Pod) -> [bool; 2] {
+    let first = |v4: bool| pod.ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
+    [
+        first(true).is_some_and(|a| m.contains(&a)),
+        first(false).is_some_and(|a| m.contains(&a)),
+    ]
+}
+
+/// Disjoint boxes from possibly overlapping (address range × port range)
+/// boxes: cut the address axis at every box edge, union the port ranges over
+/// each slice, then join adjacent slices with the same ports.
+fn disjoint_boxes(boxes: &[Box4]) -> Vec<Slice> {
+    let mut points: BTreeSet<u128> = BTreeSet::new();
+    for &(a, b, _, _) in boxes {
+        points.insert(a);
+        if b < u128::MAX {
+            points.insert(b + 1);
+        }
+    }
+    let points: Vec<u128> = points.into_iter().collect();
+    let mut slices: Vec<Slice> = Vec::new();
+    for (i, &start) in points.iter().enumerate() {
+        let end = points.get(i + 1).map_or(u128::MAX, |n| n - 1);
+        let ports = merge_ranges(
+            boxes
+                .iter()
+                .filter(|&&(a, b, _, _)| a <= start && end <= b)
+                .map(|&(_, _, p, q)| (p, q))
+                .collect(),
+        );
+        if ports.is_empty() {
+            continue;
+        }
+        match slices.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(start) && last.2 == ports => {
+                last.1 = end;
+            }
+            _ => slices.push((start, end, ports)),
+        }
+    }
+    slices
+}
+
+fn port_value(a: u128, b: u128) -> Value {
+    Value::PortRange(a as u16, b as u16)
+}
+
+fn proto_value(p: u8) -> Value {
+    Value::Proto(p)
+}
+
+fn sorted(mut v: Vec<Element>) -> Vec<Element> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn set(
+    name: &str,
+    key: &[Type],
+    data: Option<Type>,
+    interval: bool,
+    elements: Vec<Element>,
+) -> Set {
+    Set {
+        name: name.to_string(),
+        key: key.to_vec(),
+        data,
+        interval,
+        comment: String::new(),
+        elements: sorted(elements),
+    }
+}
+
+fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
+    let mut sets = Vec::new();
+    for (fam, addr_t) in [(0usize, Type::Ipv4), (1, Type::Ipv6)] {
+        let suffix = if fam == 0 { "4" } else { "6" };
+        let mut elems = Vec::new();
+        for (&(g, mark, p), ranges) in &a.peer[fam] {
+            for (lo, hi) in merge_ranges(ranges.clone()) {
+                elems.push(Element {
+                    key: vec![
+                        Value::Mark(g),
+                        Value::Mark(mark),
+                        proto_value(p),
+                        port_value(lo, hi),
+                    ],
+                    data: None,
+                });
+            }
+        }
+        sets.push(set(
+            &format!("{dir}_peer{suffix}"),
+            &[Type::Mark, Type::Mark, Type::Proto, Type::Port],
+            None,
+            true,
+            elems,
+        ));
+        let mut elems = Vec::new();
+        for (&(g, p), boxes) in &a.cidr[fam] {
+            for (lo, hi, ports) in disjoint_boxes(boxes) {
+                for (plo, phi) in ports {
+                    elems.push(Element {
+                        key: vec![
+                            Value::Mark(g),
+                            addr_value(fam == 0, lo, hi),
+                            proto_value(p),
+                            port_value(plo, phi),
+                        ],
+                        data: None,
+                    });
+                }
+            }
+        }
+        sets.push(set(
+            &format!("{dir}_cidr{suffix}"),
+            &[Type::Mark, addr_t, Type::Proto, Type::Port],
+            None,
+            true,
+            elems,
+        ));
+    }
+    let mut elems = Vec::new();
+    for (&(g, p), ranges) in &a.any {
+        for (lo, hi) in merge_ranges(ranges.clone()) {
+            elems.push(Element {
+                key: vec![Value::Mark(g), proto_value(p), port_value(lo, hi)],
+                data: None,
+            });
+        }
+    }
+    sets.push(set(
+        &format!("{dir}_any"),
+        &[Type::Mark, Type::Proto, Type::Port],
+        None,
+        true,
+        elems,
+    ));
+    sets
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Egress,
+    Ingress,
+}
+
+pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileError> {
+    let cluster = engine.cluster();
+    let idx = engine.index();
+    if !cluster.admin_policies.is_empty() {
+        return Err(CompileError::AdminPolicies {
+            count: cluster.admin_policies.len(),
+        });
+    }
+
+    // Local endpoint pods that policy applies to.
+    let is_local = |i: usize| -> bool {
+        match &opts.local {
+            Local::All => true,
+            Local::Node(n) => cluster.pods[i].node.as_deref() == Some(n.as_str()),
+            Local::Pods(list) => list.contains(&i),
+        }
+    };
+    let local: Vec<usize> = (0..cluster.pods.len())
+        .filter(|&i| idx.pod_identity[i].is_some() && !cluster.pods[i].host_network && is_local(i))
+        .collect();
+    let mut local_ids: BTreeSet<usize> = BTreeSet::new();
+    for &i in &local {
+        local_ids.insert(idx.pod_identity[i].expect("filtered") as usize);
+    }
+    // A representative pod per identity (named ports resolve on it).
+    let rep = |id: usize| -> &Pod { &cluster.pods[idx.identities[id].members[0]] };
+    let pod_ids: Vec<usize> = (0..idx.identities.len())
+        .filter(|&i| !idx.identities[i].host_network)
+        .collect();
+
+    // Policy groups.
+    let mut egress_groups: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
+    let mut ingress_groups: IngressGroups = BTreeMap::new();
+    let mut egress_of: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut ingress_of: BTreeMap<usize, u32> = BTreeMap::new();
+    let ingress_rules = |pi: usize| idx.policies[pi].ingress.as_deref().unwrap_or_default();
+    let egress_rules = |pi: usize| idx.policies[pi].egress.as_deref().unwrap_or_default();
+    {
+        let mut e_keys = BTreeSet::new();
+        let mut i_keys = BTreeMap::new();
+        for &id in &local_ids {
+            let ident = &idx.identities[id];
+            if !ident.egress_policies.is_empty() {
+                e_keys.insert(ident.egress_policies.clone());
+            }
+            if !ident.ingress_policies.is_empty() {
+                let r = rep(id);
+                let named: Vec<Option<u16>> = ident
+                    .ingress_policies
+                    .iter()
+                    .flat_map(|&pi| ingress_rules(pi).iter())
+                    .flat_map(|rule| rule.ports.iter().flatten())
+                    .filter_map(|s| match s {
+                        PortSpec::Named { protocol, name } => Some(r.named_port(name, *protocol)),
+                        _ => None,
+                    })
+                    .collect();
+                i_keys
+                    .entry((ident.ingress_policies.clone(), named))
+                    .or_insert(id);
+            }
+        }
+        for (n, k) in e_keys.into_iter().enumerate() {
+            egress_groups.insert(k, n as u32 + 1);
+        }
+        for (n, (k, id)) in i_keys.into_iter().enumerate() {
+            ingress_groups.insert(k, (n as u32 + 1, id));
+        }
+        for &id in &local_ids {
+            let ident = &idx.identities[id];
+            if let Some(&g) = egress_groups.get(&ident.egress_policies) {
+                egress_of.insert(id, g);
+            }
+            if !ident.ingress_policies.is_empty() {
+                let r = rep(id);
+                let named: Vec<Option<u16>> = ident
+                    .ingress_policies
+                    .iter()
+                    .flat_map(|&pi| ingress_rules(pi).iter())
+                    .flat_map(|rule| rule.ports.iter().flatten())
+                    .filter_map(|s| match s {
+                        PortSpec::Named { protocol, name } => Some(r.named_port(name, *protocol)),
+                        _ => None,
+                    })
+                    .collect();
+                let (g, _) = ingress_groups[&(ident.ingress_policies.clone(), named)];
+                ingress_of.insert(id, g);
+            }
+        }
+    }
+
+    let mark_of = |id: usize| id as u32 + 1;
+
+    // Egress allows: named ports resolve on the destination (the peer).
+    let mut egress = Allows::default();
+    for (policies, &g) in &egress_groups {
+        for &pi in policies {
+            for rule in egress_rules(pi) {
+                egress_rule(&mut egress, engine, g, rule, &pod_ids, &rep, &mark_of);
+            }
+        }
+    }
+    // Ingress allows: named ports resolve on the selected (local) pod.
+    let mut ingress = Allows::default();
+    for ((policies, _), &(g, id)) in &ingress_groups {
+        let holder = rep(id);
+        for &pi in policies {
+            for rule in ingress_rules(pi) {
+                let items = port_items(&rule.ports, Some(holder));
+                match &rule.peers {
+                    None => {
+                        for &(p, a, b) in &items {
+                            ingress
+                                .any
+                                .entry((g, p))
+                                .or_default()
+                                .push((a.into(), b.into()));
+                        }
+                    }
+                    Some(peers) => {
+                        for m in peers {
+                            peer_allows(&mut ingress, engine, g, m, &items);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Maps and sets of addresses.
+    let iface = |i: usize| (opts.interface)(&cluster.pods[i]);
+    let mut pod_ifaces = Vec::new();
+    let mut pod_src = [Vec::new(), Vec::new()];
+    let mut eg_map = [Vec::new(), Vec::new()];
+    let mut in_map = [Vec::new(), Vec::new()];
+    for &i in &local {
+        let name = iface(i);
+        pod_ifaces.push(Element {
+            key: vec![Value::Ifname(name.clone())],
+            data: None,
+        });
+        let id = idx.pod_identity[i].expect("filtered") as usize;
+        for ip in &cluster.pods[i].ips {
+            let (fam, v) = ip_value(*ip);
+            pod_src[fam].push(Element {
+                key: vec![Value::Ifname(name.clone()), v.clone()],
+                data: None,
+            });
+            if let Some(&g) = egress_of.get(&id) {
+                eg_map[fam].push(Element {
+                    key: vec![v.clone()],
+                    data: Some(Value::Mark(g)),
+                });
+            }
+            if let Some(&g) = ingress_of.get(&id) {
+                in_map[fam].push(Element {
+                    key: vec![v.clone()],
+                    data: Some(Value::Mark(g)),
+                });
+            }
+        }
+    }
+    let mut id_map = [Vec::new(), Vec::new()];
+    for (ip, &pi) in &idx.ip_to_pod {
+        if let Some(id) = idx.pod_identity[pi] {
+            let (fam, v) = ip_value(*ip);
+            id_map[fam].push(Element {
+                key: vec![v],
+                data: Some(Value::Mark(mark_of(id as usize))),
+            });
+        }
+    }
+    let mut own = [Vec::new(), Vec::new()];
+    if let Local::Node(n) = &opts.local {
+        let mut addrs: Vec<IpAddr> = idx.node_addresses.get(n).cloned().unwrap_or_default();
+        for p in &cluster.pods {
+            if p.host_network && p.is_endpoint() && p.node.as_deref() == Some(n.as_str()) {
+                addrs.extend(p.ips.iter().copied());
+            }
+        }
+        for a in addrs {
+            let (fam, v) = ip_value(a);
+            own[fam].push(Element {
+                key: vec![v],
+                data: None,
+            });
+        }
+    }
+
+    let [src4, src6] = pod_src;
+    let [eg4, eg6] = eg_map;
+    let [in4, in6] = in_map;
+    let [id4, id6] = id_map;
+    let [own4, own6] = own;
+    let mut sets = vec![
+        set("pod_ifaces", &[Type::Ifname], None, false, pod_ifaces),
+        set("pod_src4", &[Type::Ifname, Type::Ipv4], None, false, src4),
+        set("pod_src6", &[Type::Ifname, Type::Ipv6], None, false, src6),
+        set("identity4", &[Type::Ipv4], Some(Type::Mark), false, id4),
+        set("identity6", &[Type::Ipv6], Some(Type::Mark), false, id6),
+        set("egress_group4", &[Type::Ipv4], Some(Type::Mark), false, eg4),
+        set("egress_group6", &[Type::Ipv6], Some(Type::Mark), false, eg6),
+        set(
+            "ingress_group4",
+            &[Type::Ipv4],
+            Some(Type::Mark),
+            false,
+            in4,
+        ),
+        set(
+            "ingress_group6",
+            &[Type::Ipv6],
+            Some(Type::Mark),
+            false,
+            in6,
+        ),
+        set("own_node4", &[Type::Ipv4], None, false, own4),
+        set("own_node6", &[Type::Ipv6], None, false, own6),
+    ];
+    sets.extend(allow_sets("egress", egress));
+    sets.extend(allow_sets("ingress", ingress));
+
+    Ok(Ruleset {
+        sets,
+        chains: chains(),
+    })
+}
+
+fn ip_value(ip: IpAddr) -> (usize, Value) {
+    match ip {
+        IpAddr::V4(a) => (0, Value::Ipv4(a)),
+        IpAddr::V6(a) => (1, Value::Ipv6(a)),
+    }
+}
+
+/// Adds the allows of one peer whose ports do not depend on it (ingress, or
+/// egress numeric ports).
+fn peer_allows(a: &mut Allows, engine: &Engine, g: u32, m: &PeerMatch, items: &[PortItem]) {
+    let idx = engine.index();
+    match *m {
+        PeerMatch::Set(s) => {
+            for id in idx.sets[s].iter() {
+                for &item in items {
+                    a.peer(0, g, id as u32 + 1, item);
+                    a.peer(1, g, id as u32 + 1, item);
+                }
+            }
+        }
+        PeerMatch::Addr(x) => {
+            let blocks: Vec<IpBlock> = match &idx.matchers[x] {
+                AddressMatcher::Block(b) => vec![b.clone()],
+                AddressMatcher::Networks(ns) => ns
+                    .iter()
+                    .map(|n| IpBlock {
+                        cidr: *n,
+                        except: Vec::new(),
+                    })
+                    .collect(),
+                AddressMatcher::Nodes(addrs) => addrs
+                    .iter()
+                    .map(|ip| IpBlock {
+                        cidr: palisade_model::IpNet::from(*ip),
+                        except: Vec::new(),
+                    })
+                    .collect(),
+            };
+            for b in &blocks {
+                let (v4, ranges) = block_ranges(b);
+                let fam = if v4 { 0 } else { 1 };
+                for &(lo, hi) in &ranges {
+                    for &(p, pa, pb) in items {
+                        a.cidr[fam]
+                            .entry((g, p))
+                            .or_default()
+                            .push((lo, hi, pa.into(), pb.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn egress_rule<'c>(
+    a: &mut Allows,
+    engine: &Engine,
+    g: u32,
+    rule: &ResolvedRule,
+    pod_ids: &[usize],
+    rep: &dyn Fn(usize) -> &'c Pod,
+    mark_of: &dyn Fn(usize) -> u32,
+) {
+    let idx = engine.index();
+    // Ports that do not depend on the destination.
+    let numeric = port_items(&rule.ports, None);
+    let named = has_named(&rule.ports);
+    match &rule.peers {
+        None => {
+            for &(p, lo, hi) in &numeric {
+                a.any
+                    .entry((g, p))
+                    .or_default()
+                    .push((lo.into(), hi.into()));
+            }
+            if named {
+                for &id in pod_ids {
+                    for item in named_items(&rule.ports, rep(id)) {
+                        a.peer(0, g, mark_of(id), item);
+                        a.peer(1, g, mark_of(id), item);
+                    }
+                }
+            }
+        }
+        Some(peers) => {
+            for m in peers {
+                match *m {
+                    PeerMatch::Set(s) => {
+                        for id in idx.sets[s].iter() {
+                            for item in port_items(&rule.ports, Some(rep(id))) {
+                                a.peer(0, g, mark_of(id), item);
+                                a.peer(1, g, mark_of(id), item);
+                            }
+                        }
+                    }
+                    PeerMatch::Addr(x) => {
+                        peer_allows(a, engine, g, m, &numeric);
+                        if named {
+                            // A named port only matches a pod destination:
+                            // the pods inside the block, by family.
+                            for &id in pod_ids {
+                                let fams = matcher_families(&idx.matchers[x], rep(id));
+                                for item in named_items(&rule.ports, rep(id)) {
+                                    for (fam, inside) in fams.iter().enumerate() {
+                                        if *inside {
+                                            a.peer(fam, g, mark_of(id), item);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The named ports of a rule, resolved on one destination pod.
+fn named_items(ports: &Option<Vec<PortSpec>>, holder: &Pod) -> Vec<PortItem> {
+    ports
+        .iter()
+        .flatten()
+        .filter_map(|s| match s {
+            PortSpec::Named { protocol, name } => holder
+                .named_port(name, *protocol)
+                .map(|p| (protocol.number(), p, p)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule {
+        stmts,
+        comment: None,
+    }
+}
+
+fn commented(stmts: Vec<Stmt>, c: &str) -> Rule {
+    Rule {
+        stmts,
+        comment: Some(c.to_string()),
+    }
+}
+
+fn nfproto(v4: bool) -> Stmt {
+    Stmt::is(
+        Expr::Meta(MetaKey::Nfproto),
+        Expr::Symbol(if v4 { "ipv4" } else { "ipv6" }),
+    )
+}
+
+fn addr(v4: bool, field: &'static str) -> Expr {
+    Expr::payload(if v4 { "ip" } else { "ip6" }, field)
+}
+
+fn l4() -> Expr {
+    Expr::Meta(MetaKey::L4proto)
+}
+
+fn dport() -> Expr {
+    Expr::payload("th", "dport")
+}
+
+/// The policy check of one direction.
+fn check_chain(dir: Dir) -> Chain {
+    let (name, own_field, peer_field) = match dir {
+        Dir::Egress => ("egress", "saddr", "daddr"),
+        Dir::Ingress => ("ingress", "daddr", "saddr"),
+    };
+    let mut rules = vec![rule(vec![Stmt::Assign {
+        key: Expr::CtMark,
+        value: Expr::Int(0),
+    }])];
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(rule(vec![
+            nfproto(v4),
+            Stmt::Assign {
+                key: Expr::CtMark,
+                value: Expr::Map {
+                    key: Box::new(addr(v4, own_field)),
+                    map: format!("{name}_group{f}"),
+                },
+            },
+        ]));
+    }
+    rules.push(commented(
+        vec![Stmt::is(Expr::CtMark, Expr::Int(0)), Stmt::Return],
+        &format!("not isolated for {name}"),
+    ));
+    if dir == Dir::Ingress {
+        for v4 in [true, false] {
+            let f = if v4 { "4" } else { "6" };
+            rules.push(commented(
+                vec![
+                    Stmt::is(addr(v4, "saddr"), Expr::SetRef(format!("own_node{f}"))),
+                    Stmt::Return,
+                ],
+                "own node",
+            ));
+        }
+    }
+    rules.push(rule(vec![Stmt::Assign {
+        key: Expr::Meta(MetaKey::Mark),
+        value: Expr::Int(0),
+    }]));
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(rule(vec![
+            nfproto(v4),
+            Stmt::Assign {
+                key: Expr::Meta(MetaKey::Mark),
+                value: Expr::Map {
+                    key: Box::new(addr(v4, peer_field)),
+                    map: format!("identity{f}"),
+                },
+            },
+        ]));
+    }
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(rule(vec![
+            nfproto(v4),
+            Stmt::is(
+                Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]),
+                Expr::SetRef(format!("{name}_peer{f}")),
+            ),
+            Stmt::Return,
+        ]));
+    }
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(rule(vec![
+            Stmt::is(
+                Expr::Concat(vec![Expr::CtMark, addr(v4, peer_field), l4(), dport()]),
+                Expr::SetRef(format!("{name}_cidr{f}")),
+            ),
+            Stmt::Return,
+        ]));
+    }
+    rules.push(rule(vec![
+        Stmt::is(
+            Expr::Concat(vec![Expr::CtMark, l4(), dport()]),
+            Expr::SetRef(format!("{name}_any")),
+        ),
+        Stmt::Return,
+    ]));
+    rules.push(commented(vec![Stmt::Drop], &format!("{name} denied")));
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules,
+    }
+}
+
+fn chains() -> Vec<Chain> {
+    let from_pod = Stmt::is(
+        Expr::Meta(MetaKey::Iifname),
+        Expr::SetRef("pod_ifaces".into()),
+    );
+    let to_pod = Stmt::is(
+        Expr::Meta(MetaKey::Oifname),
+        Expr::SetRef("pod_ifaces".into()),
+    );
+    let conntrack = vec![
+        rule(vec![
+            Stmt::Match {
+                left: Expr::CtState,
+                op: Op::In,
+                right: Expr::Flags(vec!["established", "related"]),
+            },
+            Stmt::Accept,
+        ]),
+        rule(vec![
+            Stmt::Match {
+                left: Expr::CtState,
+                op: Op::In,
+                right: Expr::Flags(vec!["invalid"]),
+            },
+            Stmt::Drop,
+        ]),
+    ];
+    let mut forward = vec![rule(vec![from_pod.clone(), Stmt::Jump("antispoof".into())])];
+    forward.extend(conntrack);
+    forward.push(rule(vec![from_pod.clone(), Stmt::Jump("egress".into())]));
+    forward.push(rule(vec![to_pod, Stmt::Jump("ingress".into())]));
+    let input = vec![rule(vec![from_pod, Stmt::Jump("antispoof".into())])];
+    let mut antispoof = vec![
+        rule(vec![
+            Stmt::is(addr(false, "saddr"), Expr::Prefix("fe80::".into(), 10)),
+            Stmt::Return,
+        ]),
+        rule(vec![
+            Stmt::is(addr(false, "saddr"), Expr::Prefix("::".into(), 128)),
+            Stmt::Return,
+        ]),
+    ];
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        antispoof.push(commented(
+            vec![
+                nfproto(v4),
+                Stmt::is_not(
+                    Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), addr(v4, "saddr")]),
+                    Expr::SetRef(format!("pod_src{f}")),
+                ),
+                Stmt::Drop,
+            ],
+            "spoofed source",
+        ));
+    }
+    vec![
+        Chain {
+            name: "forward".into(),
+            hook: Some(Hook {
+                hook: "forward",
+                priority: 0,
+            }),
+            rules: forward,
+        },
+        Chain {
+            name: "input".into(),
+            hook: Some(Hook {
+                hook: "input",
+                priority: 0,
+            }),
+            rules: input,
+        },
+        Chain {
+            name: "antispoof".into(),
+            hook: None,
+            rules: antispoof,
+        },
+        check_chain(Dir::Egress),
+        check_chain(Dir::Ingress),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_minus_except() {
+        let b = IpBlock {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            except: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "10.0.0.0/24".parse().unwrap(),
+            ],
+        };
+        let (v4, r) = block_ranges(&b);
+        assert!(v4);
+        let ip = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
+        assert_eq!(
+            r,
+            vec![
+                (ip("10.0.1.0"), ip("10.0.255.255")),
+                (ip("10.2.0.0"), ip("10.255.255.255"))
+            ]
+        );
+        let all: IpBlock = IpBlock {
+            cidr: "::/0".parse().unwrap(),
+            except: vec!["::/0".parse().unwrap()],
+        };
+        assert_eq!(block_ranges(&all).1, vec![]);
+    }
+
+    #[test]
+    fn boxes_become_disjoint() {
+        let b = disjoint_boxes(&[(0, 99, 80, 80), (50, 149, 80, 90)]);
+        assert_eq!(
+            b,
+            vec![
+                (0, 49, vec![(80, 80)]),
+                (50, 99, vec![(80, 90)]),
+                (100, 149, vec![(80, 90)])
+            ]
+            .into_iter()
+            .fold(Vec::new(), |mut acc: Vec<Slice>, x| {
+                match acc.last_mut() {
+                    Some(l) if l.1 + 1 == x.0 && l.2 == x.2 => l.1 = x.1,
+                    _ => acc.push(x),
+                }
+                acc
+            })
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The dataplane commands: compile and apply the nftables ruleset, and the
+//! namespace lab (up, probe, down, and the hidden listener).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use palisade_engine::PortProto;
+
+use crate::input;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesetFormat {
+    Nft,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Create one network namespace per node and pod, wire them, start
+    /// listeners and load each node's compiled ruleset.
+    Up {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Ports the listeners serve (default: the pods' container ports).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<PortProto>,
+    },
+    /// Probe every pod pair with real connections (IPv4 and IPv6) and compare
+    /// with the engine. Exit 1 on any disagreement.
+    Probe {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<PortProto>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ProbeFormat,
+        /// Timeout of a denied connection attempt, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_ms: u64,
+    },
+    /// Remove everything the lab made.
+    Down {
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// Listener run inside a pod namespace (started by `lab up`).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<u16>,
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<u16>,
+    },
+}
+
+pub fn compile(files: &[PathBuf], node: Option<&str>, format: RulesetFormat) -> Result<ExitCode> {
+    let engine = input::engine(files)?;
+    let rs = palisade_nft::compile(&engine, node)?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        RulesetFormat::Nft => out.write_all(rs.to_nft_text().as_bytes())?,
+        RulesetFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &rs.to_json())?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces table `inet palisade` in one `nft -f` transaction.
+pub fn apply(files: &[PathBuf], node: Option<&str>, dry_run: bool) -> Result<ExitCode> {
+    let engine = input::engine(files)?;
+    let rs = palisade_nft::compile(&engine, node)?;
+    let text = rs.to_nft_replace_text();
+    if dry_run {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nft rejected the ruleset ({status}); the previous table is unchanged");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
+    match cmd {
+        LabCommand::Up { files, name, ports } => {
+            let engine = input::engine(&files)?;
+            let sources = files
+                .iter()
+                .map(|f| {
+                    std::fs::canonicalize(f)
+                        .unwrap_or_else(|_| f.clone())
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            let lab = palisade_lab::up(
+                &engine,
+                &palisade_lab::Config {
+                    name: name.clone(),
+                    serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
+                    ports,
+                    sources,
+                },
+            )?;
+            println!(
+                "lab {name}: {} nodes, {} pods; probe with `palisade lab probe --name {name}`",
+                lab.state.nodes.len(),
+                lab.state.pods.len()
+            );
+            lab.keep();
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Probe {
+            name,
+            ports,
+            output,
+            timeout_ms,
+        } => {
+            let state = palisade_lab::load(&name)?;
+            let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
+            let engine = input::engine(&files)?;
+            let ports = if ports.is_empty() {
+                engine.default_ports()
+            } else {
+                ports
+            };
+            let opts = palisade_lab::ProbeOptions {
+                timeout: std::time::Duration::from_millis(timeout_ms),
+                ..Default::default()
+            };
+            let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
+            let bad = obs.iter().filter(|o| !o.agrees()).count();
+            let mut out = std::io::stdout().lock();
+            match output {
+                ProbeFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &obs)?;
+                    writeln!(out)?;
+                }
+                ProbeFormat::Table => {
+                    let w = obs
+                        .iter()
+                        .map(|o| o.src.len().max(o.dst.len()))
+                        .max()
+                        .unwrap_or(3);
+                    writeln!(
+                        out,
+                        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
+                        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
+                    )?;
+                    let v = |b: bool| if b { "allowed" } else { "denied" };
+                    for o in &obs {
+                        writeln!(
+                            out,
+                            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
+                            o.src,
+                            o.dst,
+                            format!("{}/{}", o.port, o.protocol),
+                            if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
+                            v(o.expected),
+                            v(o.observed),
+                            if o.agrees() { "" } else { "  <-- DISAGREES" }
+                        )?;
+                    }
+                    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
+                }
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        LabCommand::Down { name } => {
+            palisade_lab::down(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Serve { tcp, udp } => {
+            palisade_lab::serve_forever(&tcp, &udp)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
