@@ -205,6 +205,8 @@ pub struct Index {
     pub node_address_is_pod_address: bool,
     /// Interned port names.
     pub port_names: HashMap<String, u32>,
+    /// Bit-vector classifiers: ingress, egress.
+    pub classifiers: [crate::classify::DirClassifier; 2],
 }
 
 /// What a shared identity set selects.
@@ -480,7 +482,7 @@ impl Index {
         }
 
         // One identity set per distinct selector pair.
-        let sets = b
+        let sets: Vec<IdSet> = b
             .set_keys
             .iter()
             .map(|SetKey::Pods(scope, pods)| {
@@ -564,7 +566,18 @@ impl Index {
             .flat_map(|n| &n.addresses)
             .any(|a| ip_to_pod.contains_key(a));
 
+        let classifiers = [Direction::Ingress, Direction::Egress].map(|dir| {
+            crate::classify::DirClassifier::build(
+                dir,
+                &identities,
+                &sets,
+                &b.matchers,
+                port_names.len(),
+            )
+        });
+
         Index {
+            classifiers,
             identities,
             pod_identity,
             sets,

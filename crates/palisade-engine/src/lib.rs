@@ -6,6 +6,7 @@
 //! (the reachability matrix, the dataplane compiler) work over classes of
 //! pods rather than pairs.
 
+pub mod classify;
 pub mod index;
 pub mod matrix;
 pub mod synth;

@@ -300,6 +300,12 @@ impl Engine {
         })
     }
 
+    /// Displays an endpoint as `namespace/pod` or its address, without
+    /// allocating.
+    pub fn who(&self, e: Endpoint) -> Who<'_> {
+        Who(self, e)
+    }
+
     pub fn describe(&self, e: Endpoint) -> String {
         match e {
             Endpoint::Pod(i) => self.cluster.pods[i].key(),
@@ -401,13 +407,29 @@ impl Engine {
             named,
         };
 
+        let cls = &self.index.classifiers[match dir {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }];
+        let holder = match flow.dst {
+            Endpoint::Pod(d) => self.index.pod_identity[d].map(|i| i as usize),
+            Endpoint::Ip(_) => None,
+        };
+        let m = cls.classify(
+            idn as usize,
+            peer_id.map(|i| i as usize),
+            &peer_ip,
+            flow.protocol,
+            flow.port,
+            holder,
+        );
+
         let mut passed = None;
-        for r in &plan.admin {
-            if self.rule_matches(r, &ctx).is_some() {
-                if r.action == AdminAction::Pass {
-                    passed = Some((r.owner, r.rule));
-                    break;
-                }
+        if let Some(bit) = m.admin {
+            let r = &cls.rule(bit).rule;
+            if r.action == AdminAction::Pass {
+                passed = Some((r.owner, r.rule));
+            } else {
                 return done(
                     None,
                     Decision::Admin {
@@ -423,9 +445,13 @@ impl Engine {
             if dir == Direction::Ingress && self.is_from_own_node(sp, peer, peer_ip) {
                 return done(passed, Decision::OwnNode);
             }
-            for r in &plan.np {
-                if let Some((peer, port)) = self.rule_matches(r, &ctx) {
-                    return done(
+            return match m.np {
+                Some(bit) => {
+                    let r = &cls.rule(bit).rule;
+                    // Which peer and port of the rule matched, for the
+                    // explanation: one rule, checked directly.
+                    let (peer, port) = self.rule_matches(r, &ctx).unwrap_or((None, None));
+                    done(
                         passed,
                         Decision::Allowed {
                             policy: r.owner,
@@ -433,19 +459,17 @@ impl Engine {
                             peer,
                             port,
                         },
-                    );
+                    )
                 }
-            }
-            return done(passed, Decision::Denied);
+                None => done(passed, Decision::Denied),
+            };
         }
 
-        for r in &plan.baseline {
-            if self.rule_matches(r, &ctx).is_some() {
-                // Pass has no meaning in the baseline tier (the decoder
-                // refuses it): the flow is left to the default, allow.
-                if r.action == AdminAction::Pass {
-                    break;
-                }
+        if let Some(bit) = m.baseline {
+            let r = &cls.rule(bit).rule;
+            // Pass has no meaning in the baseline tier (the decoder refuses
+            // it): the flow is left to the default, allow.
+            if r.action != AdminAction::Pass {
                 return done(
                     passed,
                     Decision::Admin {
@@ -503,7 +527,7 @@ impl Engine {
             Direction::Ingress => (flow.dst, flow.src),
             Direction::Egress => (flow.src, flow.dst),
         };
-        let mut s = String::new();
+        let mut s = String::with_capacity(160);
         if let Some((ai, ri)) = o.passed {
             let _ = write!(
                 s,
@@ -515,26 +539,27 @@ impl Engine {
                     .name
             );
         }
-        let port = format!("{}/{}", flow.port, flow.protocol);
+        let port = crate::PortProto {
+            port: flow.port,
+            protocol: flow.protocol,
+        };
         let _ = match o.decision {
             Decision::NotSubject => {
                 let why = match subject {
-                    Endpoint::Ip(ip) => format!("{ip} is not a pod"),
-                    Endpoint::Pod(p) => {
-                        format!("{} uses the host network", self.cluster.pods[p].key())
-                    }
+                    Endpoint::Ip(_) => "is not a pod",
+                    Endpoint::Pod(_) => "uses the host network",
                 };
-                write!(s, "{dir} not restricted: {why}")
+                write!(s, "{dir} not restricted: {} {why}", self.who(subject))
             }
             Decision::NotIsolated => write!(
                 s,
                 "{dir} allowed: {} is not isolated for {dir}",
-                self.describe(subject)
+                self.who(subject)
             ),
             Decision::OwnNode => write!(
                 s,
                 "{dir} allowed: {} accepts traffic from its own node {}",
-                self.describe(subject),
+                self.who(subject),
                 match subject {
                     Endpoint::Pod(p) => self.cluster.pods[p].node.as_deref().unwrap_or("?"),
                     Endpoint::Ip(_) => "?",
@@ -552,28 +577,28 @@ impl Engine {
                     Direction::Egress => p.egress.as_deref(),
                 }
                 .unwrap_or_default();
-                let (fromto, peer_text) = match o.direction {
-                    Direction::Ingress => ("from", pe),
-                    Direction::Egress => ("to", pe),
+                let fromto = match o.direction {
+                    Direction::Ingress => "from",
+                    Direction::Egress => "to",
                 };
-                let peer_text = match peer_text {
-                    Some(i) => format!("{fromto} peer {i}"),
-                    None => format!("{fromto} any peer"),
-                };
-                let port_text = match po.and_then(|i| rules.get(rule)?.ports.as_ref()?.get(i)) {
-                    Some(PortSpec::Named { name, .. }) => format!("port {name}={port}"),
-                    Some(PortSpec::Range { start, end, .. }) if start != end => {
-                        format!("ports {start}-{end}/{}, {port}", flow.protocol)
-                    }
-                    Some(PortSpec::AllPorts(_)) => format!("any {} port, {port}", flow.protocol),
-                    _ if po.is_none() => format!("any port, {port}"),
-                    _ => format!("port {port}"),
-                };
-                write!(
+                let _ = write!(
                     s,
-                    "{dir} allowed by {} rule {rule} ({peer_text}, {port_text})",
-                    p.key()
-                )
+                    "{dir} allowed by {}/{} rule {rule} ({fromto} ",
+                    p.namespace, p.name
+                );
+                let _ = match pe {
+                    Some(i) => write!(s, "peer {i}, "),
+                    None => write!(s, "any peer, "),
+                };
+                match po.and_then(|i| rules.get(rule)?.ports.as_ref()?.get(i)) {
+                    Some(PortSpec::Named { name, .. }) => write!(s, "port {name}={port})"),
+                    Some(PortSpec::Range { start, end, .. }) if start != end => {
+                        write!(s, "ports {start}-{end}/{}, {port})", flow.protocol)
+                    }
+                    Some(PortSpec::AllPorts(_)) => write!(s, "any {} port, {port})", flow.protocol),
+                    _ if po.is_none() => write!(s, "any port, {port})"),
+                    _ => write!(s, "port {port})"),
+                }
             }
             Decision::Denied => {
                 let ident = match subject {
@@ -587,19 +612,19 @@ impl Engine {
                         Direction::Egress => id.egress_plan.isolated_by.as_str(),
                     }
                 });
-                let what = match o.direction {
-                    Direction::Egress if flow.dst_ip.is_ipv6() => {
-                        format!("[{}]:{port}", flow.dst_ip)
-                    }
-                    Direction::Egress => format!("{}:{port}", flow.dst_ip),
-                    Direction::Ingress => format!("{} to port {port}", flow.src_ip),
-                };
-                let _ = peer;
-                write!(
+                let _ = write!(
                     s,
-                    "{dir} denied: {} is isolated for {dir} by {by} and no rule allows {what}",
-                    self.describe(subject)
-                )
+                    "{dir} denied: {} is isolated for {dir} by {by} and no rule allows ",
+                    self.who(subject)
+                );
+                let _ = peer;
+                match o.direction {
+                    Direction::Egress if flow.dst_ip.is_ipv6() => {
+                        write!(s, "[{}]:{port}", flow.dst_ip)
+                    }
+                    Direction::Egress => write!(s, "{}:{port}", flow.dst_ip),
+                    Direction::Ingress => write!(s, "{} to port {port}", flow.src_ip),
+                }
             }
             Decision::Admin {
                 admin,
@@ -623,6 +648,20 @@ impl Engine {
             }
         };
         s
+    }
+}
+
+pub struct Who<'a>(&'a Engine, Endpoint);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Endpoint::Pod(i) => {
+                let p = &self.0.cluster.pods[i];
+                write!(f, "{}/{}", p.namespace, p.name)
+            }
+            Endpoint::Ip(ip) => write!(f, "{ip}"),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use palisade_engine::synth::{self, Params, Rng};
-use palisade_engine::{Engine, Flow, PortProto};
+use palisade_engine::{Endpoint, Engine, Flow, PortProto};
 use palisade_model::Protocol;
 
 fn flows(engine: &Engine, n: usize, seed: u64) -> Vec<Flow> {
@@ -24,12 +24,11 @@ fn flows(engine: &Engine, n: usize, seed: u64) -> Vec<Flow> {
     while out.len() < n {
         let (s, d) = (r.below(pods), r.below(pods));
         let (port, proto) = ports[r.below(ports.len())];
-        let (Ok(s), Ok(d)) = (
-            engine.endpoint(&engine.cluster().pods[s].key()),
-            engine.endpoint(&engine.cluster().pods[d].key()),
-        ) else {
+        let ids = &engine.index().pod_identity;
+        if ids[s].is_none() || ids[d].is_none() {
             continue;
-        };
+        }
+        let (s, d) = (Endpoint::Pod(s), Endpoint::Pod(d));
         if let Ok(f) = engine.flow(s, d, proto, port) {
             out.push(f);
         }
@@ -87,6 +86,7 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
         engine.index().sets.len()
     );
 
+    println!("{}", plan_stats(&engine));
     let empty = Engine::new(synth::cluster(&Params {
         policies: 0,
         ..params.clone()
@@ -132,6 +132,7 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
         admin_policies: 50,
         ..params.clone()
     }));
+    println!("{}", plan_stats(&with_anp));
     let fl_anp = flows(&with_anp, nflows, 7);
     let (anp, _) = rate(&fl_anp, min, |f| with_anp.allowed(f));
     let (fast2, _) = rate(&fl, min, |f| engine.allowed(f));
@@ -139,4 +140,23 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
         "verdicts/s with 50 AdminNetworkPolicies + baseline: {anp:>12.0}  ({:.2}x the same cluster without them, measured again: {fast2:.0})",
         anp / fast2
     );
+}
+
+pub fn plan_stats(engine: &Engine) -> String {
+    let ids = &engine.index().identities;
+    let n = ids.len().max(1) as f64;
+    let sum = |f: &dyn Fn(&palisade_engine::Identity) -> usize| {
+        ids.iter().map(f).sum::<usize>() as f64 / n
+    };
+    format!(
+        "mean rules per identity: ingress np {:.1}, egress np {:.1}, admin {:.1}/{:.1}, baseline {:.1}/{:.1}; peers per np rule {:.2}",
+        sum(&|i| i.ingress_plan.np.len()),
+        sum(&|i| i.egress_plan.np.len()),
+        sum(&|i| i.ingress_plan.admin.len()),
+        sum(&|i| i.egress_plan.admin.len()),
+        sum(&|i| i.ingress_plan.baseline.len()),
+        sum(&|i| i.egress_plan.baseline.len()),
+        ids.iter().flat_map(|i| i.ingress_plan.np.iter().chain(&i.egress_plan.np)).map(|r| r.peers.as_ref().map_or(0, |p| p.len())).sum::<usize>() as f64
+            / ids.iter().map(|i| i.ingress_plan.np.len() + i.egress_plan.np.len()).sum::<usize>().max(1) as f64
+    )
 }
