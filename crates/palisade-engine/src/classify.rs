@@ -78,6 +78,20 @@ fn net_bounds(n: &ipnet::IpNet, out: &mut [Vec<u128>; 2]) {
     }
 }
 
+/// Per-identity facts the hot path needs, kept apart from `Identity` so a
+/// verdict touches a few bytes per identity rather than the whole struct.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    pub host_network: bool,
+    /// Isolated by NetworkPolicy in this direction.
+    pub isolated: bool,
+    /// Whether any of the identity's rules look at addresses, ports or
+    /// named ports: the lookups are skipped when none does.
+    needs_addr: bool,
+    needs_ports: bool,
+    needs_named: bool,
+}
+
 /// The classifier of one direction.
 #[derive(Clone, Debug)]
 pub struct DirClassifier {
@@ -112,6 +126,8 @@ pub struct DirClassifier {
     /// some rule names.
     named_masks: Vec<u64>,
     named: Vec<Vec<(Protocol, u16, u32)>>,
+    flags: Vec<Flags>,
+    zeros: Vec<u64>,
 }
 
 fn set_bit(m: &mut [u64], bit: usize) {
@@ -331,7 +347,39 @@ impl DirClassifier {
             })
             .collect();
 
+        let mut addr_bits = vec![0u64; width];
+        for &(bit, _) in &addr_rules {
+            set_bit(&mut addr_bits, bit);
+        }
+        let mut port_bits = vec![0u64; width];
+        for &(bit, ..) in &port_rules {
+            set_bit(&mut port_bits, bit);
+        }
+        let mut named_bits = vec![0u64; width];
+        for bits in named_rules.values() {
+            for &bit in bits {
+                set_bit(&mut named_bits, bit);
+            }
+        }
+        let flags = identities
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let words = &subject[subject_start[i] as usize..subject_start[i + 1] as usize];
+                let any = |m: &[u64]| words.iter().any(|&(w, b)| m[w as usize] & b != 0);
+                Flags {
+                    host_network: id.host_network,
+                    isolated: plan_of(dir, id).isolated,
+                    needs_addr: any(&addr_bits),
+                    needs_ports: any(&port_bits),
+                    needs_named: any(&named_bits),
+                }
+            })
+            .collect();
+
         DirClassifier {
+            zeros: vec![0; width],
+            flags,
             width,
             rules,
             admin_end,
@@ -370,14 +418,26 @@ impl DirClassifier {
             return m;
         }
         let w = self.width;
+        let f = self.flags[subject];
         let peer_row = peer.map(|p| &self.peer[p * w..(p + 1) * w]);
-        let (fam, a) = key(peer_ip);
-        let ai = self.addr[fam].find(a);
-        let addr_row = &self.addr_masks[fam][ai * w..(ai + 1) * w];
-        let pi = proto_index(protocol);
-        let pr = self.ports[pi].find(port as u128);
-        let port_row = &self.port_masks[pi][pr * w..(pr + 1) * w];
-        let named: &[(Protocol, u16, u32)] = named_holder.map_or(&[], |h| &self.named[h]);
+        let addr_row = if f.needs_addr {
+            let (fam, a) = key(peer_ip);
+            let ai = self.addr[fam].find(a);
+            &self.addr_masks[fam][ai * w..(ai + 1) * w]
+        } else {
+            &self.zeros[..]
+        };
+        let port_row = if f.needs_ports {
+            let pi = proto_index(protocol);
+            let pr = self.ports[pi].find(port as u128);
+            &self.port_masks[pi][pr * w..(pr + 1) * w]
+        } else {
+            &self.zeros[..]
+        };
+        let named: &[(Protocol, u16, u32)] = match named_holder {
+            Some(h) if f.needs_named => &self.named[h],
+            _ => &[],
+        };
 
         for &(i, s) in words {
             let i = i as usize;
@@ -395,6 +455,11 @@ impl DirClassifier {
                 if bit < self.admin_end {
                     if m.admin.is_none() {
                         m.admin = Some(bit);
+                        // Allow and Deny are final: nothing after them
+                        // can change the verdict.
+                        if self.rules[bit].rule.action != AdminAction::Pass {
+                            return m;
+                        }
                     }
                 } else if bit < self.np_end {
                     if m.np.is_none() {
@@ -407,6 +472,11 @@ impl DirClassifier {
             }
         }
         m
+    }
+
+    #[inline]
+    pub fn flags(&self, identity: usize) -> Flags {
+        self.flags[identity]
     }
 
     pub fn rule(&self, bit: usize) -> &RuleBit {

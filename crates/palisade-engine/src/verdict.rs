@@ -316,8 +316,60 @@ impl Engine {
     /// The fast path: no reasons, no allocation.
     #[inline]
     pub fn allowed(&self, flow: &Flow) -> bool {
-        self.outcome(Direction::Egress, flow).allowed()
-            && self.outcome(Direction::Ingress, flow).allowed()
+        self.allowed_in(Direction::Egress, flow) && self.allowed_in(Direction::Ingress, flow)
+    }
+
+    /// [`Engine::outcome`]`(dir, flow).allowed()` without building the
+    /// explanation; the property tests hold the two equal.
+    #[inline]
+    pub fn allowed_in(&self, dir: Direction, flow: &Flow) -> bool {
+        let (subject, peer, peer_ip) = match dir {
+            Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
+            Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
+        };
+        let Endpoint::Pod(sp) = subject else {
+            return true;
+        };
+        let Some(idn) = self.index.pod_identity[sp] else {
+            return true;
+        };
+        let cls = &self.index.classifiers[match dir {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }];
+        let flags = cls.flags(idn as usize);
+        if flags.host_network {
+            return true;
+        }
+        let peer_id = match peer {
+            Endpoint::Pod(p) => self.index.pod_identity[p],
+            Endpoint::Ip(_) => None,
+        };
+        let holder = match flow.dst {
+            Endpoint::Pod(d) => self.index.pod_identity[d],
+            Endpoint::Ip(_) => None,
+        };
+        let m = cls.classify(
+            idn as usize,
+            peer_id.map(|i| i as usize),
+            &peer_ip,
+            flow.protocol,
+            flow.port,
+            holder.map(|i| i as usize),
+        );
+        if let Some(bit) = m.admin {
+            match cls.action(bit) {
+                AdminAction::Allow => return true,
+                AdminAction::Deny => return false,
+                AdminAction::Pass => {}
+            }
+        }
+        if flags.isolated {
+            return m.np.is_some()
+                || (dir == Direction::Ingress && self.is_from_own_node(sp, peer, peer_ip));
+        }
+        m.baseline
+            .is_none_or(|bit| cls.action(bit) != AdminAction::Deny)
     }
 
     pub fn explain(&self, flow: &Flow) -> Explanation {
@@ -380,39 +432,20 @@ impl Engine {
         let Some(idn) = self.index.pod_identity[sp] else {
             return done(None, Decision::NotSubject);
         };
-        let ident = &self.index.identities[idn as usize];
-        if ident.host_network {
-            return done(None, Decision::NotSubject);
-        }
-        let plan = match dir {
-            Direction::Ingress => &ident.ingress_plan,
-            Direction::Egress => &ident.egress_plan,
-        };
-        let peer_id = match peer {
-            Endpoint::Pod(p) => self.index.pod_identity[p],
-            Endpoint::Ip(_) => None,
-        };
-        let named: &[(u32, Protocol, u16)] = match flow.dst {
-            Endpoint::Pod(d) => self.index.pod_identity[d]
-                .map(|i| &self.index.identities[i as usize])
-                .filter(|i| !i.host_network)
-                .map_or(&[], |i| &i.named_ports[..]),
-            Endpoint::Ip(_) => &[],
-        };
-        let ctx = Ctx {
-            peer_id,
-            peer_ip,
-            protocol: flow.protocol,
-            port: flow.port,
-            named,
-        };
-
         let cls = &self.index.classifiers[match dir {
             Direction::Ingress => 0,
             Direction::Egress => 1,
         }];
+        let flags = cls.flags(idn as usize);
+        if flags.host_network {
+            return done(None, Decision::NotSubject);
+        }
+        let peer_id = match peer {
+            Endpoint::Pod(p) => self.index.pod_identity[p],
+            Endpoint::Ip(_) => None,
+        };
         let holder = match flow.dst {
-            Endpoint::Pod(d) => self.index.pod_identity[d].map(|i| i as usize),
+            Endpoint::Pod(d) => self.index.pod_identity[d],
             Endpoint::Ip(_) => None,
         };
         let m = cls.classify(
@@ -421,8 +454,19 @@ impl Engine {
             &peer_ip,
             flow.protocol,
             flow.port,
-            holder,
+            holder.map(|i| i as usize),
         );
+        // Only an explanation needs the rule itself.
+        let ctx = || Ctx {
+            peer_id,
+            peer_ip,
+            protocol: flow.protocol,
+            port: flow.port,
+            named: holder
+                .map(|i| &self.index.identities[i as usize])
+                .filter(|i| !i.host_network)
+                .map_or(&[], |i| &i.named_ports[..]),
+        };
 
         let mut passed = None;
         if let Some(bit) = m.admin {
@@ -441,7 +485,7 @@ impl Engine {
             }
         }
 
-        if plan.isolated {
+        if flags.isolated {
             if dir == Direction::Ingress && self.is_from_own_node(sp, peer, peer_ip) {
                 return done(passed, Decision::OwnNode);
             }
@@ -450,7 +494,7 @@ impl Engine {
                     let r = &cls.rule(bit).rule;
                     // Which peer and port of the rule matched, for the
                     // explanation: one rule, checked directly.
-                    let (peer, port) = self.rule_matches(r, &ctx).unwrap_or((None, None));
+                    let (peer, port) = self.rule_matches(r, &ctx()).unwrap_or((None, None));
                     done(
                         passed,
                         Decision::Allowed {

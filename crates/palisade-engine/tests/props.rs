@@ -281,6 +281,9 @@ proptest! {
         for f in flows(&engine, seed ^ 0x55, 300) {
             prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
             prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+            for dir in [palisade_engine::Direction::Ingress, palisade_engine::Direction::Egress] {
+                prop_assert_eq!(engine.outcome(dir, &f).allowed(), engine.allowed_in(dir, &f));
+            }
         }
     }
 

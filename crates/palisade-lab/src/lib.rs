@@ -26,6 +26,7 @@
 //! The state of a lab (`/run/palisade-lab/<lab>.json`) lists what it made;
 //! [`down`] removes that and nothing else.
 
+pub mod bench;
 mod serve;
 pub mod sys;
 
@@ -467,6 +468,24 @@ impl Lab {
             )?;
         }
         Ok(())
+    }
+
+    /// Runs one `nft -f` transaction in lab node `node`'s namespace and
+    /// returns how long it took.
+    pub fn load_table(&self, node: usize, text: &str) -> Result<Duration> {
+        let t = Instant::now();
+        run(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.state.nodes[node].netns,
+                "nft",
+                "-f",
+                "-",
+            ]),
+            Some(text),
+        )?;
+        Ok(t.elapsed())
     }
 
     fn start_listeners(&mut self, serve: &Serve) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The dataplane against the engine, with real packets: every case of
-//! `tests/cases` (NetworkPolicy only) in a namespace lab, every pod pair and
+//! `tests/cases` (NetworkPolicy and the admin tiers) in a namespace lab, every pod pair and
 //! port over IPv4 and IPv6. Needs root; without it each test says why and
 //! returns.
 
@@ -83,7 +83,6 @@ fn every_case_agrees_with_the_engine() {
     let cases: Vec<palisade_testkit::Case> = palisade_testkit::all_cases()
         .into_iter()
         .map(|c| c.expect("case loads"))
-        .filter(|c| c.cluster.admin_policies.is_empty())
         .filter(|c| std::env::var("PALISADE_CASE").map_or(true, |only| c.name == only))
         .collect();
     assert!(!cases.is_empty());

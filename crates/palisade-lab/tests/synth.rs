@@ -1,5 +1,6 @@
 //! Random small clusters (deterministic seeds): the kernel, enforcing the
 //! compiled rulesets, agrees with the engine on every pod pair and port.
+//! Even seeds add two AdminNetworkPolicies and a baseline.
 //! Needs root; without it the test says why and returns.
 //! `PALISADE_SYNTH_CLUSTERS` sets how many clusters (default 50).
 
@@ -27,7 +28,15 @@ fn random_clusters_agree_with_the_engine() {
             let (seeds, failures, next) = (&seeds, &failures, &next);
             s.spawn(move || {
                 while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let engine = Engine::new(synth::cluster(&synth::Params::small(seed)));
+                    let params = if seed % 2 == 0 {
+                        synth::Params {
+                            admin_policies: 2,
+                            ..synth::Params::small(seed)
+                        }
+                    } else {
+                        synth::Params::small(seed)
+                    };
+                    let engine = Engine::new(synth::cluster(&params));
                     let ports = engine.default_ports();
                     let name = format!("synth{w}");
                     let _ = palisade_lab::down(&name);

@@ -19,6 +19,8 @@ pub enum Type {
     Mark,
     Proto,
     Port,
+    /// The data of a verdict map.
+    Verdict,
 }
 
 impl Type {
@@ -30,6 +32,7 @@ impl Type {
             Type::Mark => "mark",
             Type::Proto => "inet_proto",
             Type::Port => "inet_service",
+            Type::Verdict => "verdict",
         }
     }
 }
@@ -47,6 +50,25 @@ pub enum Value {
     Proto(u8),
     Port(u16),
     PortRange(u16, u16),
+    /// The data of a verdict map element.
+    Verdict(Verdict),
+}
+
+/// The verdicts a verdict map element can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// Leave the current check: this direction is allowed.
+    Return,
+    Drop,
+}
+
+impl Verdict {
+    fn name(self) -> &'static str {
+        match self {
+            Verdict::Return => "return",
+            Verdict::Drop => "drop",
+        }
+    }
 }
 
 fn proto_name(p: u8) -> Option<&'static str> {
@@ -73,6 +95,7 @@ impl Value {
             Value::Port(p) => p.to_string(),
             Value::PortRange(a, b) if a == b => a.to_string(),
             Value::PortRange(a, b) => format!("{a}-{b}"),
+            Value::Verdict(v) => v.name().to_string(),
         }
     }
 
@@ -90,6 +113,7 @@ impl Value {
             Value::Port(p) => json!(p),
             Value::PortRange(a, b) if a == b => json!(a),
             Value::PortRange(a, b) => json!({"range": [a, b]}),
+            Value::Verdict(v) => json!({ v.name(): null }),
         }
     }
 }
@@ -228,6 +252,14 @@ pub enum Stmt {
     Drop,
     Return,
     Jump(String),
+    /// Continue in another chain without coming back: its `return` returns
+    /// from the chain that made the `goto`.
+    Goto(String),
+    /// `KEY vmap @name`: the verdict of the matching element, if any.
+    Vmap {
+        key: Expr,
+        map: String,
+    },
 }
 
 impl Stmt {
@@ -257,6 +289,8 @@ impl Stmt {
             Stmt::Drop => "drop".into(),
             Stmt::Return => "return".into(),
             Stmt::Jump(c) => format!("jump {c}"),
+            Stmt::Goto(c) => format!("goto {c}"),
+            Stmt::Vmap { key, map } => format!("{} vmap @{map}", key.text()),
         }
     }
 
@@ -277,6 +311,10 @@ impl Stmt {
             Stmt::Drop => json!({"drop": null}),
             Stmt::Return => json!({"return": null}),
             Stmt::Jump(c) => json!({"jump": {"target": c}}),
+            Stmt::Goto(c) => json!({"goto": {"target": c}}),
+            Stmt::Vmap { key, map } => {
+                json!({"vmap": {"key": key.json(), "data": format!("@{map}")}})
+            }
         }
     }
 }

@@ -22,34 +22,69 @@
 //!   carry one of that pod's addresses (`iifname . ip saddr @pod_src4`).
 //!   IPv6 link-local and unspecified sources (neighbour discovery) are exempt;
 //!   the kernel never forwards them. The same check guards the `input` hook.
-//! - **Policy groups.** Local identities isolated in a direction are grouped
-//!   by the exact list of NetworkPolicies that isolate them (for ingress,
-//!   also by how the named ports those policies use resolve on them: named
-//!   ports of ingress rules resolve on the selected pod). The group id
-//!   (from 1) of the local pod is looked up by address into `ct mark`
-//!   (`egress_group4`, `ingress_group6`...); a pod in no group is not
-//!   isolated in that direction and the check returns.
+//! - **Three stages per direction**, as the engine evaluates them: the
+//!   admin tier (AdminNetworkPolicy, and ClusterNetworkPolicy's `Admin`
+//!   tier), NetworkPolicy, the baseline tier (BaselineAdminNetworkPolicy,
+//!   `Baseline`). The direction's chain (`egress`, `ingress`) runs the admin
+//!   stage, then `goto {dir}_np` when NetworkPolicy isolates the pod (its
+//!   verdict is final: `return` allows the direction, `drop` denies), else
+//!   the baseline stage; falling off the end allows. A tier's stage is in
+//!   the chains only when the cluster has a policy of that tier.
 //! - **Peer identities.** Every endpoint pod of the cluster (not host-network)
-//!   maps by address to its identity id + 1 in `meta mark` (`identity4`,
-//!   `identity6`); 0 means "not a pod".
-//! - **Allow sets**, per direction and family, all interval sets so that port
-//!   ranges are single elements:
-//!   - `*_peer4/6`: `group . peer identity . l4proto . port range`, for peers
-//!     given by selectors (and for named ports, which only a pod destination
-//!     can match: they are resolved per identity);
+//!   maps by address to its identity mark in `meta mark` (`identity4`,
+//!   `identity6`); 0 means "not a pod". Marks are dense or content-derived
+//!   ([`Numbering`]).
+//! - **Policy groups.** Each stage looks the local pod's group up by address
+//!   into `ct mark`. NetworkPolicy groups (`egress_group4`,
+//!   `ingress_group6`...) are keyed by the exact list of NetworkPolicies that
+//!   isolate the pod (for ingress, also by how the named ports those
+//!   policies use resolve on it: named ports of ingress rules resolve on the
+//!   selected pod); a pod in no group is not isolated. Tier groups
+//!   (`egress_admin_group4`, `ingress_baseline_group6`...) are keyed by the
+//!   ordered list of tier rules that select the pod (and, for ingress, the
+//!   named ports they use, resolved on it).
+//! - **NetworkPolicy allow sets** (allows are a union: order never matters):
+//!   - `*_peer_port` (hash): `group . peer mark . l4proto . port`, for peers
+//!     given by selectors (and named ports, resolved per identity: only a
+//!     pod destination can match one); `*_peer_proto` (hash): `group . peer
+//!     mark . l4proto` where every port of the protocol is allowed;
+//!     `*_peer_range` (interval): true port ranges; `*_peer4/6` (interval):
+//!     what holds in one family only (a named port of a pod inside an
+//!     `ipBlock`). Hash sets load several times faster than interval sets
+//!     and their lookups cost the same at any size;
 //!   - `*_cidr4/6`: `group . address range . l4proto . port range`, for
 //!     `ipBlock` peers: `cidr` minus `except` as disjoint ranges; ipBlocks
 //!     match pod addresses too, as the API requires;
 //!   - `*_any`: `group . l4proto . port range`, for rules without peers.
 //!
-//!   A rule without ports allows every TCP, UDP and SCTP port. Elements are
-//!   merged into disjoint boxes, as interval sets require.
+//!   A rule without ports allows every TCP, UDP and SCTP port. Interval
+//!   elements are merged into disjoint boxes, as interval sets require.
+//! - **Tier verdict maps** (first match: order matters). For each tier
+//!   group, the ordered rules are resolved at compile time into *disjoint*
+//!   keys, each mapped to the action of the earliest rule covering it:
+//!   Allow → `return` (this direction is allowed), Deny → `drop`; Pass
+//!   shadows later rules and then maps to nothing, so the flow goes on to
+//!   the next stage, exactly as when no rule matches. One lookup decides,
+//!   whatever the number of rules:
+//!   - `*_{tier}_peer4/6`: `group . peer mark . l4proto . port range :
+//!     verdict` for pod peers. Which rules match a pod is a property of its
+//!     identity: its selectors and which address matchers (`networks`,
+//!     `nodes`) contain its address of that family;
+//!   - `*_{tier}_cidr4/6`: `group . address range . l4proto . port range :
+//!     verdict` for every other address (`meta mark 0`), from the address
+//!     matchers: the address axis is cut at every matcher edge and each
+//!     slice resolved over ports.
+//!
+//!   An admin `namedPort` matches the destination's container port of that
+//!   name whatever its protocol: resolved on the peer for egress, on the
+//!   local pod (hence the group key) for ingress, never on a non-pod.
 //! - **Own node.** An ingress-isolated pod accepts traffic from its node's
-//!   addresses (`own_node4/6`); node-originated traffic never reaches the
-//!   forward hook anyway.
+//!   addresses (`own_node4/6`), in the NetworkPolicy stage only (the admin
+//!   tiers have no such exception); node-originated traffic never reaches
+//!   the forward hook anyway.
 //! - **Host-network pods** are node traffic: they are neither subjects nor
 //!   members of any selector (their addresses are absent from `identity4/6`),
-//!   though `ipBlock`s still match their addresses.
+//!   though `ipBlock`s, `networks` and `nodes` still match their addresses.
 //! - **Atomic replacement.** [`Ruleset::to_nft_replace_text`] creates,
 //!   deletes and re-adds the table in one transaction: `flush table` would keep
 //!   old set elements.
@@ -57,29 +92,35 @@
 //! The marks are scratch registers for the first packet of a connection:
 //! `ct mark` and `meta mark` of pod traffic are owned by this table.
 //!
-//! Not yet supported: AdminNetworkPolicy and BaselineAdminNetworkPolicy
-//! ([`CompileError::AdminPolicies`]); ICMP and other protocols are denied to
-//! isolated pods (the API leaves them undefined).
+//! Not supported: ICMP and other protocols are not matched by any allow
+//! (denied to isolated pods) nor by any tier rule (the API leaves them
+//! undefined). In the tier maps (and for NetworkPolicy named ports behind an
+//! `ipBlock`), which address matchers contain a pod peer is decided on its
+//! first address of each family, as the engine's identities are: a pod with
+//! several addresses of one family that different matchers contain is
+//! enforced as its first address.
 
 mod ir;
+mod numbering;
+mod tier;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use ir::{
-    Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value, FAMILY, TABLE,
+    Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value, Verdict,
+    FAMILY, TABLE,
 };
 
+pub use numbering::Numbering;
+
 use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
-use palisade_engine::Engine;
-use palisade_model::{IpBlock, Pod, PortSpec, Protocol};
+use palisade_engine::{Direction, Engine};
+use palisade_model::{AdminTier, IpBlock, Pod, PortSpec, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompileError {
-    /// The cluster has AdminNetworkPolicy / BaselineAdminNetworkPolicy
-    /// objects, which the dataplane does not enforce yet.
-    AdminPolicies { count: usize },
     /// The named node is not in the cluster and no pod runs on it.
     UnknownNode(String),
 }
@@ -87,10 +128,6 @@ pub enum CompileError {
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CompileError::AdminPolicies { count } => write!(
-                f,
-                "admin network policies are not yet enforced by the dataplane ({count} in the cluster)"
-            ),
             CompileError::UnknownNode(n) => {
                 write!(f, "node {n:?} is neither a Node object nor any pod's node")
             }
@@ -270,11 +307,14 @@ fn addr_value(v4: bool, a: u128, b: u128) -> Value {
     }
 }
 
+/// (group, peer mark, proto) → allowed port ranges.
+type PeerAllows = BTreeMap<(u32, u32, u8), Vec<Span>>;
+
 /// Allowed elements of one direction, before rendering.
 #[derive(Default)]
 struct Allows {
     /// (group, peer mark, proto) → port ranges; per family (0: v4, 1: v6).
-    peer: [BTreeMap<(u32, u32, u8), Vec<Span>>; 2],
+    peer: [PeerAllows; 2],
     /// (group, proto) → boxes (address range, port range); per family.
     cidr: [BTreeMap<(u32, u8), Vec<Box4>>; 2],
     /// (group, proto) → port ranges.
@@ -365,31 +405,64 @@ fn set(
     }
 }
 
-fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
-    let mut sets = Vec::new();
-    for (fam, addr_t) in [(0usize, Type::Ipv4), (1, Type::Ipv6)] {
-        let suffix = if fam == 0 { "4" } else { "6" };
-        let mut elems = Vec::new();
-        for (&(g, mark, p), ranges) in &a.peer[fam] {
-            for (lo, hi) in merge_ranges(ranges.clone()) {
-                elems.push(Element {
-                    key: vec![
-                        Value::Mark(g),
-                        Value::Mark(mark),
-                        proto_value(p),
-                        port_value(lo, hi),
-                    ],
-                    data: None,
-                });
+/// The peer allows, split by what the kernel looks them up with: most
+/// elements hold for both families and one port (`{dir}_peer_port`, a hash
+/// set) or every port of a protocol (`{dir}_peer_proto`, hash); true port
+/// ranges go to the interval set `{dir}_peer_range`; what holds for one
+/// family only (a named port of a pod inside an `ipBlock`) to
+/// `{dir}_peer4` / `{dir}_peer6`. Hash sets load faster than interval sets
+/// and their lookup cost does not grow with their size.
+fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
+    let key = |g: u32, mark: u32, p: u8| vec![Value::Mark(g), Value::Mark(mark), proto_value(p)];
+    let (mut by_port, mut by_proto, mut by_range) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fam_only = [Vec::new(), Vec::new()];
+    let keys: BTreeSet<(u32, u32, u8)> = peer[0].keys().chain(peer[1].keys()).copied().collect();
+    for k @ (g, mark, p) in keys {
+        let [r4, r6] = [0, 1].map(|f| merge_ranges(peer[f].get(&k).cloned().unwrap_or_default()));
+        if r4 == r6 {
+            for (lo, hi) in r4 {
+                let mut e = key(g, mark, p);
+                if lo == 0 && hi == u128::from(u16::MAX) {
+                    by_proto.push(Element { key: e, data: None });
+                } else if lo == hi {
+                    e.push(Value::Port(lo as u16));
+                    by_port.push(Element { key: e, data: None });
+                } else {
+                    e.push(port_value(lo, hi));
+                    by_range.push(Element { key: e, data: None });
+                }
+            }
+        } else {
+            for (fam, ranges) in [r4, r6].into_iter().enumerate() {
+                for (lo, hi) in ranges {
+                    let mut e = key(g, mark, p);
+                    e.push(port_value(lo, hi));
+                    fam_only[fam].push(Element { key: e, data: None });
+                }
             }
         }
-        sets.push(set(
-            &format!("{dir}_peer{suffix}"),
-            &[Type::Mark, Type::Mark, Type::Proto, Type::Port],
+    }
+    let [only4, only6] = fam_only;
+    let full = [Type::Mark, Type::Mark, Type::Proto, Type::Port];
+    vec![
+        set(&format!("{dir}_peer_port"), &full, None, false, by_port),
+        set(
+            &format!("{dir}_peer_proto"),
+            &[Type::Mark, Type::Mark, Type::Proto],
             None,
-            true,
-            elems,
-        ));
+            false,
+            by_proto,
+        ),
+        set(&format!("{dir}_peer_range"), &full, None, true, by_range),
+        set(&format!("{dir}_peer4"), &full, None, true, only4),
+        set(&format!("{dir}_peer6"), &full, None, true, only6),
+    ]
+}
+
+fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
+    let mut sets = peer_sets(dir, &a.peer);
+    for (fam, addr_t) in [(0usize, Type::Ipv4), (1, Type::Ipv6)] {
+        let suffix = if fam == 0 { "4" } else { "6" };
         let mut elems = Vec::new();
         for (&(g, p), boxes) in &a.cidr[fam] {
             for (lo, hi, ports) in disjoint_boxes(boxes) {
@@ -433,20 +506,97 @@ fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
     sets
 }
 
+/// The verdict maps of one admin tier in one direction, named
+/// `{dir}_{tier}_group4/6`, `{dir}_{tier}_peer4/6`, `{dir}_{tier}_cidr4/6`.
+fn tier_sets(
+    dir: &str,
+    tier: tier::Tier,
+    c: tier::Compiled,
+    groups: [Vec<Element>; 2],
+) -> Vec<Set> {
+    let t = tier.name();
+    let [g4, g6] = groups;
+    let [p4, p6] = c.peer;
+    let [c4, c6] = c.cidr;
+    let peer_key = [Type::Mark, Type::Mark, Type::Proto, Type::Port];
+    let v = Some(Type::Verdict);
+    vec![
+        set(
+            &format!("{dir}_{t}_group4"),
+            &[Type::Ipv4],
+            Some(Type::Mark),
+            false,
+            g4,
+        ),
+        set(
+            &format!("{dir}_{t}_group6"),
+            &[Type::Ipv6],
+            Some(Type::Mark),
+            false,
+            g6,
+        ),
+        set(&format!("{dir}_{t}_peer4"), &peer_key, v, true, p4),
+        set(&format!("{dir}_{t}_peer6"), &peer_key, v, true, p6),
+        set(
+            &format!("{dir}_{t}_cidr4"),
+            &[Type::Mark, Type::Ipv4, Type::Proto, Type::Port],
+            v,
+            true,
+            c4,
+        ),
+        set(
+            &format!("{dir}_{t}_cidr6"),
+            &[Type::Mark, Type::Ipv6, Type::Proto, Type::Port],
+            v,
+            true,
+            c6,
+        ),
+    ]
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
     Egress,
     Ingress,
 }
 
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Egress => "egress",
+            Dir::Ingress => "ingress",
+        }
+    }
+
+    fn engine(self) -> Direction {
+        match self {
+            Dir::Egress => Direction::Egress,
+            Dir::Ingress => Direction::Ingress,
+        }
+    }
+}
+
+/// Which admin tiers the cluster has: their stages are in the chains only
+/// then (adding the first admin policy changes chains; pods never do).
+#[derive(Clone, Copy, Default)]
+struct Stages {
+    admin: bool,
+    baseline: bool,
+}
+
 pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileError> {
+    compile_numbered(engine, opts, Numbering::Dense)
+}
+
+/// [`compile_with`], with identity marks and group ids numbered as asked
+/// (see [`Numbering`]).
+pub fn compile_numbered(
+    engine: &Engine,
+    opts: &Options,
+    numbering: Numbering,
+) -> Result<Ruleset, CompileError> {
     let cluster = engine.cluster();
     let idx = engine.index();
-    if !cluster.admin_policies.is_empty() {
-        return Err(CompileError::AdminPolicies {
-            count: cluster.admin_policies.len(),
-        });
-    }
 
     // Local endpoint pods that policy applies to.
     let is_local = |i: usize| -> bool {
@@ -501,11 +651,20 @@ pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileE
                     .or_insert(id);
             }
         }
-        for (n, k) in e_keys.into_iter().enumerate() {
-            egress_groups.insert(k, n as u32 + 1);
+        let e_keys: Vec<Vec<usize>> = e_keys.into_iter().collect();
+        let e_ids = numbering::assign(numbering, e_keys.len(), |i| {
+            numbering::policy_names(engine, &e_keys[i])
+        });
+        for (k, g) in e_keys.into_iter().zip(e_ids) {
+            egress_groups.insert(k, g);
         }
-        for (n, (k, id)) in i_keys.into_iter().enumerate() {
-            ingress_groups.insert(k, (n as u32 + 1, id));
+        let i_keys: Vec<_> = i_keys.into_iter().collect();
+        let i_ids = numbering::assign(numbering, i_keys.len(), |i| {
+            let ((policies, named), _) = &i_keys[i];
+            (numbering::policy_names(engine, policies), named.clone())
+        });
+        for ((k, id), g) in i_keys.into_iter().zip(i_ids) {
+            ingress_groups.insert(k, (g, id));
         }
         for &id in &local_ids {
             let ident = &idx.identities[id];
@@ -530,7 +689,8 @@ pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileE
         }
     }
 
-    let mark_of = |id: usize| id as u32 + 1;
+    let marks = numbering::identity_marks(engine, numbering);
+    let mark_of = |id: usize| marks[id];
 
     // Egress allows: named ports resolve on the destination (the peer).
     let mut egress = Allows::default();
@@ -560,7 +720,7 @@ pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileE
                     }
                     Some(peers) => {
                         for m in peers {
-                            peer_allows(&mut ingress, engine, g, m, &items);
+                            peer_allows(&mut ingress, engine, g, m, &items, &mark_of);
                         }
                     }
                 }
@@ -661,9 +821,49 @@ pub fn compile_with(engine: &Engine, opts: &Options) -> Result<Ruleset, CompileE
     sets.extend(allow_sets("egress", egress));
     sets.extend(allow_sets("ingress", ingress));
 
+    // The admin tiers.
+    let has = |t: AdminTier| idx.admin.iter().any(|a| a.policy.tier == t);
+    let stages = Stages {
+        admin: has(AdminTier::Admin),
+        baseline: has(AdminTier::Baseline),
+    };
+    for dir in [Dir::Egress, Dir::Ingress] {
+        for (on, t) in [
+            (stages.admin, tier::Tier::Admin),
+            (stages.baseline, tier::Tier::Baseline),
+        ] {
+            if !on {
+                continue;
+            }
+            let c = tier::compile(
+                engine,
+                dir.engine(),
+                t,
+                &local_ids,
+                &pod_ids,
+                &mark_of,
+                numbering,
+            );
+            let mut groups = [Vec::new(), Vec::new()];
+            for &i in &local {
+                let id = idx.pod_identity[i].expect("filtered") as usize;
+                if let Some(&g) = c.of.get(&id) {
+                    for ip in &cluster.pods[i].ips {
+                        let (fam, v) = ip_value(*ip);
+                        groups[fam].push(Element {
+                            key: vec![v],
+                            data: Some(Value::Mark(g)),
+                        });
+                    }
+                }
+            }
+            sets.extend(tier_sets(dir.name(), t, c, groups));
+        }
+    }
+
     Ok(Ruleset {
         sets,
-        chains: chains(),
+        chains: chains(stages),
     })
 }
 
@@ -674,37 +874,60 @@ fn ip_value(ip: IpAddr) -> (usize, Value) {
     }
 }
 
+/// An address matcher as address blocks.
+fn matcher_blocks(m: &AddressMatcher) -> Vec<IpBlock> {
+    match m {
+        AddressMatcher::Block(b) => vec![b.clone()],
+        AddressMatcher::Networks(ns) => ns
+            .iter()
+            .map(|n| IpBlock {
+                cidr: *n,
+                except: Vec::new(),
+            })
+            .collect(),
+        AddressMatcher::Nodes(addrs) => addrs
+            .iter()
+            .map(|ip| IpBlock {
+                cidr: palisade_model::IpNet::from(*ip),
+                except: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// The addresses of one family an address matcher contains, as ranges
+/// (possibly overlapping).
+fn block_ranges_of(m: &AddressMatcher, v4: bool) -> Vec<Span> {
+    matcher_blocks(m)
+        .iter()
+        .map(block_ranges)
+        .filter(|(f, _)| *f == v4)
+        .flat_map(|(_, r)| r)
+        .collect()
+}
+
 /// Adds the allows of one peer whose ports do not depend on it (ingress, or
 /// egress numeric ports).
-fn peer_allows(a: &mut Allows, engine: &Engine, g: u32, m: &PeerMatch, items: &[PortItem]) {
+fn peer_allows(
+    a: &mut Allows,
+    engine: &Engine,
+    g: u32,
+    m: &PeerMatch,
+    items: &[PortItem],
+    mark_of: &dyn Fn(usize) -> u32,
+) {
     let idx = engine.index();
     match *m {
         PeerMatch::Set(s) => {
             for id in idx.sets[s].iter() {
                 for &item in items {
-                    a.peer(0, g, id as u32 + 1, item);
-                    a.peer(1, g, id as u32 + 1, item);
+                    a.peer(0, g, mark_of(id), item);
+                    a.peer(1, g, mark_of(id), item);
                 }
             }
         }
         PeerMatch::Addr(x) => {
-            let blocks: Vec<IpBlock> = match &idx.matchers[x] {
-                AddressMatcher::Block(b) => vec![b.clone()],
-                AddressMatcher::Networks(ns) => ns
-                    .iter()
-                    .map(|n| IpBlock {
-                        cidr: *n,
-                        except: Vec::new(),
-                    })
-                    .collect(),
-                AddressMatcher::Nodes(addrs) => addrs
-                    .iter()
-                    .map(|ip| IpBlock {
-                        cidr: palisade_model::IpNet::from(*ip),
-                        except: Vec::new(),
-                    })
-                    .collect(),
-            };
+            let blocks = matcher_blocks(&idx.matchers[x]);
             for b in &blocks {
                 let (v4, ranges) = block_ranges(b);
                 let fam = if v4 { 0 } else { 1 };
@@ -763,7 +986,7 @@ fn egress_rule<'c>(
                         }
                     }
                     PeerMatch::Addr(x) => {
-                        peer_allows(a, engine, g, m, &numeric);
+                        peer_allows(a, engine, g, m, &numeric, mark_of);
                         if named {
                             // A named port only matches a pod destination:
                             // the pods inside the block, by family.
@@ -832,45 +1055,8 @@ fn dport() -> Expr {
     Expr::payload("th", "dport")
 }
 
-/// The policy check of one direction.
-fn check_chain(dir: Dir) -> Chain {
-    let (name, own_field, peer_field) = match dir {
-        Dir::Egress => ("egress", "saddr", "daddr"),
-        Dir::Ingress => ("ingress", "daddr", "saddr"),
-    };
-    let mut rules = vec![rule(vec![Stmt::Assign {
-        key: Expr::CtMark,
-        value: Expr::Int(0),
-    }])];
-    for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
-        rules.push(rule(vec![
-            nfproto(v4),
-            Stmt::Assign {
-                key: Expr::CtMark,
-                value: Expr::Map {
-                    key: Box::new(addr(v4, own_field)),
-                    map: format!("{name}_group{f}"),
-                },
-            },
-        ]));
-    }
-    rules.push(commented(
-        vec![Stmt::is(Expr::CtMark, Expr::Int(0)), Stmt::Return],
-        &format!("not isolated for {name}"),
-    ));
-    if dir == Dir::Ingress {
-        for v4 in [true, false] {
-            let f = if v4 { "4" } else { "6" };
-            rules.push(commented(
-                vec![
-                    Stmt::is(addr(v4, "saddr"), Expr::SetRef(format!("own_node{f}"))),
-                    Stmt::Return,
-                ],
-                "own node",
-            ));
-        }
-    }
+/// `meta mark set 0`, then the peer's identity mark by address.
+fn peer_identity(rules: &mut Vec<Rule>, peer_field: &'static str) {
     rules.push(rule(vec![Stmt::Assign {
         key: Expr::Meta(MetaKey::Mark),
         value: Expr::Int(0),
@@ -888,6 +1074,138 @@ fn check_chain(dir: Dir) -> Chain {
             },
         ]));
     }
+}
+
+/// `ct mark set 0`, then the local pod's group by address in `map4/6`.
+fn local_group(rules: &mut Vec<Rule>, own_field: &'static str, map: &str) {
+    rules.push(rule(vec![Stmt::Assign {
+        key: Expr::CtMark,
+        value: Expr::Int(0),
+    }]));
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(rule(vec![
+            nfproto(v4),
+            Stmt::Assign {
+                key: Expr::CtMark,
+                value: Expr::Map {
+                    key: Box::new(addr(v4, own_field)),
+                    map: format!("{map}{f}"),
+                },
+            },
+        ]));
+    }
+}
+
+fn fields(dir: Dir) -> (&'static str, &'static str) {
+    match dir {
+        Dir::Egress => ("saddr", "daddr"),
+        Dir::Ingress => ("daddr", "saddr"),
+    }
+}
+
+/// One admin tier: the local pod's tier group, then one verdict map lookup
+/// for a pod peer (by identity) and one for any other peer (by address).
+/// No element matches: the flow goes on to the next stage.
+fn tier_stage(rules: &mut Vec<Rule>, dir: Dir, t: tier::Tier) {
+    let name = dir.name();
+    let (own_field, peer_field) = fields(dir);
+    let prefix = format!("{name}_{}", t.name());
+    local_group(rules, own_field, &format!("{prefix}_group"));
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(commented(
+            vec![
+                nfproto(v4),
+                Stmt::Vmap {
+                    key: Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]),
+                    map: format!("{prefix}_peer{f}"),
+                },
+            ],
+            &format!("{} tier, pod peer", t.name()),
+        ));
+    }
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(commented(
+            vec![
+                Stmt::is(Expr::Meta(MetaKey::Mark), Expr::Int(0)),
+                Stmt::Vmap {
+                    key: Expr::Concat(vec![Expr::CtMark, addr(v4, peer_field), l4(), dport()]),
+                    map: format!("{prefix}_cidr{f}"),
+                },
+            ],
+            &format!("{} tier, other peer", t.name()),
+        ));
+    }
+}
+
+/// The policy check of one direction: admin tier, NetworkPolicy (in
+/// `{dir}_np`, entered with `goto`: its verdict is final), baseline tier;
+/// falling off the end allows.
+fn direction_chain(dir: Dir, stages: Stages) -> Chain {
+    let name = dir.name();
+    let (own_field, peer_field) = fields(dir);
+    let mut rules = Vec::new();
+    if stages.admin || stages.baseline {
+        peer_identity(&mut rules, peer_field);
+    }
+    if stages.admin {
+        tier_stage(&mut rules, dir, tier::Tier::Admin);
+    }
+    local_group(&mut rules, own_field, &format!("{name}_group"));
+    rules.push(commented(
+        vec![
+            Stmt::is_not(Expr::CtMark, Expr::Int(0)),
+            Stmt::Goto(format!("{name}_np")),
+        ],
+        &format!("isolated for {name}"),
+    ));
+    if stages.baseline {
+        tier_stage(&mut rules, dir, tier::Tier::Baseline);
+    }
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules,
+    }
+}
+
+/// The NetworkPolicy check of one direction, for an isolated pod whose
+/// group is in `ct mark`: allowed (`return`) or dropped.
+fn np_chain(dir: Dir) -> Chain {
+    let name = dir.name();
+    let (_, peer_field) = fields(dir);
+    let mut rules = Vec::new();
+    if dir == Dir::Ingress {
+        for v4 in [true, false] {
+            let f = if v4 { "4" } else { "6" };
+            rules.push(commented(
+                vec![
+                    Stmt::is(addr(v4, "saddr"), Expr::SetRef(format!("own_node{f}"))),
+                    Stmt::Return,
+                ],
+                "own node",
+            ));
+        }
+    }
+    peer_identity(&mut rules, peer_field);
+    let peer_port = || Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]);
+    rules.push(rule(vec![
+        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_port"))),
+        Stmt::Return,
+    ]));
+    rules.push(rule(vec![
+        Stmt::is(
+            Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4()]),
+            Expr::SetRef(format!("{name}_peer_proto")),
+        ),
+        Stmt::Return,
+    ]));
+    rules.push(rule(vec![
+        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_range"))),
+        Stmt::Return,
+    ]));
     for v4 in [true, false] {
         let f = if v4 { "4" } else { "6" };
         rules.push(rule(vec![
@@ -918,13 +1236,13 @@ fn check_chain(dir: Dir) -> Chain {
     ]));
     rules.push(commented(vec![Stmt::Drop], &format!("{name} denied")));
     Chain {
-        name: name.to_string(),
+        name: format!("{name}_np"),
         hook: None,
         rules,
     }
 }
 
-fn chains() -> Vec<Chain> {
+fn chains(stages: Stages) -> Vec<Chain> {
     let from_pod = Stmt::is(
         Expr::Meta(MetaKey::Iifname),
         Expr::SetRef("pod_ifaces".into()),
@@ -1002,8 +1320,10 @@ fn chains() -> Vec<Chain> {
             hook: None,
             rules: antispoof,
         },
-        check_chain(Dir::Egress),
-        check_chain(Dir::Ingress),
+        direction_chain(Dir::Egress, stages),
+        np_chain(Dir::Egress),
+        direction_chain(Dir::Ingress, stages),
+        np_chain(Dir::Ingress),
     ]
 }
 

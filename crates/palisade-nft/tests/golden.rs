@@ -67,16 +67,24 @@ fn webapp_refined() {
     assert_eq!(r, palisade_nft::compile(&e, None).unwrap());
 }
 
+/// Admin and baseline tiers: verdict maps around the NetworkPolicy stage.
 #[test]
-fn admin_policies_are_refused() {
+fn admin_tiers() {
     let e = engine(&[
         "tests/topologies/xyz.yaml",
-        "tests/cases/anp-deny-overrides-networkpolicy",
+        "tests/cases/anp-pass-and-baseline",
     ]);
-    let err = palisade_nft::compile(&e, None).unwrap_err();
-    assert!(err
-        .to_string()
-        .contains("admin network policies are not yet enforced by the dataplane"));
+    let r = palisade_nft::compile(&e, Some("node-1")).unwrap();
+    check_golden("anp-pass-and-baseline-node-1.nft", &r.to_nft_text());
+    let e = engine(&[
+        "tests/topologies/xyz.yaml",
+        "tests/cases/anp-egress-networks-nodes-ports",
+    ]);
+    let r = palisade_nft::compile(&e, Some("node-1")).unwrap();
+    check_golden(
+        "anp-egress-networks-nodes-ports-node-1.nft",
+        &r.to_nft_text(),
+    );
 }
 
 #[test]
@@ -97,6 +105,9 @@ fn nft_accepts_text_and_json() {
         "examples/webapp",
         "tests/cases/named-ports",
         "tests/cases/ip-block-except",
+        "tests/cases/anp-egress-networks-nodes-ports",
+        "tests/cases/anp-pass-and-baseline",
+        "tests/cases/cluster-network-policy-v1alpha2",
     ] {
         let e = if case.starts_with("examples") {
             engine(&[

@@ -2,6 +2,7 @@
 //! (0 ok / 1 denied or findings / 2 error). All semantics live in the
 //! library crates; this file only reads files and prints.
 
+mod agent_cmd;
 mod bench;
 mod dataplane;
 mod input;
@@ -111,6 +112,14 @@ enum Command {
         /// Print the transaction instead of running it.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Run the node agent: watch a datastore, keep the node's nftables
+    /// table in sync with minimal transactions (or `agent bench`).
+    Agent(agent_cmd::AgentArgs),
+    /// Write validated manifests to, or read them from, etcd.
+    Datastore {
+        #[command(subcommand)]
+        command: agent_cmd::DatastoreCommand,
     },
     /// A network-namespace lab that enforces the compiled rulesets (root).
     Lab {
@@ -232,6 +241,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
         } => dataplane::apply(&files, node.as_deref(), dry_run),
         Command::Lab { command } => dataplane::lab(command),
+        Command::Agent(args) => agent_cmd::agent(args),
+        Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Bench {
             pods,
             policies,

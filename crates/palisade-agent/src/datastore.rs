@@ -1,0 +1,175 @@
+//! Writing manifests to etcd (`palisade datastore apply|delete|get`).
+//!
+//! Every object is validated with `palisade-k8s` first; if any file has an
+//! error nothing is written. Writes go in transactions of at most 128
+//! operations (etcd's default limit), so up to 128 objects land atomically.
+
+use std::path::{Path, PathBuf};
+
+use etcd_client::{GetOptions, Txn, TxnOp};
+use palisade_k8s::{Diagnostic, ObjectKey};
+use serde_json::Value;
+
+use crate::etcd::{connect, key_of, PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    /// The manifests are invalid; nothing was written.
+    #[error("{} problem(s) in the manifests; nothing was written", .0.len())]
+    Invalid(Vec<Diagnostic>),
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// Objects of the manifests as (key, JSON), validated.
+pub fn objects(files: &[PathBuf]) -> Result<Vec<(ObjectKey, Value)>, DatastoreError> {
+    let mut out: Vec<(ObjectKey, Value)> = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(f).map_err(|e| DatastoreError::Read {
+            path: f.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let name = f.display().to_string();
+        // Line-accurate diagnostics from the decoder itself.
+        let (_, diags) = palisade_k8s::decode(&name, &bytes);
+        let errors: Vec<Diagnostic> = diags.into_iter().filter(Diagnostic::is_error).collect();
+        if !errors.is_empty() {
+            problems.extend(errors);
+            continue;
+        }
+        for v in raw_documents(f, &bytes)? {
+            let (objs, _) = palisade_k8s::decode_value(&name, v.clone());
+            if let [o] = objs.as_slice() {
+                let key = o.value.key();
+                let mut v = v;
+                if let (Some(ns), Some(meta)) = (&key.namespace, v.get_mut("metadata")) {
+                    if let Some(m) = meta.as_object_mut() {
+                        m.insert("namespace".into(), Value::String(ns.clone()));
+                    }
+                }
+                out.push((key, v));
+            }
+        }
+    }
+    let loaded = palisade_k8s::assemble(
+        files
+            .iter()
+            .flat_map(|f| {
+                let bytes = std::fs::read(f).unwrap_or_default();
+                palisade_k8s::decode(&f.display().to_string(), &bytes).0
+            })
+            .collect(),
+    );
+    problems.extend(loaded.diagnostics.into_iter().filter(Diagnostic::is_error));
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(DatastoreError::Invalid(problems))
+    }
+}
+
+/// The objects of one file as JSON values, lists expanded.
+fn raw_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Value>, DatastoreError> {
+    let err = |m: String| DatastoreError::Read {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| err(e.to_string()))?;
+    let mut docs = Vec::new();
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        docs.push(serde_json::from_str::<Value>(text).map_err(|e| err(e.to_string()))?);
+    } else {
+        use serde::Deserialize;
+        for d in serde_norway::Deserializer::from_str(text) {
+            let v = Value::deserialize(d).map_err(|e| err(e.to_string()))?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(d) = docs.pop() {
+        let is_list = d
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"));
+        match (is_list, d.get("items").and_then(Value::as_array)) {
+            (true, Some(items)) => docs.extend(items.iter().rev().cloned()),
+            _ => out.push(d),
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+async fn txn(endpoints: &[String], ops: Vec<TxnOp>) -> Result<(), DatastoreError> {
+    let mut c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
+    let mut ops = ops;
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(128));
+        c.txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
+        ops = rest;
+    }
+    Ok(())
+}
+
+/// Validates and writes the objects of `files`; returns their keys.
+pub fn apply(endpoints: &[String], files: &[PathBuf]) -> Result<Vec<String>, DatastoreError> {
+    let objs = objects(files)?;
+    let keys: Vec<String> = objs.iter().map(|(k, _)| key_of(k)).collect();
+    let ops = objs
+        .iter()
+        .map(|(k, v)| TxnOp::put(key_of(k), v.to_string(), None))
+        .collect();
+    block_on(txn(endpoints, ops))?;
+    Ok(keys)
+}
+
+/// Deletes the objects `files` name; returns their keys.
+pub fn delete(endpoints: &[String], files: &[PathBuf]) -> Result<Vec<String>, DatastoreError> {
+    let objs = objects(files)?;
+    let keys: Vec<String> = objs.iter().map(|(k, _)| key_of(k)).collect();
+    let ops = keys
+        .iter()
+        .map(|k| TxnOp::delete(k.as_str(), None))
+        .collect();
+    block_on(txn(endpoints, ops))?;
+    Ok(keys)
+}
+
+/// Every stored object (of `kind`, if given), as a `List`.
+pub fn get(endpoints: &[String], kind: Option<&str>) -> Result<Value, DatastoreError> {
+    let prefix = match kind {
+        Some(k) => format!("{PREFIX}{k}/"),
+        None => PREFIX.to_string(),
+    };
+    block_on(async {
+        let mut c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
+        let r = c
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
+        let items: Vec<Value> = r
+            .kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap_or(Value::Null))
+            .collect();
+        Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+    })
+}

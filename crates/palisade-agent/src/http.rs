@@ -1,0 +1,77 @@
+//! `/metrics`, `/healthz` and `/readyz` over HTTP (meant for loopback).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::agent::Health;
+use crate::metrics::Metrics;
+
+/// Serves until the process ends; returns the bound address.
+pub fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    health: Arc<Mutex<Health>>,
+) -> Result<SocketAddr, String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| format!("{addr} is not an IP address"))?;
+    thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let (code, body, ctype) = match req.url() {
+                    "/metrics" => (
+                        200,
+                        metrics.encode(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    "/healthz" => {
+                        let h = health.lock().unwrap_or_else(|e| e.into_inner());
+                        let text = h.status();
+                        (if h.is_degraded() { 503 } else { 200 }, text, "text/plain")
+                    }
+                    "/readyz" => {
+                        let h = health.lock().unwrap_or_else(|e| e.into_inner());
+                        if h.ready {
+                            (200, "ready\n".to_string(), "text/plain")
+                        } else {
+                            (503, "not ready: no sync yet\n".to_string(), "text/plain")
+                        }
+                    }
+                    _ => (404, "not found\n".to_string(), "text/plain"),
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", ctype)
+                    .expect("static header is valid");
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(code)
+                        .with_header(header),
+                );
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(bound)
+}
+
+/// A minimal HTTP GET for tests and the CLI: (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}

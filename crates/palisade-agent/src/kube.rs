@@ -1,0 +1,319 @@
+//! The Kubernetes API as a datastore, through `kube` watchers.
+//!
+//! One watcher per kind: Pod, Namespace, Node, NetworkPolicy (typed), and
+//! AdminNetworkPolicy, BaselineAdminNetworkPolicy (`v1alpha1`) and
+//! ClusterNetworkPolicy (`v1alpha2`) as dynamic objects. Each kind is its
+//! own scope, `kube:<Kind>/`: the watcher's `Init` … `InitDone` (its first
+//! list, and every relist after a gap) becomes one [`Input::Resync`] of that
+//! scope, like a reflector swapping its store, so objects deleted during an
+//! outage disappear. The policy CRDs are optional: when the API server does
+//! not serve one (404), the kind counts as empty.
+
+use std::sync::mpsc::Sender;
+use std::thread::{self, JoinHandle};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::warn;
+
+use crate::input::{Entry, Input};
+
+/// The kinds whose first list must arrive before the agent applies anything.
+pub const REQUIRED: [&str; 4] = ["Pod", "Namespace", "Node", "NetworkPolicy"];
+
+/// The policy CRDs: (group, version, kind, plural).
+pub const DYNAMIC: [(&str, &str, &str, &str); 3] = [
+    (
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+    ),
+    (
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "BaselineAdminNetworkPolicy",
+        "baselineadminnetworkpolicies",
+    ),
+    (
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "ClusterNetworkPolicy",
+        "clusternetworkpolicies",
+    ),
+];
+
+pub fn scope(kind: &str) -> String {
+    format!("kube:{kind}/")
+}
+
+/// Watcher events of one kind → inputs. Pure, so it can be tested with
+/// made-up events.
+#[derive(Debug)]
+pub struct Mapper {
+    kind: String,
+    api_version: String,
+    /// Objects of a list in progress (`Init` seen, `InitDone` not yet).
+    pending: Option<Vec<Entry>>,
+}
+
+impl Mapper {
+    pub fn new(kind: &str, api_version: &str) -> Mapper {
+        Mapper {
+            kind: kind.to_string(),
+            api_version: api_version.to_string(),
+            pending: None,
+        }
+    }
+
+    fn origin(&self, v: &Value) -> String {
+        let meta = v.get("metadata");
+        let get = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+        format!(
+            "{}{}/{}",
+            scope(&self.kind),
+            get("namespace").unwrap_or("_"),
+            get("name").unwrap_or("")
+        )
+    }
+
+    fn entry(&self, mut v: Value) -> Entry {
+        // List items and dynamic objects may lack their type.
+        if let Some(o) = v.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+            o.insert("kind".into(), Value::String(self.kind.clone()));
+        }
+        let origin = self.origin(&v);
+        let name = origin.clone();
+        Entry::decode_json(origin, &name, v)
+    }
+
+    /// The inputs one watcher event means.
+    pub fn map<K: Serialize>(&mut self, ev: Event<K>) -> Vec<Input> {
+        let json = |k: &K| serde_json::to_value(k).unwrap_or(Value::Null);
+        match ev {
+            Event::Apply(k) => vec![Input::Upsert(self.entry(json(&k)))],
+            Event::Delete(k) => vec![Input::Delete {
+                origin: self.origin(&json(&k)),
+            }],
+            Event::Init => {
+                self.pending = Some(Vec::new());
+                Vec::new()
+            }
+            Event::InitApply(k) => {
+                let e = self.entry(json(&k));
+                self.pending.get_or_insert_with(Vec::new).push(e);
+                Vec::new()
+            }
+            Event::InitDone => vec![Input::Resync {
+                scope: scope(&self.kind),
+                entries: self.pending.take().unwrap_or_default(),
+            }],
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => s,
+        _ => return false,
+    };
+    status.code == 404
+}
+
+async fn drive<K: Serialize>(
+    mut mapper: Mapper,
+    optional: bool,
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    tx: Sender<Input>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut absent = false;
+    while let Some(ev) = stream.next().await {
+        let inputs = match ev {
+            Ok(ev) => mapper.map(ev),
+            Err(e) if optional && is_not_found(&e) => {
+                if absent {
+                    continue;
+                }
+                absent = true;
+                vec![Input::Resync {
+                    scope: scope(&mapper.kind),
+                    entries: Vec::new(),
+                }]
+            }
+            Err(e) => {
+                warn!(kind = %mapper.kind, error = %e, "API watch failed; retrying");
+                vec![Input::SourceDown {
+                    scope: scope(&mapper.kind),
+                    reason: e.to_string(),
+                }]
+            }
+        };
+        for i in inputs {
+            if tx.send(i).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn typed<K>(client: Client, kind: &str, tx: Sender<Input>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    drive(Mapper::new(kind, K::API_VERSION), false, stream, tx).await;
+}
+
+async fn dynamic(client: Client, gvk: (&str, &str, &str, &str), tx: Sender<Input>) {
+    let (group, version, kind, plural) = gvk;
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mapper = Mapper::new(kind, &format!("{group}/{version}"));
+    drive(mapper, true, stream, tx).await;
+}
+
+/// Every scope this source resyncs.
+pub fn scopes() -> Vec<String> {
+    REQUIRED.iter().map(|k| scope(k)).collect()
+}
+
+/// Connects (kubeconfig, or the in-cluster service account) and runs every
+/// watcher until `tx` is closed.
+pub async fn run(tx: Sender<Input>) -> Result<(), String> {
+    let client = Client::try_default().await.map_err(|e| e.to_string())?;
+    let mut tasks = vec![
+        tokio::spawn(typed::<Pod>(client.clone(), "Pod", tx.clone())),
+        tokio::spawn(typed::<Namespace>(client.clone(), "Namespace", tx.clone())),
+        tokio::spawn(typed::<Node>(client.clone(), "Node", tx.clone())),
+        tokio::spawn(typed::<NetworkPolicy>(
+            client.clone(),
+            "NetworkPolicy",
+            tx.clone(),
+        )),
+    ];
+    for g in DYNAMIC {
+        tasks.push(tokio::spawn(dynamic(client.clone(), g, tx.clone())));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Runs [`run`] on its own thread and runtime.
+pub fn spawn(tx: Sender<Input>) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("kube-source".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            if let Err(e) = rt.block_on(run(tx.clone())) {
+                warn!(error = %e, "cannot reach the Kubernetes API");
+                for k in REQUIRED {
+                    let _ = tx.send(Input::SourceDown {
+                        scope: scope(k),
+                        reason: e.clone(),
+                    });
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(name: &str, app: &str) -> Pod {
+        let mut p = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                labels: Some([("app".to_string(), app.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn watcher_events_map_to_inputs() {
+        let mut m = Mapper::new("Pod", "v1");
+        assert!(m.map(Event::<Pod>::Init).is_empty());
+        assert!(m.map(Event::InitApply(pod("a", "web"))).is_empty());
+        assert!(m.map(Event::InitApply(pod("b", "db"))).is_empty());
+        let out = m.map(Event::<Pod>::InitDone);
+        let [Input::Resync { scope, entries }] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(scope, "kube:Pod/");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].origin, "kube:Pod/shop/a");
+        assert!(entries
+            .iter()
+            .all(|e| e.errors.is_empty() && e.objects.len() == 1));
+
+        let out = m.map(Event::Apply(pod("a", "api")));
+        let [Input::Upsert(e)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        let palisade_k8s::Object::Pod(p) = &e.objects[0].value else {
+            panic!("not a pod")
+        };
+        assert_eq!(p.labels.get("app").map(String::as_str), Some("api"));
+        assert_eq!(
+            m.map(Event::Delete(pod("b", "db"))),
+            vec![Input::Delete {
+                origin: "kube:Pod/shop/b".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn dynamic_objects_get_their_type() {
+        let mut m = Mapper::new("AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1");
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny-all"},
+            "spec": {"priority": 10, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+        }))
+        .unwrap();
+        let out = m.map(Event::Apply(obj));
+        let [Input::Upsert(e)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(e.origin, "kube:AdminNetworkPolicy/_/deny-all");
+        assert!(e.errors.is_empty(), "{:?}", e.errors);
+        assert_eq!(e.objects.len(), 1);
+    }
+}

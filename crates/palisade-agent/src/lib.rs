@@ -1,0 +1,47 @@
+//! Palisade's node agent: keeps one node's nftables table `inet palisade`
+//! equal to the compiled policy of a changing cluster.
+//!
+//! ```text
+//!  dir (notify) ─┐
+//!  etcd (watch) ─┼─► Input ─► Agent (one owner): Store ─► Cluster ─► Engine ─► compile(node)
+//!  kube (watch) ─┘                         │                                      │
+//!                                          └──── diff(applied, desired) ◄─────────┘
+//!                                                   │ one `nft -f` transaction
+//!                                                   ▼
+//!                                                Backend (nft / dry-run / recording)
+//! ```
+//!
+//! - **Sources** turn whatever they watch into one closed [`Input`] type,
+//!   already decoded and validated by `palisade-k8s`. Each source owns a
+//!   *scope* (a prefix of origins): a [`Input::Resync`] replaces everything
+//!   under it, so objects deleted while a source was away disappear.
+//! - **The store** keeps the last *good* version of every object: an invalid
+//!   update is reported (log, metric, `/healthz`) and ignored.
+//! - **The loop** owns the store and the backend; bursts are debounced; each
+//!   sync recompiles the node's ruleset with stable numbering
+//!   ([`palisade_nft::Numbering::Stable`]) and applies only the difference
+//!   ([`delta`]): element additions and removals when only elements differ,
+//!   an atomic `delete table` + re-add when chains or set definitions change.
+//! - **Restart**: the first sync reads the kernel's table, recognises its
+//!   structure by a hash kept in the table comment, and applies only the
+//!   element difference: established connections are never cut.
+
+pub mod agent;
+pub mod backend;
+pub mod bench;
+pub mod datastore;
+pub mod delta;
+pub mod dir;
+pub mod etcd;
+pub mod http;
+pub mod input;
+pub mod kernel;
+pub mod kube;
+pub mod metrics;
+pub mod store;
+
+pub use agent::{Agent, AgentConfig, Health};
+pub use backend::{Backend, BackendError, DryRun, Nft, Recording};
+pub use delta::Delta;
+pub use input::{Entry, Input};
+pub use store::Store;

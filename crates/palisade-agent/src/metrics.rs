@@ -1,0 +1,117 @@
+//! Prometheus metrics of the agent.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric, registered under the `palisade_agent_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    /// Objects in the store (last good versions), by kind.
+    pub objects: Family<Labels, Gauge>,
+    /// Elements of each set and map of the applied table.
+    pub set_elements: Family<Labels, Gauge>,
+    /// Inputs received, by type (upsert, delete, resync, source_down).
+    pub events: Family<Labels, Counter>,
+    /// Transactions applied, by mode (elements, replace).
+    pub applies: Family<Labels, Counter>,
+    /// Elements added and removed by transactions.
+    pub elements_changed: Family<Labels, Counter>,
+    /// Seconds from the start of a sync to the kernel updated.
+    pub apply_seconds: Histogram,
+    /// Errors by reason (invalid_object, apply, read, source, compile).
+    pub errors: Family<Labels, Counter>,
+    /// Unix time of the last successful sync.
+    pub last_sync: Gauge<f64, AtomicU64>,
+    /// 1 while degraded (see `/healthz`).
+    pub degraded: Gauge,
+    /// Origins whose last update was rejected.
+    pub rejected_origins: Gauge,
+}
+
+pub fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("palisade_agent");
+        let m = Metrics {
+            registry: Registry::default(),
+            objects: Family::default(),
+            set_elements: Family::default(),
+            events: Family::default(),
+            applies: Family::default(),
+            elements_changed: Family::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            errors: Family::default(),
+            last_sync: Gauge::default(),
+            degraded: Gauge::default(),
+            rejected_origins: Gauge::default(),
+        };
+        registry.register(
+            "objects",
+            "Objects in the store, by kind",
+            m.objects.clone(),
+        );
+        registry.register(
+            "set_elements",
+            "Elements of each set and map of the applied table",
+            m.set_elements.clone(),
+        );
+        registry.register("events", "Inputs received, by type", m.events.clone());
+        registry.register(
+            "applies",
+            "Transactions applied, by mode",
+            m.applies.clone(),
+        );
+        registry.register(
+            "elements_changed",
+            "Elements added or removed by transactions",
+            m.elements_changed.clone(),
+        );
+        registry.register(
+            "apply_seconds",
+            "Seconds from the start of a sync to the kernel updated",
+            m.apply_seconds.clone(),
+        );
+        registry.register("errors", "Errors, by reason", m.errors.clone());
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last successful sync",
+            m.last_sync.clone(),
+        );
+        registry.register("degraded", "1 while degraded", m.degraded.clone());
+        registry.register(
+            "rejected_origins",
+            "Origins whose last update was rejected",
+            m.rejected_origins.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn error(&self, reason: &str) {
+        self.errors.get_or_create(&label("reason", reason)).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,148 @@
+//! The last good version of every object, by origin.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use palisade_k8s::{Diagnostic, Located, Object};
+use palisade_model::Cluster;
+
+use crate::input::{Entry, Input};
+
+/// Objects by origin. An origin whose update had errors keeps the previous
+/// version of every object the errors name (and all of its previous objects
+/// when an error names no object, as for a syntax error); the problem is
+/// recorded in [`Store::rejected`] until the origin is fixed or deleted.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    good: BTreeMap<String, Vec<Located<Object>>>,
+    rejected: BTreeMap<String, Vec<String>>,
+}
+
+/// What applying one input did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The set of good objects changed.
+    pub changed: bool,
+    /// Problems found in this input (already logged into `rejected`).
+    pub rejected: Vec<String>,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    pub fn apply(&mut self, input: Input) -> Applied {
+        match input {
+            Input::Upsert(entry) => {
+                let origin = entry.origin.clone();
+                let before = self.good.get(&origin).cloned();
+                let rejected = self.upsert(entry, before.as_deref());
+                Applied {
+                    changed: self.good.get(&origin) != before.as_ref(),
+                    rejected,
+                }
+            }
+            Input::Delete { origin } => {
+                self.rejected.remove(&origin);
+                Applied {
+                    changed: self.good.remove(&origin).is_some(),
+                    rejected: Vec::new(),
+                }
+            }
+            Input::Resync { scope, entries } => {
+                let old: BTreeMap<String, Vec<Located<Object>>> = self
+                    .good
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&scope))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                self.good.retain(|k, _| !k.starts_with(&scope));
+                self.rejected.retain(|k, _| !k.starts_with(&scope));
+                let mut rejected = Vec::new();
+                for e in entries {
+                    let prev = old.get(&e.origin).cloned();
+                    rejected.extend(self.upsert(e, prev.as_deref()));
+                }
+                let new: BTreeMap<&String, &Vec<Located<Object>>> = self
+                    .good
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&scope))
+                    .collect();
+                let changed = new.len() != old.len()
+                    || new.iter().any(|(k, v)| old.get(k.as_str()) != Some(*v));
+                Applied { changed, rejected }
+            }
+            Input::SourceDown { .. } => Applied::default(),
+        }
+    }
+
+    /// Stores `entry`, keeping from `previous` what its errors reject.
+    fn upsert(&mut self, entry: Entry, previous: Option<&[Located<Object>]>) -> Vec<String> {
+        let Entry {
+            origin,
+            mut objects,
+            errors,
+        } = entry;
+        if errors.is_empty() {
+            self.rejected.remove(&origin);
+            self.put(origin, objects);
+            return Vec::new();
+        }
+        let messages: Vec<String> = errors.iter().map(Diagnostic::to_string).collect();
+        self.rejected.insert(origin.clone(), messages.clone());
+        let named: BTreeSet<&str> = errors.iter().filter_map(|d| d.object.as_deref()).collect();
+        if errors.iter().any(|d| d.object.is_none()) {
+            // The origin could not be read as a whole: keep all of it.
+            if let Some(prev) = previous {
+                self.put(origin, prev.to_vec());
+            }
+            return messages;
+        }
+        let present: BTreeSet<String> = objects.iter().map(|o| o.value.key().to_string()).collect();
+        for p in previous.into_iter().flatten() {
+            let k = p.value.key().to_string();
+            if named.contains(k.as_str()) && !present.contains(&k) {
+                objects.push(p.clone());
+            }
+        }
+        self.put(origin, objects);
+        messages
+    }
+
+    fn put(&mut self, origin: String, objects: Vec<Located<Object>>) {
+        if objects.is_empty() {
+            self.good.remove(&origin);
+        } else {
+            self.good.insert(origin, objects);
+        }
+    }
+
+    /// Origins whose last update was rejected, with the problems.
+    pub fn rejected(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.rejected
+    }
+
+    pub fn origins(&self) -> impl Iterator<Item = &str> {
+        self.good.keys().map(String::as_str)
+    }
+
+    pub fn objects(&self) -> impl Iterator<Item = &Located<Object>> {
+        self.good.values().flatten()
+    }
+
+    /// Object counts by kind.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for o in self.objects() {
+            *out.entry(o.value.key().kind).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// The cluster the good objects describe, with merge problems
+    /// (duplicates across origins: the first origin in name order wins).
+    pub fn cluster(&self) -> (Cluster, Vec<Diagnostic>) {
+        let loaded = palisade_k8s::assemble(self.objects().cloned().collect());
+        (loaded.cluster, loaded.diagnostics)
+    }
+}

@@ -1,0 +1,412 @@
+//! The agent's loop against the in-memory backend: incremental deltas equal
+//! full rebuilds, invalid objects keep the previous version, bursts are
+//! debounced, restarts patch instead of replacing.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use palisade_agent::bench::{entries, entry, SCOPE};
+use palisade_agent::delta::Delta;
+use palisade_agent::{Agent, AgentConfig, Entry, Input, Recording};
+use palisade_engine::synth::{self, Params};
+use palisade_k8s::Object;
+use palisade_model::{Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, Rule};
+use proptest::prelude::*;
+
+fn agent(rec: &Recording) -> Agent<Recording> {
+    let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
+    cfg.debounce = Duration::from_millis(30);
+    cfg.replace_above_interval_adds = None;
+    Agent::new(cfg, rec.clone())
+}
+
+fn resync(c: &Cluster) -> Input {
+    Input::Resync {
+        scope: SCOPE.into(),
+        entries: entries(c),
+    }
+}
+
+/// The table a fresh agent builds from `c` alone.
+fn full_rebuild(c: &Cluster) -> palisade_nft::Ruleset {
+    let rec = Recording::new();
+    let mut a = agent(&rec);
+    a.handle(resync(c));
+    a.sync().unwrap();
+    let table = rec.state().table.clone();
+    table.unwrap()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    AddPod(usize, usize),
+    DeletePod(usize),
+    RelabelPod(usize, usize),
+    AddPolicy(usize, usize, usize),
+    DeletePolicy(usize),
+    RelabelNamespace(usize, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..100usize, 0..4usize).prop_map(|(a, b)| Op::AddPod(a, b)),
+        (0..100usize).prop_map(Op::DeletePod),
+        (0..100usize, 0..4usize).prop_map(|(a, b)| Op::RelabelPod(a, b)),
+        (0..100usize, 0..4usize, 0..4usize).prop_map(|(a, b, c)| Op::AddPolicy(a, b, c)),
+        (0..100usize).prop_map(Op::DeletePolicy),
+        (0..100usize, 0..3usize).prop_map(|(a, b)| Op::RelabelNamespace(a, b)),
+    ]
+}
+
+fn origin(o: &Object) -> String {
+    format!("{SCOPE}{}", o.key())
+}
+
+/// Applies `op` to the cluster and returns the input that says so.
+fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
+    *n += 1;
+    let app = |k: usize| format!("app{k}");
+    Some(match *op {
+        Op::AddPod(i, k) => {
+            let mut p: Pod = c.pods.get(i % c.pods.len().max(1))?.clone();
+            p.name = format!("new{n}");
+            p.labels.insert("app".into(), app(k));
+            p.ips = vec![synth::pod_ipv4(1000 + *n), synth::pod_ipv6(1000 + *n)];
+            p.node = Some(format!("node{}", k % 2));
+            c.pods.push(p.clone());
+            Input::Upsert(entry(Object::Pod(p)))
+        }
+        Op::DeletePod(i) => {
+            if c.pods.is_empty() {
+                return None;
+            }
+            let p = c.pods.remove(i % c.pods.len());
+            Input::Delete {
+                origin: origin(&Object::Pod(p)),
+            }
+        }
+        Op::RelabelPod(i, k) => {
+            let len = c.pods.len();
+            let p = c.pods.get_mut(i % len.max(1))?;
+            p.labels.insert("app".into(), app(k));
+            Input::Upsert(entry(Object::Pod(p.clone())))
+        }
+        Op::AddPolicy(i, k, m) => {
+            let ns = c.namespaces.keys().nth(i % c.namespaces.len())?.clone();
+            let peer = if m % 2 == 0 {
+                Peer::Pods {
+                    namespaces: NamespaceScope::Own(ns.clone()),
+                    pods: LabelSelector::from_labels([("app", app(m).as_str())]),
+                }
+            } else {
+                Peer::Pods {
+                    namespaces: NamespaceScope::Selector(LabelSelector::from_labels([(
+                        "team", "t1",
+                    )])),
+                    pods: LabelSelector::everything(),
+                }
+            };
+            let rules = Some(vec![Rule {
+                peers: Some(vec![peer]),
+                ports: None,
+            }]);
+            let p = NetworkPolicy {
+                namespace: ns,
+                name: format!("np{n}"),
+                pod_selector: LabelSelector::from_labels([("app", app(k).as_str())]),
+                ingress: rules.clone(),
+                egress: if m > 1 { rules } else { None },
+            };
+            c.policies.push(p.clone());
+            Input::Upsert(entry(Object::NetworkPolicy(p)))
+        }
+        Op::DeletePolicy(i) => {
+            if c.policies.is_empty() {
+                return None;
+            }
+            let p = c.policies.remove(i % c.policies.len());
+            Input::Delete {
+                origin: origin(&Object::NetworkPolicy(p)),
+            }
+        }
+        Op::RelabelNamespace(i, t) => {
+            let key = c.namespaces.keys().nth(i % c.namespaces.len())?.clone();
+            let ns = c.namespaces.get_mut(&key)?;
+            ns.labels.insert("team".into(), format!("t{t}"));
+            Input::Upsert(entry(Object::Namespace(ns.clone())))
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// After any sequence of events applied incrementally (sometimes in
+    /// bursts), the table equals a full rebuild of the final state, and no
+    /// event ever replaced the table.
+    #[test]
+    fn incremental_equals_full_rebuild(
+        seed in 1u64..1000,
+        ops in prop::collection::vec((op(), any::<bool>()), 1..25),
+    ) {
+        let mut c = synth::cluster(&Params::small(seed));
+        let rec = Recording::new();
+        let mut a = agent(&rec);
+        a.handle(resync(&c));
+        a.sync().unwrap();
+        let mut n = 0;
+        for (op, sync_now) in &ops {
+            if let Some(input) = step(&mut c, &mut n, op) {
+                a.handle(input);
+            }
+            if *sync_now {
+                a.sync().unwrap();
+            }
+        }
+        a.sync().unwrap();
+        let incremental = rec.state().table.clone().unwrap();
+        prop_assert_eq!(&incremental, &full_rebuild(&c));
+        let replaces = rec.state().deltas.iter().filter(|d| d.is_replace()).count();
+        prop_assert_eq!(replaces, 1);
+    }
+}
+
+fn cluster() -> Cluster {
+    synth::cluster(&Params::small(7))
+}
+
+#[test]
+fn a_pod_relabel_changes_only_map_elements() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut a = agent(&rec);
+    a.handle(resync(&c));
+    assert!(a.sync().unwrap().replaced);
+    let i = c
+        .pods
+        .iter()
+        .position(|p| p.node.as_deref() == Some("node0"))
+        .unwrap();
+    c.pods[i].labels.insert("app".into(), "app-new".into());
+    assert!(a.handle(Input::Upsert(entry(Object::Pod(c.pods[i].clone())))));
+    let r = a.sync().unwrap();
+    assert!(!r.replaced);
+    assert!(r.added > 0);
+    let st = rec.state();
+    let Some(Delta::Elements(sets)) = st.deltas.last() else {
+        panic!("expected an element delta, got {:?}", st.deltas.last());
+    };
+    let text = st.texts.last().unwrap();
+    assert!(
+        !text.contains("delete table") && !text.contains("chain"),
+        "{text}"
+    );
+    // A pod's identity lives in the identity and group maps; the relabelled
+    // pod's address is what changes.
+    let ip = c.pods[i].ips[0].to_string();
+    assert!(sets.iter().any(|d| d.set == "identity4"), "{sets:?}");
+    assert!(text.contains(&ip), "{text}");
+    drop(st);
+    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+}
+
+const GOOD: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: ns0}
+spec:
+  podSelector: {matchLabels: {app: app0}}
+  ingress:
+  - ports: [{port: 80}]
+"#;
+
+const BAD: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: ns0}
+spec:
+  podSelector: {matchLabels: {app: app0}}
+  ingress:
+  - ports: [{port: 90, endPort: 85}]
+"#;
+
+fn file(body: &str) -> Input {
+    Input::Upsert(Entry::decode_bytes(
+        "dir:/m/web.yaml".into(),
+        "/m/web.yaml",
+        body.as_bytes(),
+    ))
+}
+
+#[test]
+fn an_invalid_update_keeps_the_previous_version() {
+    let c = cluster();
+    let rec = Recording::new();
+    let mut a = agent(&rec);
+    a.handle(resync(&c));
+    assert!(a.handle(file(GOOD)));
+    a.sync().unwrap();
+    let before = rec.state().table.clone();
+    let deltas = rec.state().deltas.len();
+
+    assert!(!a.handle(file(BAD)), "an invalid update changes nothing");
+    let h = a.health();
+    let status = h.lock().unwrap().status();
+    assert!(status.starts_with("degraded"), "{status}");
+    assert!(
+        status.contains("/m/web.yaml")
+            && status.contains("NetworkPolicy ns0/web")
+            && status.contains("endPort"),
+        "{status}"
+    );
+    let metrics = a.metrics().encode();
+    assert!(
+        metrics.contains("palisade_agent_errors_total{reason=\"invalid_object\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("palisade_agent_degraded 1"), "{metrics}");
+    let kept: Vec<_> = a
+        .store()
+        .objects()
+        .filter(|o| o.file == "/m/web.yaml")
+        .collect();
+    assert_eq!(kept.len(), 1);
+    let _ = a.sync();
+    assert_eq!(rec.state().table, before);
+    assert!(rec.state().deltas.len() <= deltas + 1);
+    assert!(matches!(
+        rec.state().deltas.last(),
+        Some(Delta::Replace(_)) | Some(Delta::Elements(_)) | Some(Delta::Noop)
+    ));
+
+    // Fixing the file clears the problem.
+    a.handle(file(GOOD.replace("80", "81").as_str()));
+    assert_eq!(h.lock().unwrap().status(), "ok\n");
+}
+
+#[test]
+fn a_syntax_error_keeps_every_object_of_the_file() {
+    let c = cluster();
+    let mut a = agent(&Recording::new());
+    a.handle(resync(&c));
+    a.handle(file(GOOD));
+    assert!(!a.handle(file("kind: [unclosed")));
+    assert_eq!(
+        a.store()
+            .objects()
+            .filter(|o| o.file == "/m/web.yaml")
+            .count(),
+        1
+    );
+    assert!(a.handle(Input::Delete {
+        origin: "dir:/m/web.yaml".into()
+    }));
+    assert_eq!(
+        a.store()
+            .objects()
+            .filter(|o| o.file == "/m/web.yaml")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn bursts_are_debounced_into_one_transaction() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let a = agent(&rec);
+    let health = a.health();
+    let (tx, rx) = channel();
+    let h = std::thread::spawn(move || a.run(rx));
+    tx.send(resync(&c)).unwrap();
+    let t = Instant::now();
+    while !health.lock().unwrap().ready {
+        assert!(t.elapsed() < Duration::from_secs(10), "never synced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rec.state().deltas.len(), 1);
+    // 20 relabels 2 ms apart: well within the 30 ms quiet period.
+    for k in 0..20 {
+        let i = k % c.pods.len();
+        c.pods[i].labels.insert("app".into(), format!("burst{k}"));
+        tx.send(Input::Upsert(entry(Object::Pod(c.pods[i].clone()))))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t = Instant::now();
+    while rec.state().deltas.len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "burst never applied");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rec.state().deltas.len(), 2, "one transaction for the burst");
+    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    drop(tx);
+    h.join().unwrap();
+}
+
+#[test]
+fn a_restarted_agent_patches_the_existing_table() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut first = agent(&rec);
+    first.handle(resync(&c));
+    first.sync().unwrap();
+    drop(first);
+
+    // Same state: nothing to do.
+    let mut second = agent(&rec);
+    second.handle(resync(&c));
+    let r = second.sync().unwrap();
+    assert_eq!((r.added, r.removed, r.replaced), (0, 0, false));
+
+    // Changed while no agent ran: only the difference is applied.
+    let gone = c.pods.remove(0);
+    let mut third = agent(&rec);
+    third.handle(resync(&c));
+    let r = third.sync().unwrap();
+    assert!(!r.replaced && r.removed > 0, "{r:?}");
+    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    let _ = gone;
+
+    // A failed element delta re-reads the table and converges.
+    rec.state().fail_next = 1;
+    c.pods[0].labels.insert("app".into(), "x".into());
+    third.handle(Input::Upsert(entry(Object::Pod(c.pods[0].clone()))));
+    third.sync().unwrap();
+    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+}
+
+#[test]
+fn resync_removes_what_disappeared() {
+    let mut c = cluster();
+    let mut a = agent(&Recording::new());
+    a.handle(resync(&c));
+    let before: BTreeMap<String, usize> = a.store().counts();
+    c.pods.truncate(3);
+    assert!(a.handle(resync(&c)));
+    assert_eq!(a.store().counts()["Pod"], 3);
+    assert!(before["Pod"] > 3);
+    assert!(!a.handle(resync(&c)), "the same snapshot changes nothing");
+}
+
+#[test]
+fn a_large_interval_delta_replaces_the_table() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
+    cfg.replace_above_interval_adds = Some(0);
+    let mut a = Agent::new(cfg, rec.clone());
+    a.handle(resync(&c));
+    a.sync().unwrap();
+    let mut n = 0;
+    let mut replaced = 0;
+    for k in 0..8 {
+        let input = step(&mut c, &mut n, &Op::AddPolicy(k, k % 4, 3)).unwrap();
+        a.handle(input);
+        replaced += usize::from(a.sync().unwrap().replaced);
+        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    }
+    assert!(replaced > 0, "no policy add reached the interval sets");
+}

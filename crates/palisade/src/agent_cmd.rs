@@ -1,0 +1,180 @@
+//! `palisade agent` (the node agent and its benchmark) and `palisade
+//! datastore` (validated writes to etcd).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use palisade_agent::datastore::{self, DatastoreError};
+use palisade_agent::{dir, etcd, http, kube, Agent, AgentConfig, Backend, DryRun, Nft};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// The node whose pods this agent enforces.
+    #[arg(long)]
+    node: Option<String>,
+    /// Watch a directory of manifests (the default source).
+    #[arg(long, conflicts_with_all = ["etcd", "kube"])]
+    dir: Option<PathBuf>,
+    /// Watch etcd (comma-separated endpoints, e.g. http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',', conflicts_with = "kube")]
+    etcd: Vec<String>,
+    /// Watch the Kubernetes API (kubeconfig or in-cluster service account).
+    #[arg(long)]
+    kube: bool,
+    /// Apply inside this network namespace (`ip netns exec NS nft`).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: String,
+    /// Print transactions instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Quiet period that ends a burst of changes, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    debounce_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Event-to-kernel latency against a full rebuild and reload, on the
+    /// synthetic cluster, in a scratch network namespace (root).
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Events measured per kind.
+        #[arg(long, default_value_t = 50)]
+        events: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DatastoreCommand {
+    /// Validate manifests and write their objects (nothing is written if
+    /// any is invalid; exit 2).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+    },
+    /// Delete the objects the manifests name.
+    Delete {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+    },
+    /// Print stored objects (of one kind, if given) as a JSON List.
+    Get {
+        kind: Option<String>,
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn agent(args: AgentArgs) -> Result<ExitCode> {
+    init_logs();
+    if let Some(AgentCommand::Bench {
+        pods,
+        policies,
+        events,
+    }) = args.command
+    {
+        let mut p = palisade_engine::synth::Params::large();
+        p.pods = pods;
+        p.policies = policies;
+        palisade_agent::bench::run(p, events).map_err(anyhow::Error::msg)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(node) = args.node.clone() else {
+        bail!("--node is required");
+    };
+    if args.dry_run {
+        run(args, node, DryRun)
+    } else {
+        let backend = Nft {
+            netns: args.netns.clone(),
+        };
+        run(args, node, backend)
+    }
+}
+
+fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Result<ExitCode> {
+    let (tx, rx) = channel();
+    let scopes = if args.kube {
+        kube::scopes()
+    } else if !args.etcd.is_empty() {
+        vec![etcd::SCOPE.to_string()]
+    } else {
+        vec![dir::SCOPE.to_string()]
+    };
+    let mut cfg = AgentConfig::new(&node, scopes);
+    cfg.debounce = Duration::from_millis(args.debounce_ms);
+    let agent = Agent::new(cfg, backend);
+    let addr =
+        http::serve(&args.listen, agent.metrics(), agent.health()).map_err(anyhow::Error::msg)?;
+    tracing::info!(%addr, %node, "serving /metrics, /healthz and /readyz");
+    if args.kube {
+        kube::spawn(tx).context("starting the Kubernetes source")?;
+    } else if !args.etcd.is_empty() {
+        etcd::spawn(args.etcd.clone(), tx).context("starting the etcd source")?;
+    } else {
+        let d = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        dir::spawn(d, tx).map_err(anyhow::Error::msg)?;
+    }
+    agent.run(rx);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn datastore(cmd: DatastoreCommand) -> Result<ExitCode> {
+    let report = |r: Result<Vec<String>, DatastoreError>, verb: &str| -> Result<ExitCode> {
+        match r {
+            Ok(keys) => {
+                for k in keys {
+                    println!("{verb} {k}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(DatastoreError::Invalid(diags)) => {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                eprintln!("error: {} invalid; nothing was written", diags.len());
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    match cmd {
+        DatastoreCommand::Apply { files, etcd } => {
+            report(datastore::apply(&etcd, &files), "applied")
+        }
+        DatastoreCommand::Delete { files, etcd } => {
+            report(datastore::delete(&etcd, &files), "deleted")
+        }
+        DatastoreCommand::Get { kind, etcd } => {
+            let list = datastore::get(&etcd, kind.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
