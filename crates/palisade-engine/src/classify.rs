@@ -30,12 +30,12 @@ pub struct RuleBit {
 /// Sorted boundaries over an ordered key space; interval `i` covers
 /// `[bounds[i], bounds[i + 1])` and has mask row `i`.
 #[derive(Clone, Debug, Default)]
-struct Partition {
-    bounds: Vec<u128>,
+pub(crate) struct Partition {
+    pub(crate) bounds: Vec<u128>,
 }
 
 impl Partition {
-    fn new(mut bounds: Vec<u128>) -> Partition {
+    pub(crate) fn new(mut bounds: Vec<u128>) -> Partition {
         bounds.push(0);
         bounds.sort_unstable();
         bounds.dedup();
@@ -43,12 +43,12 @@ impl Partition {
     }
 
     #[inline]
-    fn find(&self, x: u128) -> usize {
+    pub(crate) fn find(&self, x: u128) -> usize {
         self.bounds.partition_point(|&b| b <= x) - 1
     }
 }
 
-fn key(ip: &IpAddr) -> (usize, u128) {
+pub(crate) fn key(ip: &IpAddr) -> (usize, u128) {
     match ip {
         IpAddr::V4(a) => (0, u32::from(*a) as u128),
         IpAddr::V6(a) => (1, u128::from(*a)),
@@ -63,7 +63,7 @@ fn proto_index(p: Protocol) -> usize {
     }
 }
 
-fn net_bounds(n: &ipnet::IpNet, out: &mut [Vec<u128>; 2]) {
+pub(crate) fn net_bounds(n: &ipnet::IpNet, out: &mut [Vec<u128>; 2]) {
     let (fam, start) = key(&n.network());
     let (_, end) = key(&n.broadcast());
     out[fam].push(start);

@@ -223,10 +223,65 @@ struct IdentityKey<'a> {
     labels: &'a Labels,
     ports: Vec<ContainerPort>,
     host_network: bool,
-    has_v4: bool,
-    has_v6: bool,
-    /// For each address matcher: does it contain the v4 / v6 address.
-    addr_sig: Vec<(bool, bool)>,
+    /// The class (set of address matchers containing it) of the first v4
+    /// and v6 address; `u32::MAX` when the pod has none of that family.
+    addr_class: (u32, u32),
+}
+
+/// Addresses grouped by which address matchers contain them: the address
+/// space cut at every matcher edge, each interval labelled with the class of
+/// its matcher set. Two addresses of one class are told apart by no rule.
+struct AddrClasses {
+    parts: [crate::classify::Partition; 2],
+    class: [Vec<u32>; 2],
+}
+
+impl AddrClasses {
+    fn build(matchers: &[AddressMatcher]) -> AddrClasses {
+        use crate::classify::{net_bounds, Partition};
+        let mut bounds: [Vec<u128>; 2] = Default::default();
+        for m in matchers {
+            match m {
+                AddressMatcher::Block(b) => {
+                    net_bounds(&b.cidr, &mut bounds);
+                    for e in &b.except {
+                        net_bounds(e, &mut bounds);
+                    }
+                }
+                AddressMatcher::Networks(ns) => ns.iter().for_each(|n| net_bounds(n, &mut bounds)),
+                AddressMatcher::Nodes(a) => a
+                    .iter()
+                    .for_each(|a| net_bounds(&IpNet::from(*a), &mut bounds)),
+            }
+        }
+        let [b4, b6] = bounds;
+        let parts = [Partition::new(b4), Partition::new(b6)];
+        let mut ids: HashMap<Vec<bool>, u32> = HashMap::new();
+        let class = [0, 1].map(|fam| {
+            parts[fam]
+                .bounds
+                .iter()
+                .map(|&start| {
+                    let ip = if fam == 0 {
+                        IpAddr::V4((start as u32).into())
+                    } else {
+                        IpAddr::V6(start.into())
+                    };
+                    let set: Vec<bool> = matchers.iter().map(|m| m.contains(&ip)).collect();
+                    let next = ids.len() as u32;
+                    *ids.entry(set).or_insert(next)
+                })
+                .collect()
+        });
+        AddrClasses { parts, class }
+    }
+
+    fn class(&self, ip: Option<IpAddr>) -> u32 {
+        ip.map_or(u32::MAX, |ip| {
+            let (fam, k) = crate::classify::key(&ip);
+            self.class[fam][self.parts[fam].find(k)]
+        })
+    }
 }
 
 fn first_of_family(ips: &[IpAddr], v4: bool) -> Option<IpAddr> {
@@ -385,6 +440,7 @@ impl Index {
             .collect();
 
         // Group endpoints into identities.
+        let classes = AddrClasses::build(&b.matchers);
         let mut identities: Vec<Identity> = Vec::new();
         let mut ids: HashMap<IdentityKey, u32> = HashMap::new();
         let mut pod_identity = vec![None; cluster.pods.len()];
@@ -403,18 +459,7 @@ impl Index {
                 labels: &pod.labels,
                 ports,
                 host_network: pod.host_network,
-                has_v4: v4.is_some(),
-                has_v6: v6.is_some(),
-                addr_sig: b
-                    .matchers
-                    .iter()
-                    .map(|m| {
-                        (
-                            v4.is_some_and(|a| m.contains(&a)),
-                            v6.is_some_and(|a| m.contains(&a)),
-                        )
-                    })
-                    .collect(),
+                addr_class: (classes.class(v4), classes.class(v6)),
             };
             let next = identities.len() as u32;
             let id = *ids.entry(key).or_insert_with_key(|k| {
