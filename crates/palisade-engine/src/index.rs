@@ -100,6 +100,9 @@ pub struct Identity {
     pub egress_plan: Plan,
     /// Named container ports, by interned name.
     pub named_ports: Vec<(u32, Protocol, u16)>,
+    /// Which address class the members' first IPv4 / IPv6 address falls in
+    /// (`u32::MAX`: none of that family).
+    pub addr_class: (u32, u32),
 }
 
 /// A port condition with names interned; `index` is the position in the
@@ -205,6 +208,8 @@ pub struct Index {
     pub node_address_is_pod_address: bool,
     /// Interned port names.
     pub port_names: HashMap<String, u32>,
+    /// Address classes, for placing a pod that is not in the index.
+    pub addr_classes: AddrClasses,
     /// Bit-vector classifiers: ingress, egress.
     pub classifiers: [crate::classify::DirClassifier; 2],
 }
@@ -231,7 +236,8 @@ struct IdentityKey<'a> {
 /// Addresses grouped by which address matchers contain them: the address
 /// space cut at every matcher edge, each interval labelled with the class of
 /// its matcher set. Two addresses of one class are told apart by no rule.
-struct AddrClasses {
+#[derive(Clone, Debug)]
+pub struct AddrClasses {
     parts: [crate::classify::Partition; 2],
     class: [Vec<u32>; 2],
 }
@@ -476,6 +482,7 @@ impl Index {
                     ingress_plan: Plan::default(),
                     egress_plan: Plan::default(),
                     named_ports: Vec::new(),
+                    addr_class: k.addr_class,
                 });
                 next
             });
@@ -622,6 +629,7 @@ impl Index {
         });
 
         Index {
+            addr_classes: classes,
             classifiers,
             identities,
             pod_identity,
@@ -637,6 +645,32 @@ impl Index {
             node_address_is_pod_address,
             port_names,
         }
+    }
+
+    /// The identity a pod would have in this index, if one exists: the
+    /// same namespace, labels, ports, host networking and address classes.
+    /// Lets a caller tell whether a pod change leaves every rule as it is.
+    pub fn identity_for(&self, pod: &palisade_model::Pod) -> Option<u32> {
+        if !pod.is_endpoint() {
+            return None;
+        }
+        let mut ports = pod.ports.clone();
+        ports.sort();
+        ports.dedup();
+        let class = (
+            self.addr_classes.class(first_of_family(&pod.ips, true)),
+            self.addr_classes.class(first_of_family(&pod.ips, false)),
+        );
+        self.identities
+            .iter()
+            .position(|i| {
+                i.namespace == pod.namespace
+                    && i.labels == pod.labels
+                    && i.host_network == pod.host_network
+                    && i.ports == ports
+                    && i.addr_class == class
+            })
+            .map(|i| i as u32)
     }
 
     /// Identities grouped for display: namespace, then labels.

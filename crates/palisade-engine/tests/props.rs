@@ -370,3 +370,19 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `identity_for` places every pod of the cluster in its own identity.
+    #[test]
+    fn identity_for_finds_each_pods_identity(seed in any::<u64>(), pods in 1usize..40, policies in 0usize..12, admin in 0usize..3) {
+        let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
+        for (i, pod) in engine.cluster().pods.iter().enumerate() {
+            prop_assert_eq!(engine.index().identity_for(pod), engine.index().pod_identity[i]);
+        }
+        let mut stranger = engine.cluster().pods[0].clone();
+        stranger.labels.insert("unseen".into(), "label".into());
+        prop_assert_eq!(engine.index().identity_for(&stranger), None);
+    }
+}
