@@ -683,54 +683,45 @@ impl Index {
     }
 }
 
-fn flat_np_ports(
-    ports: &Option<Vec<PortSpec>>,
-    intern: &mut impl FnMut(&str) -> u32,
+/// Ports with names interned, keeping each one's position for
+/// explanations.
+fn flat_ports<T>(
+    ports: &Option<Vec<T>>,
+    mut kind: impl FnMut(&T) -> FlatPortKind,
 ) -> Option<Vec<FlatPort>> {
     ports.as_ref().map(|ps| {
         ps.iter()
             .enumerate()
             .map(|(index, p)| FlatPort {
                 index,
-                kind: match p {
-                    PortSpec::AllPorts(proto) => FlatPortKind::Range(*proto, 0, u16::MAX),
-                    PortSpec::Range {
-                        protocol,
-                        start,
-                        end,
-                    } => FlatPortKind::Range(*protocol, *start, *end),
-                    PortSpec::Named { protocol, name } => {
-                        FlatPortKind::Named(*protocol, intern(name))
-                    }
-                },
+                kind: kind(p),
             })
             .collect()
     })
 }
 
-fn flat_admin_ports(
-    ports: &Option<Vec<AdminPort>>,
-    intern: &mut impl FnMut(&str) -> u32,
-) -> Option<Vec<FlatPort>> {
-    ports.as_ref().map(|ps| {
-        ps.iter()
-            .enumerate()
-            .map(|(index, p)| FlatPort {
-                index,
-                kind: match p {
-                    AdminPort::Number { protocol, port } => {
-                        FlatPortKind::Range(*protocol, *port, *port)
-                    }
-                    AdminPort::Range {
-                        protocol,
-                        start,
-                        end,
-                    } => FlatPortKind::Range(*protocol, *start, *end),
-                    AdminPort::Named(n) => FlatPortKind::NamedAnyProtocol(intern(n)),
-                },
-            })
-            .collect()
-    })
+fn np_port_kind(p: &PortSpec, intern: &mut impl FnMut(&str) -> u32) -> FlatPortKind {
+    match p {
+        PortSpec::AllPorts(proto) => FlatPortKind::Range(*proto, 0, u16::MAX),
+        PortSpec::Range {
+            protocol,
+            start,
+            end,
+        } => FlatPortKind::Range(*protocol, *start, *end),
+        PortSpec::Named { protocol, name } => FlatPortKind::Named(*protocol, intern(name)),
+    }
+}
+
+fn admin_port_kind(p: &AdminPort, intern: &mut impl FnMut(&str) -> u32) -> FlatPortKind {
+    match p {
+        AdminPort::Number { protocol, port } => FlatPortKind::Range(*protocol, *port, *port),
+        AdminPort::Range {
+            protocol,
+            start,
+            end,
+        } => FlatPortKind::Range(*protocol, *start, *end),
+        AdminPort::Named(n) => FlatPortKind::NamedAnyProtocol(intern(n)),
+    }
 }
 
 fn plan(
@@ -758,7 +749,7 @@ fn plan(
                     rule: ri,
                     action: written[ri].action,
                     peers: Some(r.peers.clone()),
-                    ports: flat_admin_ports(&r.ports, intern),
+                    ports: flat_ports(&r.ports, |p| admin_port_kind(p, intern)),
                 });
             }
         }
@@ -791,7 +782,7 @@ fn plan(
                 rule: ri,
                 action: AdminAction::Allow,
                 peers: r.peers.clone(),
-                ports: flat_np_ports(&written[ri].ports, intern),
+                ports: flat_ports(&written[ri].ports, |p| np_port_kind(p, intern)),
             });
         }
     }

@@ -134,6 +134,17 @@ fn port_matches(
     }
 }
 
+struct Classified<'a> {
+    subject: usize,
+    peer: Endpoint,
+    peer_ip: IpAddr,
+    peer_id: Option<u32>,
+    holder: Option<u32>,
+    cls: &'a crate::classify::DirClassifier,
+    flags: crate::classify::Flags,
+    matches: crate::classify::Matches,
+}
+
 /// The fixed facts of one direction's evaluation.
 struct Ctx<'a> {
     /// The peer's identity, when the peer is an endpoint pod.
@@ -323,40 +334,10 @@ impl Engine {
     /// explanation; the property tests hold the two equal.
     #[inline]
     pub fn allowed_in(&self, dir: Direction, flow: &Flow) -> bool {
-        let (subject, peer, peer_ip) = match dir {
-            Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
-            Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
-        };
-        let Endpoint::Pod(sp) = subject else {
+        let Some(c) = self.classified(dir, flow) else {
             return true;
         };
-        let Some(idn) = self.index.pod_identity[sp] else {
-            return true;
-        };
-        let cls = &self.index.classifiers[match dir {
-            Direction::Ingress => 0,
-            Direction::Egress => 1,
-        }];
-        let flags = cls.flags(idn as usize);
-        if flags.host_network {
-            return true;
-        }
-        let peer_id = match peer {
-            Endpoint::Pod(p) => self.index.pod_identity[p],
-            Endpoint::Ip(_) => None,
-        };
-        let holder = match flow.dst {
-            Endpoint::Pod(d) => self.index.pod_identity[d],
-            Endpoint::Ip(_) => None,
-        };
-        let m = cls.classify(
-            idn as usize,
-            peer_id.map(|i| i as usize),
-            &peer_ip,
-            flow.protocol,
-            flow.port,
-            holder.map(|i| i as usize),
-        );
+        let (cls, m) = (c.cls, c.matches);
         if let Some(bit) = m.admin {
             match cls.action(bit) {
                 AdminAction::Allow => return true,
@@ -364,9 +345,10 @@ impl Engine {
                 AdminAction::Pass => {}
             }
         }
-        if flags.isolated {
+        if c.flags.isolated {
             return m.np.is_some()
-                || (dir == Direction::Ingress && self.is_from_own_node(sp, peer, peer_ip));
+                || (dir == Direction::Ingress
+                    && self.is_from_own_node(c.subject, c.peer, c.peer_ip));
         }
         m.baseline
             .is_none_or(|bit| cls.action(bit) != AdminAction::Deny)
@@ -416,29 +398,25 @@ impl Engine {
         Some((peer, port))
     }
 
-    pub fn outcome(&self, dir: Direction, flow: &Flow) -> Outcome {
+    /// The classification of one direction of a flow; `None` when the
+    /// subject is not a policy subject (an address, a host-network pod).
+    #[inline]
+    fn classified(&self, dir: Direction, flow: &Flow) -> Option<Classified<'_>> {
         let (subject, peer, peer_ip) = match dir {
             Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
             Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
         };
-        let done = |passed, decision| Outcome {
-            direction: dir,
-            passed,
-            decision,
-        };
         let Endpoint::Pod(sp) = subject else {
-            return done(None, Decision::NotSubject);
+            return None;
         };
-        let Some(idn) = self.index.pod_identity[sp] else {
-            return done(None, Decision::NotSubject);
-        };
+        let idn = self.index.pod_identity[sp]?;
         let cls = &self.index.classifiers[match dir {
             Direction::Ingress => 0,
             Direction::Egress => 1,
         }];
         let flags = cls.flags(idn as usize);
         if flags.host_network {
-            return done(None, Decision::NotSubject);
+            return None;
         }
         let peer_id = match peer {
             Endpoint::Pod(p) => self.index.pod_identity[p],
@@ -448,7 +426,7 @@ impl Engine {
             Endpoint::Pod(d) => self.index.pod_identity[d],
             Endpoint::Ip(_) => None,
         };
-        let m = cls.classify(
+        let matches = cls.classify(
             idn as usize,
             peer_id.map(|i| i as usize),
             &peer_ip,
@@ -456,6 +434,37 @@ impl Engine {
             flow.port,
             holder.map(|i| i as usize),
         );
+        Some(Classified {
+            subject: sp,
+            peer,
+            peer_ip,
+            peer_id,
+            holder,
+            cls,
+            flags,
+            matches,
+        })
+    }
+
+    pub fn outcome(&self, dir: Direction, flow: &Flow) -> Outcome {
+        let done = |passed, decision| Outcome {
+            direction: dir,
+            passed,
+            decision,
+        };
+        let Some(c) = self.classified(dir, flow) else {
+            return done(None, Decision::NotSubject);
+        };
+        let Classified {
+            subject: sp,
+            peer,
+            peer_ip,
+            peer_id,
+            holder,
+            cls,
+            flags,
+            matches: m,
+        } = c;
         // Only an explanation needs the rule itself.
         let ctx = || Ctx {
             peer_id,
