@@ -14,6 +14,13 @@
 //! - TCP throughput: one bulk stream client → server across both nodes and
 //!   the fabric.
 //!
+//! The three setups are interleaved: every round measures each once, in an
+//! order that rotates through all six permutations ([`round_order`]), and
+//! the report gives per setup the median over rounds and the range, the
+//! ratio of medians against no table, and the median of the per-round
+//! (paired) ratios. On a small shared machine single measurements vary by
+//! ±15 %: only medians over several interleaved rounds are worth comparing.
+//!
 //! Compile time (index build, compile, render) and `nft -f` load time are
 //! measured on the way. Nothing here asserts on wall-clock numbers.
 
@@ -37,7 +44,8 @@ pub struct BenchConfig {
     pub params: synth::Params,
     /// Length of each measurement.
     pub duration: Duration,
-    /// Rounds of (no table, conntrack only, full ruleset).
+    /// Rounds over (no table, conntrack only, full ruleset), each in the
+    /// order [`round_order`] gives.
     pub rounds: usize,
     /// Lab name.
     pub lab: String,
@@ -76,7 +84,7 @@ impl Measure {
     }
 }
 
-/// The three dataplane states, in measurement order within a round.
+/// The three dataplane states (measured in [`round_order`] within a round).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
     NoTable,
@@ -117,8 +125,61 @@ pub struct Report {
     pub duration: Duration,
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+/// The median of `v` (the mean of the two middle values for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The order of the three setups in round `round`: the six permutations in
+/// turn, so over six rounds each setup is measured twice in each position
+/// (first, second, last) and a drift of the machine's load does not favour
+/// any of them.
+pub fn round_order(round: usize) -> [Setup; 3] {
+    use Setup::{ConntrackOnly as C, Full as B, NoTable as A};
+    const ORDERS: [[Setup; 3]; 6] = [
+        [A, C, B],
+        [B, A, C],
+        [C, B, A],
+        [A, B, C],
+        [C, A, B],
+        [B, C, A],
+    ];
+    ORDERS[round % ORDERS.len()]
+}
+
+/// Median and range of one metric over the rounds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    pub fn of(v: &[f64]) -> Summary {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Summary {
+            median: median(v),
+            min: if min.is_finite() { min } else { 0.0 },
+            max: if max.is_finite() { max } else { 0.0 },
+        }
+    }
+
+    /// Half the range, relative to the median, in percent.
+    pub fn spread_pct(&self) -> f64 {
+        100.0 * (self.max - self.min) / 2.0 / self.median.max(1e-9)
+    }
 }
 
 impl Report {
@@ -127,6 +188,35 @@ impl Report {
             .iter()
             .find(|(x, _)| *x == s)
             .map_or(&[], |(_, m)| m.as_slice())
+    }
+
+    /// Connection rate (connections/s) over the rounds of one setup.
+    pub fn conn_rate(&self, s: Setup) -> Summary {
+        Summary::of(
+            &self
+                .of(s)
+                .iter()
+                .map(Measure::conn_rate)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// TCP throughput (Gbit/s) over the rounds of one setup.
+    pub fn gbits(&self, s: Setup) -> Summary {
+        Summary::of(&self.of(s).iter().map(Measure::gbits).collect::<Vec<_>>())
+    }
+
+    /// Per-round ratios `s / (a)` of one metric (same round, so the same
+    /// background load), summarised.
+    fn paired(&self, s: Setup, f: fn(&Measure) -> f64) -> Summary {
+        let base = self.of(Setup::NoTable);
+        let v: Vec<f64> = self
+            .of(s)
+            .iter()
+            .zip(base)
+            .map(|(x, b)| f(x) / f(b).max(1e-9))
+            .collect();
+        Summary::of(&v)
     }
 
     pub fn render(&self) -> String {
@@ -151,21 +241,19 @@ impl Report {
         }
         for n in &self.nodes {
             let loads: Vec<f64> = n.loads.iter().map(|d| ms(*d)).collect();
+            let l = Summary::of(&loads);
             let _ = writeln!(
                 s,
-                "ruleset of {} ({} local pods): compile {:.0} ms, render {:.0} ms, {} elements, {:.1} MB of nft text; nft -f load {}",
+                "ruleset of {} ({} local pods): compile {:.0} ms, render {:.0} ms, {} elements, {:.1} MB of nft text; nft -f load {:.0} ms (median; {:.0}-{:.0})",
                 n.node,
                 n.local_pods,
                 ms(n.compile),
                 ms(n.render),
                 n.elements,
                 n.text_bytes as f64 / 1e6,
-                loads
-                    .iter()
-                    .map(|l| format!("{l:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-                    + " ms"
+                l.median,
+                l.min,
+                l.max,
             );
             let _ = writeln!(
                 s,
@@ -184,33 +272,39 @@ impl Report {
                 if blocked { "blocked" } else { "NOT blocked" }
             );
         }
-        let base = self.of(Setup::NoTable);
         let (r0, t0) = (
-            mean(&base.iter().map(Measure::conn_rate).collect::<Vec<_>>()),
-            mean(&base.iter().map(Measure::gbits).collect::<Vec<_>>()),
+            self.conn_rate(Setup::NoTable).median,
+            self.gbits(Setup::NoTable).median,
         );
         let _ = writeln!(
             s,
-            "{:<26} {:>14} {:>7} {:>12} {:>7}   per round (conn/s; Gbit/s)",
-            "setup", "connections/s", "ratio", "TCP Gbit/s", "ratio"
+            "{:<26} {:>24} {:>7} {:>8} {:>22} {:>7} {:>8}",
+            "setup",
+            "connections/s (min-max)",
+            "ratio",
+            "paired",
+            "TCP Gbit/s (min-max)",
+            "ratio",
+            "paired"
         );
         for setup in Setup::ALL {
-            let m = self.of(setup);
-            let r = mean(&m.iter().map(Measure::conn_rate).collect::<Vec<_>>());
-            let t = mean(&m.iter().map(Measure::gbits).collect::<Vec<_>>());
-            let failed: u64 = m.iter().map(|x| x.failed).sum();
+            let r = self.conn_rate(setup);
+            let t = self.gbits(setup);
+            let (pr, pt) = (
+                self.paired(setup, Measure::conn_rate),
+                self.paired(setup, Measure::gbits),
+            );
+            let failed: u64 = self.of(setup).iter().map(|x| x.failed).sum();
             let _ = writeln!(
                 s,
-                "{:<26} {:>14.0} {:>6.1}% {:>12.2} {:>6.1}%   {}{}",
+                "{:<26} {:>24} {:>6.1}% {:>7.1}% {:>22} {:>6.1}% {:>7.1}%{}",
                 setup.label(),
-                r,
-                100.0 * r / r0.max(1e-9),
-                t,
-                100.0 * t / t0.max(1e-9),
-                m.iter()
-                    .map(|x| format!("{:.0}; {:.2}", x.conn_rate(), x.gbits()))
-                    .collect::<Vec<_>>()
-                    .join(" | "),
+                format!("{:.0} ({:.0}-{:.0})", r.median, r.min, r.max),
+                100.0 * r.median / r0.max(1e-9),
+                100.0 * pr.median,
+                format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max),
+                100.0 * t.median / t0.max(1e-9),
+                100.0 * pt.median,
                 if failed > 0 {
                     format!("  ({failed} failed connects)")
                 } else {
@@ -220,10 +314,24 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "({} rounds of {:.1} s per measurement; ratios against (a), means over rounds)",
-            base.len(),
+            "({} rounds of {:.1} s per measurement, setups interleaved in rotating order; \
+             medians over rounds; ratio: of medians against (a); paired: median of the \
+             per-round ratios against (a))",
+            self.of(Setup::NoTable).len(),
             self.duration.as_secs_f64()
         );
+        for setup in Setup::ALL {
+            let _ = writeln!(
+                s,
+                "  {:<26} per round (conn/s; Gbit/s): {}",
+                setup.label(),
+                self.of(setup)
+                    .iter()
+                    .map(|x| format!("{:.0}; {:.2}", x.conn_rate(), x.gbits()))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
         s
     }
 }
@@ -444,7 +552,13 @@ fn measure(
         .netns
         .clone();
     listener.mode.store(MODE_DROP, Ordering::Relaxed);
-    let (connections, failed, conn_seconds) = in_netns(&ns, move || connect_loop(dst, d))?;
+    // A short warm-up, not counted: the first connections after a ruleset
+    // load and a conntrack flush pay for cold caches.
+    let warm = d / 10;
+    let (connections, failed, conn_seconds) = in_netns(&ns, move || {
+        connect_loop(dst, warm)?;
+        connect_loop(dst, d)
+    })?;
     listener.mode.store(MODE_SINK, Ordering::Relaxed);
     let (bytes, bulk_seconds) = in_netns(&ns, move || bulk(dst, d))?;
     listener.mode.store(MODE_DROP, Ordering::Relaxed);
@@ -578,7 +692,11 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         Setup::ALL.iter().map(|&s| (s, Vec::new())).collect();
     let mut denied_blocked = None;
     for round in 0..cfg.rounds.max(1) {
-        for (k, setup) in Setup::ALL.into_iter().enumerate() {
+        for setup in round_order(round) {
+            let k = Setup::ALL
+                .iter()
+                .position(|&s| s == setup)
+                .expect("a known setup");
             progress(&format!("round {}: {}", round + 1, setup.label()));
             for n in 0..lab.state.nodes.len() {
                 match setup {

@@ -9,26 +9,38 @@
 //! rules; they become set elements.
 //!
 //! - **Hooks.** A `forward` base chain sees pod traffic. Packets entering
-//!   from a local pod interface (`iifname @pod_ifaces`) meet the *egress*
-//!   check of their source; packets leaving to a local pod interface
-//!   (`oifname @pod_ifaces`) meet the *ingress* check of their destination.
-//!   A same-node pod-to-pod flow meets both; across nodes the source node
-//!   checks egress and the destination node ingress.
-//! - **Conntrack first.** `ct state established,related accept`, then
-//!   `ct state invalid drop`: only the first packet of a connection meets
-//!   policy, and replies of allowed connections always pass.
-//! - **Anti-spoofing** runs before conntrack (so a spoofed packet cannot ride
-//!   on another pod's connection): a packet from a local pod interface must
-//!   carry one of that pod's addresses (`iifname . ip saddr @pod_src4`).
-//!   IPv6 link-local and unspecified sources (neighbour discovery) are exempt;
-//!   the kernel never forwards them. The same check guards the `input` hook.
+//!   from a local pod interface (`iifname @pod_ifaces`) go to `from_pod` and
+//!   meet the *egress* check of their source; packets leaving to a local pod
+//!   interface (`oifname @pod_ifaces`) meet the *ingress* check of their
+//!   destination. A same-node pod-to-pod flow meets both; across nodes the
+//!   source node checks egress and the destination node ingress.
+//! - **Anti-spoofing, then conntrack.** In `from_pod`, one rule per family:
+//!   a packet from a local pod interface must carry one of that pod's
+//!   addresses (`iifname . ip saddr @pod_src4`; IPv6 link-local and
+//!   unspecified sources, neighbour discovery, are exempt: the kernel never
+//!   forwards them). Then `ct state established,related accept` and `ct
+//!   state invalid drop`: only the first packet of a connection meets
+//!   policy, and replies of allowed connections always pass. An established
+//!   packet costs one `iifname` lookup, plus one `iifname . saddr` lookup if
+//!   it comes from a pod. Anti-spoofing must run on established packets too:
+//!   conntrack finds a packet's entry by addresses, protocol and ports, not
+//!   by interface, so a pod sending exactly the tuple of another pod's
+//!   connection (as that pod, or as its peer answering it) would otherwise
+//!   ride that entry. The same check guards the `input` hook.
+//! - **First packets** walk at most three chains per direction, with one
+//!   lookup each on the usual path: the local pod's group (written into `ct
+//!   mark` and jumped on in one rule: a miss means not isolated and ends the
+//!   rule), the peer's identity (into `meta mark`; a pod peer goes to
+//!   `{dir}_np_pod`, anything else to `{dir}_np_addr`), then the allow sets.
 //! - **Three stages per direction**, as the engine evaluates them: the
 //!   admin tier (AdminNetworkPolicy, and ClusterNetworkPolicy's `Admin`
 //!   tier), NetworkPolicy, the baseline tier (BaselineAdminNetworkPolicy,
 //!   `Baseline`). The direction's chain (`egress`, `ingress`) runs the admin
 //!   stage, then `goto {dir}_np` when NetworkPolicy isolates the pod (its
 //!   verdict is final: `return` allows the direction, `drop` denies), else
-//!   the baseline stage; falling off the end allows. A tier's stage is in
+//!   the baseline stage; falling off the end allows. `{dir}_np` splits into
+//!   `{dir}_np_pod` (identity-keyed sets, then the address checks) and
+//!   `{dir}_np_addr` (own node, ipBlocks, rules without peers, drop). A tier's stage is in
 //!   the chains only when the cluster has a policy of that tier.
 //! - **Peer identities.** Every endpoint pod of the cluster (not host-network)
 //!   maps by address to its identity mark in `meta mark` (`identity4`,
@@ -1143,6 +1155,10 @@ fn tier_stage(rules: &mut Vec<Rule>, dir: Dir, t: tier::Tier) {
 /// The policy check of one direction: admin tier, NetworkPolicy (in
 /// `{dir}_np`, entered with `goto`: its verdict is final), baseline tier;
 /// falling off the end allows.
+///
+/// The NetworkPolicy stage is one rule per family: the group lookup writes
+/// `ct mark` and jumps in the same rule, and a miss (not isolated) ends the
+/// rule before either happens, so no reset of `ct mark` is needed.
 fn direction_chain(dir: Dir, stages: Stages) -> Chain {
     let name = dir.name();
     let (own_field, peer_field) = fields(dir);
@@ -1153,14 +1169,23 @@ fn direction_chain(dir: Dir, stages: Stages) -> Chain {
     if stages.admin {
         tier_stage(&mut rules, dir, tier::Tier::Admin);
     }
-    local_group(&mut rules, own_field, &format!("{name}_group"));
-    rules.push(commented(
-        vec![
-            Stmt::is_not(Expr::CtMark, Expr::Int(0)),
-            Stmt::Goto(format!("{name}_np")),
-        ],
-        &format!("isolated for {name}"),
-    ));
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        rules.push(commented(
+            vec![
+                nfproto(v4),
+                Stmt::Assign {
+                    key: Expr::CtMark,
+                    value: Expr::Map {
+                        key: Box::new(addr(v4, own_field)),
+                        map: format!("{name}_group{f}"),
+                    },
+                },
+                Stmt::Goto(format!("{name}_np")),
+            ],
+            &format!("isolated for {name}"),
+        ));
+    }
     if stages.baseline {
         tier_stage(&mut rules, dir, tier::Tier::Baseline);
     }
@@ -1172,15 +1197,67 @@ fn direction_chain(dir: Dir, stages: Stages) -> Chain {
 }
 
 /// The NetworkPolicy check of one direction, for an isolated pod whose
-/// group is in `ct mark`: allowed (`return`) or dropped.
-fn np_chain(dir: Dir) -> Chain {
+/// group is in `ct mark`: allowed (`return`) or dropped. Three chains:
+/// `{dir}_np` looks the peer's identity up into `meta mark` and, for a pod
+/// peer, goes to `{dir}_np_pod` (the identity-keyed sets, then the address
+/// checks); any other peer goes straight to `{dir}_np_addr` (own node,
+/// ipBlocks, rules without peers, else drop). Identity marks are never 0,
+/// so a non-pod peer could not match an identity-keyed set anyway.
+fn np_chains(dir: Dir) -> Vec<Chain> {
     let name = dir.name();
     let (_, peer_field) = fields(dir);
-    let mut rules = Vec::new();
+    let mut np = Vec::new();
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        np.push(commented(
+            vec![
+                nfproto(v4),
+                Stmt::Assign {
+                    key: Expr::Meta(MetaKey::Mark),
+                    value: Expr::Map {
+                        key: Box::new(addr(v4, peer_field)),
+                        map: format!("identity{f}"),
+                    },
+                },
+                Stmt::Goto(format!("{name}_np_pod")),
+            ],
+            "pod peer",
+        ));
+    }
+    np.push(rule(vec![Stmt::Goto(format!("{name}_np_addr"))]));
+
+    let mut pod = Vec::new();
+    let peer_port = || Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]);
+    pod.push(rule(vec![
+        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_port"))),
+        Stmt::Return,
+    ]));
+    pod.push(rule(vec![
+        Stmt::is(
+            Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4()]),
+            Expr::SetRef(format!("{name}_peer_proto")),
+        ),
+        Stmt::Return,
+    ]));
+    pod.push(rule(vec![
+        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_range"))),
+        Stmt::Return,
+    ]));
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        pod.push(rule(vec![
+            nfproto(v4),
+            Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer{f}"))),
+            Stmt::Return,
+        ]));
+    }
+    pod.push(rule(vec![Stmt::Goto(format!("{name}_np_addr"))]));
+
+    let mut by_addr = Vec::new();
     if dir == Dir::Ingress {
         for v4 in [true, false] {
             let f = if v4 { "4" } else { "6" };
-            rules.push(commented(
+            by_addr.push(commented(
                 vec![
                     Stmt::is(addr(v4, "saddr"), Expr::SetRef(format!("own_node{f}"))),
                     Stmt::Return,
@@ -1189,37 +1266,9 @@ fn np_chain(dir: Dir) -> Chain {
             ));
         }
     }
-    peer_identity(&mut rules, peer_field);
-    let peer_port = || Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]);
-    rules.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_port"))),
-        Stmt::Return,
-    ]));
-    rules.push(rule(vec![
-        Stmt::is(
-            Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4()]),
-            Expr::SetRef(format!("{name}_peer_proto")),
-        ),
-        Stmt::Return,
-    ]));
-    rules.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_range"))),
-        Stmt::Return,
-    ]));
     for v4 in [true, false] {
         let f = if v4 { "4" } else { "6" };
-        rules.push(rule(vec![
-            nfproto(v4),
-            Stmt::is(
-                Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]),
-                Expr::SetRef(format!("{name}_peer{f}")),
-            ),
-            Stmt::Return,
-        ]));
-    }
-    for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
-        rules.push(rule(vec![
+        by_addr.push(rule(vec![
             Stmt::is(
                 Expr::Concat(vec![Expr::CtMark, addr(v4, peer_field), l4(), dport()]),
                 Expr::SetRef(format!("{name}_cidr{f}")),
@@ -1227,21 +1276,78 @@ fn np_chain(dir: Dir) -> Chain {
             Stmt::Return,
         ]));
     }
-    rules.push(rule(vec![
+    by_addr.push(rule(vec![
         Stmt::is(
             Expr::Concat(vec![Expr::CtMark, l4(), dport()]),
             Expr::SetRef(format!("{name}_any")),
         ),
         Stmt::Return,
     ]));
-    rules.push(commented(vec![Stmt::Drop], &format!("{name} denied")));
-    Chain {
-        name: format!("{name}_np"),
+    by_addr.push(commented(vec![Stmt::Drop], &format!("{name} denied")));
+    let chain = |suffix: &str, rules| Chain {
+        name: format!("{name}{suffix}"),
         hook: None,
         rules,
-    }
+    };
+    vec![
+        chain("_np", np),
+        chain("_np_pod", pod),
+        chain("_np_addr", by_addr),
+    ]
 }
 
+/// One rule per family: a packet from a local pod interface must carry
+/// one of that pod's addresses (IPv6 link-local and unspecified sources
+/// are exempt: neighbour discovery; the kernel never forwards them).
+fn antispoof_rules(guard: bool) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for v4 in [true, false] {
+        let f = if v4 { "4" } else { "6" };
+        let mut stmts = vec![nfproto(v4)];
+        if guard {
+            stmts.push(Stmt::is(
+                Expr::Meta(MetaKey::Iifname),
+                Expr::SetRef("pod_ifaces".into()),
+            ));
+        }
+        if !v4 {
+            stmts.push(Stmt::is_not(
+                addr(false, "saddr"),
+                Expr::Prefix("fe80::".into(), 10),
+            ));
+            stmts.push(Stmt::is_not(
+                addr(false, "saddr"),
+                Expr::Prefix("::".into(), 128),
+            ));
+        }
+        stmts.push(Stmt::is_not(
+            Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), addr(v4, "saddr")]),
+            Expr::SetRef(format!("pod_src{f}")),
+        ));
+        stmts.push(Stmt::Drop);
+        rules.push(commented(stmts, "spoofed source"));
+    }
+    rules
+}
+
+/// The base chains.
+///
+/// `forward` makes one lookup per packet (`iifname @pod_ifaces`) and sends
+/// what comes from a local pod to `from_pod`: anti-spoofing (one
+/// `iifname . ip saddr` lookup), then conntrack, then egress, then ingress
+/// when the destination is local too. Everything else meets conntrack
+/// directly and, if new and bound for a local pod, the ingress check.
+///
+/// Anti-spoofing stays *before* conntrack, on every packet from a pod,
+/// established or not. Skipping it for established packets would be
+/// unsound: conntrack matches a packet to an entry by its addresses,
+/// protocol and ports only, never by the interface it came in on, so a pod
+/// that sends a packet with exactly the tuple of another pod's connection
+/// (either direction: as that pod, or as its peer answering it) would ride
+/// that entry as `established` and be forwarded. For UDP nothing more is
+/// needed (e.g. a forged DNS answer to a neighbour's query); for TCP
+/// conntrack's window tracking makes it harder, not impossible. The check
+/// costs one hash lookup per packet from a pod and no jump.
 fn chains(stages: Stages) -> Vec<Chain> {
     let from_pod = Stmt::is(
         Expr::Meta(MetaKey::Iifname),
@@ -1269,36 +1375,15 @@ fn chains(stages: Stages) -> Vec<Chain> {
             Stmt::Drop,
         ]),
     ];
-    let mut forward = vec![rule(vec![from_pod.clone(), Stmt::Jump("antispoof".into())])];
-    forward.extend(conntrack);
-    forward.push(rule(vec![from_pod.clone(), Stmt::Jump("egress".into())]));
-    forward.push(rule(vec![to_pod, Stmt::Jump("ingress".into())]));
-    let input = vec![rule(vec![from_pod, Stmt::Jump("antispoof".into())])];
-    let mut antispoof = vec![
-        rule(vec![
-            Stmt::is(addr(false, "saddr"), Expr::Prefix("fe80::".into(), 10)),
-            Stmt::Return,
-        ]),
-        rule(vec![
-            Stmt::is(addr(false, "saddr"), Expr::Prefix("::".into(), 128)),
-            Stmt::Return,
-        ]),
-    ];
-    for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
-        antispoof.push(commented(
-            vec![
-                nfproto(v4),
-                Stmt::is_not(
-                    Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), addr(v4, "saddr")]),
-                    Expr::SetRef(format!("pod_src{f}")),
-                ),
-                Stmt::Drop,
-            ],
-            "spoofed source",
-        ));
-    }
-    vec![
+    let mut forward = vec![rule(vec![from_pod.clone(), Stmt::Goto("from_pod".into())])];
+    forward.extend(conntrack.clone());
+    forward.push(rule(vec![to_pod.clone(), Stmt::Goto("ingress".into())]));
+    let mut pod = antispoof_rules(false);
+    pod.extend(conntrack);
+    pod.push(rule(vec![Stmt::Jump("egress".into())]));
+    pod.push(rule(vec![to_pod, Stmt::Goto("ingress".into())]));
+    let input = antispoof_rules(true);
+    let mut out = vec![
         Chain {
             name: "forward".into(),
             hook: Some(Hook {
@@ -1316,15 +1401,16 @@ fn chains(stages: Stages) -> Vec<Chain> {
             rules: input,
         },
         Chain {
-            name: "antispoof".into(),
+            name: "from_pod".into(),
             hook: None,
-            rules: antispoof,
+            rules: pod,
         },
         direction_chain(Dir::Egress, stages),
-        np_chain(Dir::Egress),
-        direction_chain(Dir::Ingress, stages),
-        np_chain(Dir::Ingress),
-    ]
+    ];
+    out.extend(np_chains(Dir::Egress));
+    out.push(direction_chain(Dir::Ingress, stages));
+    out.extend(np_chains(Dir::Ingress));
+    out
 }
 
 #[cfg(test)]

@@ -58,8 +58,9 @@ pub enum LabCommand {
     /// throughput between two lab pods with no table, a conntrack-only
     /// table, and the ruleset compiled from a synthetic cluster (by default
     /// 10,000 pods and 1,000 policies) in which their flow is allowed by
-    /// rule; also compile and `nft -f` load times. Prints ratios against
-    /// no table, measured in the same run.
+    /// rule; also compile and `nft -f` load times. The setups are
+    /// interleaved over the rounds; prints medians, ranges and ratios
+    /// against no table, measured in the same run.
     Bench {
         #[arg(long, default_value_t = 10_000)]
         pods: usize,
@@ -70,10 +71,12 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 0)]
         admin_policies: usize,
         /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 2.0)]
         seconds: f64,
-        /// Rounds over the three setups (means are reported).
-        #[arg(long, default_value_t = 2)]
+        /// Rounds over the three setups, interleaved in rotating order
+        /// (medians and ranges are reported; 6 rounds put each setup twice
+        /// in each position).
+        #[arg(long, default_value_t = 6)]
         rounds: usize,
         #[arg(long, default_value = "bench")]
         name: String,
