@@ -32,6 +32,9 @@ pub struct RuleBit {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Partition {
     pub(crate) bounds: Vec<u128>,
+    /// The same bounds as u32 when they all fit (IPv4 addresses, ports):
+    /// half the compares' cost on the hot path.
+    narrow: Option<Vec<u32>>,
 }
 
 impl Partition {
@@ -39,12 +42,19 @@ impl Partition {
         bounds.push(0);
         bounds.sort_unstable();
         bounds.dedup();
-        Partition { bounds }
+        let narrow = bounds
+            .iter()
+            .map(|&b| u32::try_from(b).ok())
+            .collect::<Option<Vec<u32>>>();
+        Partition { bounds, narrow }
     }
 
     #[inline]
     pub(crate) fn find(&self, x: u128) -> usize {
-        self.bounds.partition_point(|&b| b <= x) - 1
+        match (&self.narrow, u32::try_from(x)) {
+            (Some(n), Ok(x)) => n.partition_point(|&b| b <= x) - 1,
+            _ => self.bounds.partition_point(|&b| b <= x) - 1,
+        }
     }
 }
 
@@ -78,6 +88,17 @@ pub(crate) fn net_bounds(n: &ipnet::IpNet, out: &mut [Vec<u128>; 2]) {
     }
 }
 
+/// Masks that do not depend on the flow, one per 64 rules, kept together so
+/// a word costs one bounds check and one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+struct WordMeta {
+    any_peer: u64,
+    all_ports: u64,
+    addr: u64,
+    ports: u64,
+    named: u64,
+}
+
 /// Per-identity facts the hot path needs, kept apart from `Identity` so a
 /// verdict touches a few bytes per identity rather than the whole struct.
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,10 +106,8 @@ pub struct Flags {
     pub host_network: bool,
     /// Isolated by NetworkPolicy in this direction.
     pub isolated: bool,
-    /// Whether any of the identity's rules look at addresses, ports or
-    /// named ports: the lookups are skipped when none does.
-    needs_addr: bool,
-    needs_ports: bool,
+    /// Whether any of the identity's rules names a port: the destination's
+    /// named ports are consulted only then.
     needs_named: bool,
 }
 
@@ -109,14 +128,10 @@ pub struct DirClassifier {
     subject_start: Vec<u32>,
     /// Per identity: the rules whose selector peers contain it.
     peer: Vec<u64>,
-    /// Rules that match any peer (no `from`/`to`).
-    any_peer: Vec<u64>,
     /// Per address family: partition of the address space and, per
     /// interval, the rules whose address peers contain it.
     addr: [Partition; 2],
     addr_masks: [Vec<u64>; 2],
-    /// Rules with no ports.
-    all_ports: Vec<u64>,
     /// Per protocol: partition of the port space and masks of rules whose
     /// numeric ports contain it.
     ports: [Partition; 3],
@@ -127,7 +142,9 @@ pub struct DirClassifier {
     named_masks: Vec<u64>,
     named: Vec<Vec<(Protocol, u16, u32)>>,
     flags: Vec<Flags>,
-    zeros: Vec<u64>,
+    /// Per word: rules with no peers, no ports, address peers, numeric
+    /// ports, named ports.
+    meta: Vec<WordMeta>,
 }
 
 fn set_bit(m: &mut [u64], bit: usize) {
@@ -370,15 +387,23 @@ impl DirClassifier {
                 Flags {
                     host_network: id.host_network,
                     isolated: plan_of(dir, id).isolated,
-                    needs_addr: any(&addr_bits),
-                    needs_ports: any(&port_bits),
                     needs_named: any(&named_bits),
                 }
             })
             .collect();
 
+        let meta = (0..width)
+            .map(|i| WordMeta {
+                any_peer: any_peer[i],
+                all_ports: all_ports[i],
+                addr: addr_bits[i],
+                ports: port_bits[i],
+                named: named_bits[i],
+            })
+            .collect();
+
         DirClassifier {
-            zeros: vec![0; width],
+            meta,
             flags,
             width,
             rules,
@@ -387,10 +412,8 @@ impl DirClassifier {
             subject,
             subject_start,
             peer,
-            any_peer,
             addr,
             addr_masks,
-            all_ports,
             ports,
             port_masks,
             named_masks,
@@ -420,20 +443,11 @@ impl DirClassifier {
         let w = self.width;
         let f = self.flags[subject];
         let peer_row = peer.map(|p| &self.peer[p * w..(p + 1) * w]);
-        let addr_row = if f.needs_addr {
-            let (fam, a) = key(peer_ip);
-            let ai = self.addr[fam].find(a);
-            &self.addr_masks[fam][ai * w..(ai + 1) * w]
-        } else {
-            &self.zeros[..]
-        };
-        let port_row = if f.needs_ports {
-            let pi = proto_index(protocol);
-            let pr = self.ports[pi].find(port as u128);
-            &self.port_masks[pi][pr * w..(pr + 1) * w]
-        } else {
-            &self.zeros[..]
-        };
+        // The address and port intervals are looked up only when a
+        // candidate rule needs them: most flows are settled by the
+        // subject and peer masks alone.
+        let mut addr_row: Option<&[u64]> = None;
+        let mut port_row: Option<&[u64]> = None;
         let named: &[(Protocol, u16, u32)] = match named_holder {
             Some(h) if f.needs_named => &self.named[h],
             _ => &[],
@@ -441,14 +455,37 @@ impl DirClassifier {
 
         for &(i, s) in words {
             let i = i as usize;
-            let mut ports = self.all_ports[i] | port_row[i];
-            for &(q, v, row) in named {
-                if q == protocol && v == port {
-                    ports |= self.named_masks[row as usize * w + i];
+            let meta = self.meta[i];
+            let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
+            if s & meta.addr != 0 {
+                let row = *addr_row.get_or_insert_with(|| {
+                    let (fam, a) = key(peer_ip);
+                    let ai = self.addr[fam].find(a);
+                    &self.addr_masks[fam][ai * w..(ai + 1) * w]
+                });
+                peers |= row[i];
+            }
+            let candidates = s & peers;
+            if candidates == 0 {
+                continue;
+            }
+            let mut ports = meta.all_ports;
+            if candidates & meta.ports != 0 {
+                let row = *port_row.get_or_insert_with(|| {
+                    let pi = proto_index(protocol);
+                    let pr = self.ports[pi].find(port as u128);
+                    &self.port_masks[pi][pr * w..(pr + 1) * w]
+                });
+                ports |= row[i];
+            }
+            if candidates & meta.named != 0 {
+                for &(q, v, row) in named {
+                    if q == protocol && v == port {
+                        ports |= self.named_masks[row as usize * w + i];
+                    }
                 }
             }
-            let peers = self.any_peer[i] | addr_row[i] | peer_row.map_or(0, |r| r[i]);
-            let mut c = s & peers & ports;
+            let mut c = candidates & ports;
             while c != 0 {
                 let bit = i * 64 + c.trailing_zeros() as usize;
                 c &= c - 1;
@@ -462,10 +499,11 @@ impl DirClassifier {
                         }
                     }
                 } else if bit < self.np_end {
-                    if m.np.is_none() {
-                        m.np = Some(bit);
-                    }
-                } else if m.baseline.is_none() {
+                    // The first NetworkPolicy match settles an isolated
+                    // pod; baseline rules only apply to pods that are not.
+                    m.np = Some(bit);
+                    return m;
+                } else {
                     m.baseline = Some(bit);
                     return m;
                 }

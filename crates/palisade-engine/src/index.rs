@@ -202,6 +202,8 @@ pub struct Index {
     /// Each pod's node (`Cluster::pods` order), as an index into
     /// `node_address_lists`.
     pub pod_node: Vec<Option<u32>>,
+    /// Each pod's `spec.hostNetwork`, apart from `Pod` for the hot path.
+    pub pod_host_network: Vec<bool>,
     pub node_address_lists: Vec<Vec<IpAddr>>,
     /// Whether some node address is also an endpoint pod's address; when not,
     /// a pod peer can never be "the pod's own node".
@@ -641,6 +643,7 @@ impl Index {
             ip_to_pod,
             node_addresses,
             pod_node,
+            pod_host_network: cluster.pods.iter().map(|p| p.host_network).collect(),
             node_address_lists,
             node_address_is_pod_address,
             port_names,

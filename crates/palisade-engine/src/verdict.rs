@@ -543,7 +543,7 @@ impl Engine {
             return false;
         };
         if let Endpoint::Pod(p) = peer {
-            let host = self.cluster.pods[p].host_network;
+            let host = self.index.pod_host_network[p];
             if host && self.index.pod_node[p] == Some(node) {
                 return true;
             }
