@@ -518,7 +518,15 @@ impl Lab {
                 for pod in self.state.pods.clone() {
                     let mut c = Command::new("ip");
                     c.args(["netns", "exec", &pod.netns]).arg(program);
-                    c.args(["lab", "serve", "--tcp", &join(&tcp), "--udp", &join(&udp)]);
+                    c.args(["lab", "serve"]);
+                    // An empty list is no value at all for the listener's
+                    // command line: pass only what there is.
+                    if !tcp.is_empty() {
+                        c.args(["--tcp", &join(&tcp)]);
+                    }
+                    if !udp.is_empty() {
+                        c.args(["--udp", &join(&udp)]);
+                    }
                     c.stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null());

@@ -260,3 +260,42 @@ fn matrix_table_json_csv_and_workloads() {
         stdout(&o)
     );
 }
+
+/// Regression: a cluster whose pods declare no UDP port made the spawned
+/// listeners exit on an empty `--udp` list, and `lab up` failed.
+#[test]
+fn lab_up_probe_down_from_the_command_line() {
+    if !palisade_lab_is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, nftables)");
+        return;
+    }
+    let name = "clitest";
+    let _ = palisade(&["lab", "down", "--name", name]);
+    let mut up = vec!["lab", "up", "--name", name];
+    up.extend(REFINED);
+    let o = palisade(&up);
+    assert_eq!(o.status.code(), Some(0), "lab up: {}", stderr(&o));
+    let o = palisade(&["lab", "probe", "--name", name, "--ports", "80/TCP,8080/TCP"]);
+    let down = palisade(&["lab", "down", "--name", name]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "lab probe: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains(" 0 disagreement"), "{}", stdout(&o));
+    assert_eq!(down.status.code(), Some(0), "lab down: {}", stderr(&down));
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("pl-clitest-"),
+        "lab namespaces left behind"
+    );
+}
+
+fn palisade_lab_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
