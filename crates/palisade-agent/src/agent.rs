@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_engine::Engine;
+use palisade_k8s::{Located, Object};
 use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, Ruleset};
 use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::delta::{self, Delta};
-use crate::input::Input;
+use crate::fast::{self, Change, Fast};
+use crate::input::{Entry, Input};
 use crate::metrics::{label, Metrics};
 use crate::store::Store;
 
@@ -102,6 +104,9 @@ pub struct SyncReport {
     pub added: usize,
     pub removed: usize,
     pub replaced: bool,
+    /// Taken by the fast path (pod changes that alter no rule: elements
+    /// patched without rebuilding the engine or compiling).
+    pub fast: bool,
     pub elapsed: Duration,
 }
 
@@ -132,6 +137,13 @@ pub struct Agent<B: Backend> {
     kernel_read: bool,
     synced_scopes: BTreeSet<String>,
     never_synced: bool,
+    /// The last full build, for the fast path; `None` until a full sync
+    /// succeeds and whenever the fast path gives up.
+    fast: Option<Fast>,
+    /// Origins changed since the last sync, with their objects then.
+    pending: BTreeMap<String, Option<Vec<Located<Object>>>>,
+    /// Something since the last sync needs a full rebuild (a resync).
+    pending_full: bool,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<Health>>,
 }
@@ -146,6 +158,9 @@ impl<B: Backend> Agent<B> {
             kernel_read: false,
             synced_scopes: BTreeSet::new(),
             never_synced: true,
+            fast: None,
+            pending: BTreeMap::new(),
+            pending_full: false,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Mutex::new(Health::default())),
         }
@@ -206,6 +221,18 @@ impl<B: Backend> Agent<B> {
             Input::Upsert(e) => debug!(origin = %e.origin, "upsert"),
             Input::Delete { origin } => debug!(%origin, "delete"),
         }
+        if self.fast.is_some() {
+            match &input {
+                Input::Upsert(Entry { origin, .. }) | Input::Delete { origin } => {
+                    if !self.pending.contains_key(origin) {
+                        let before = self.store.get(origin).map(<[_]>::to_vec);
+                        self.pending.insert(origin.clone(), before);
+                    }
+                }
+                Input::Resync { .. } => self.pending_full = true,
+                Input::SourceDown { .. } => {}
+            }
+        }
         let applied = self.store.apply(input);
         for problem in &applied.rejected {
             warn!(%problem, "invalid object ignored; its previous version stays in force");
@@ -239,6 +266,12 @@ impl<B: Backend> Agent<B> {
 
     /// The node's ruleset for the current store.
     pub fn desired(&self) -> Result<Ruleset, String> {
+        self.build().map(|(rs, _)| rs)
+    }
+
+    /// The node's ruleset for the current store, and the engine it was
+    /// compiled from.
+    fn build(&self) -> Result<(Ruleset, Engine), String> {
         let (cluster, diags) = self.store.cluster();
         for d in diags.iter().filter(|d| d.is_error()) {
             warn!(problem = %d, "merging objects");
@@ -248,16 +281,114 @@ impl<B: Backend> Agent<B> {
             local: Local::Node(self.cfg.node.clone()),
             interface: interface_name,
         };
-        compile_numbered(&engine, &opts, Numbering::Stable).map_err(|e| e.to_string())
+        let rs = compile_numbered(&engine, &opts, Numbering::Stable).map_err(|e| e.to_string())?;
+        Ok((rs, engine))
     }
 
-    /// Compiles the store and brings the table to it in one transaction.
+    /// Brings the table to the store in one transaction: by the fast path
+    /// when only pods changed and no rule can have (see `fast`), else by
+    /// rebuilding the engine, compiling and diffing.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
         let t0 = Instant::now();
-        let rs = match self.desired() {
-            Ok(rs) => {
+        let pending = std::mem::take(&mut self.pending);
+        let full = std::mem::take(&mut self.pending_full);
+        if !full {
+            if let Some(report) = self.try_fast(pending, t0) {
+                return Ok(report);
+            }
+        }
+        self.fast = None;
+        self.full_sync(t0)
+    }
+
+    /// The pod changes of `pending`, or `None` when an origin holds
+    /// anything else.
+    fn pod_changes(
+        &self,
+        pending: BTreeMap<String, Option<Vec<Located<Object>>>>,
+    ) -> Option<Vec<Change>> {
+        let mut out = Vec::new();
+        for (origin, before) in pending {
+            let after = self.store.get(&origin).unwrap_or_default();
+            let before = before.unwrap_or_default();
+            if before.as_slice() == after {
+                continue;
+            }
+            let mut keys = BTreeSet::new();
+            for o in before.iter().chain(after) {
+                let Object::Pod(p) = &o.value else {
+                    return None;
+                };
+                keys.insert(p.key());
+            }
+            for key in keys {
+                let new = after.iter().find_map(|o| match &o.value {
+                    Object::Pod(p) if p.key() == key => Some(p.clone()),
+                    _ => None,
+                });
+                out.push(Change {
+                    key,
+                    origin: origin.clone(),
+                    new,
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The fast path; `None` when the changes need the full one.
+    fn try_fast(
+        &mut self,
+        pending: BTreeMap<String, Option<Vec<Located<Object>>>>,
+        t0: Instant,
+    ) -> Option<SyncReport> {
+        self.applied.as_ref()?;
+        let changes = self.pod_changes(pending)?;
+        let (Some(fast), Some(applied)) = (self.fast.as_mut(), self.applied.as_ref()) else {
+            return None;
+        };
+        let sets = match fast.plan(applied, changes) {
+            Ok(sets) => sets,
+            Err(reason) => {
+                debug!(reason, "pod change needs a full rebuild");
+                return None;
+            }
+        };
+        if let Some(max) = self.cfg.replace_above_interval_adds {
+            let interval_adds: usize = sets
+                .iter()
+                .filter(|d| applied.set(&d.set).is_some_and(|s| s.interval))
+                .map(|d| d.add.len())
+                .sum();
+            if interval_adds > max {
+                return None;
+            }
+        }
+        let delta = if sets.is_empty() {
+            Delta::Noop
+        } else {
+            Delta::Elements(sets)
+        };
+        let text = delta.to_nft_text(applied);
+        if let Err(e) = self.backend.apply(&delta, &text) {
+            // The kernel is not what we thought: the full path reads it.
+            warn!(error = %e, "element delta failed; re-reading the table");
+            self.metrics.error("apply");
+            self.kernel_read = false;
+            return None;
+        }
+        if let (Some(table), Delta::Elements(sets)) = (self.applied.as_mut(), &delta) {
+            fast::apply_in_place(table, sets);
+        }
+        Some(self.synced(&delta, t0, true))
+    }
+
+    /// Rebuilds the engine, compiles the store and brings the table to it.
+    fn full_sync(&mut self, t0: Instant) -> Result<SyncReport, SyncError> {
+        let (rs, engine) = match self.build() {
+            Ok(built) => {
                 self.health_mut().compile_error = None;
-                rs
+                built
             }
             Err(e) => {
                 warn!(error = %e, "cannot compile; enforcing the last good state");
@@ -306,15 +437,30 @@ impl<B: Backend> Agent<B> {
             self.update_degraded();
             return Err(SyncError::Apply(e.to_string()));
         }
+        let mut rs = rs;
+        for s in &mut rs.sets {
+            // The fast path searches elements by bisection.
+            if !s.elements.is_sorted() {
+                s.elements.sort();
+            }
+        }
+        self.applied = Some(rs);
+        self.fast = Some(Fast::new(engine, &self.store, &self.cfg.node));
+        Ok(self.synced(&delta, t0, false))
+    }
+
+    /// Records a successful sync (metrics, health) and reports it.
+    fn synced(&mut self, delta: &Delta, t0: Instant, fast: bool) -> SyncReport {
         let elapsed = t0.elapsed();
         let (added, removed) = delta.counts();
-        let mode = match &delta {
+        let mode = match delta {
             Delta::Noop => "noop",
             Delta::Elements(_) => "elements",
             Delta::Replace(_) => "replace",
         };
         info!(
             mode,
+            fast,
             added,
             removed,
             ms = elapsed.as_secs_f64() * 1e3,
@@ -332,8 +478,12 @@ impl<B: Backend> Agent<B> {
             .elements_changed
             .get_or_create(&label("change", "removed"))
             .inc_by(removed as u64);
+        self.metrics
+            .syncs
+            .get_or_create(&label("path", if fast { "fast" } else { "full" }))
+            .inc();
         self.metrics.apply_seconds.observe(elapsed.as_secs_f64());
-        for s in &rs.sets {
+        for s in self.applied.iter().flat_map(|rs| &rs.sets) {
             self.metrics
                 .set_elements
                 .get_or_create(&label("set", &s.name))
@@ -343,7 +493,6 @@ impl<B: Backend> Agent<B> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         self.metrics.last_sync.set(now.as_secs_f64());
-        self.applied = Some(rs);
         self.never_synced = false;
         {
             let mut h = self.health_mut();
@@ -351,12 +500,13 @@ impl<B: Backend> Agent<B> {
             h.apply_error = None;
         }
         self.update_degraded();
-        Ok(SyncReport {
+        SyncReport {
             added,
             removed,
             replaced: delta.is_replace(),
+            fast,
             elapsed,
-        })
+        }
     }
 
     /// Learns what the kernel has: when the table's structure is the desired

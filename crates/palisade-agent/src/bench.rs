@@ -52,6 +52,50 @@ pub fn entries(c: &Cluster) -> Vec<Entry> {
     out
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ReplicaHere,
+    ReplicaThere,
+    RelabelHere,
+    RelabelThere,
+    NewWorkload,
+    PolicyAdd,
+}
+
+const KINDS: [Kind; 6] = [
+    Kind::ReplicaHere,
+    Kind::ReplicaThere,
+    Kind::RelabelHere,
+    Kind::RelabelThere,
+    Kind::NewWorkload,
+    Kind::PolicyAdd,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::ReplicaHere => "pod add: replica of a workload, on this node",
+            Kind::ReplicaThere => "pod add: replica of a workload, on another node",
+            Kind::RelabelHere => "pod relabel to another workload's labels, this node",
+            Kind::RelabelThere => "pod relabel to another workload's labels, another node",
+            Kind::NewWorkload => "pod add: new workload, on this node",
+            Kind::PolicyAdd => "policy add",
+        }
+    }
+}
+
+struct Row {
+    kind: &'static str,
+    p50: Duration,
+    p99: Duration,
+    fast: usize,
+    fast_p50: Duration,
+    fast_p99: Duration,
+    full_p50: Duration,
+    changed: usize,
+    replaced: usize,
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     if v.is_empty() {
@@ -144,32 +188,81 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
         ms(percentile(&mut compile_only, 0.5))
     );
 
-    let local: Vec<usize> = (0..cluster.pods.len())
-        .filter(|&i| cluster.pods[i].node.as_deref() == Some(node.as_str()))
-        .collect();
-    let mut results = Vec::new();
-    for kind in ["pod add", "pod relabel", "policy add"] {
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let others: Vec<&String> = nodes.iter().filter(|n| **n != node).collect();
+    let mut rng = synth::Rng::new(params.seed ^ 0xbe7c);
+    let mut fresh = 200_000;
+    let mut rows = Vec::new();
+    let mut fast_all = Vec::new();
+    for kind in KINDS {
         let mut lat = Vec::new();
+        let mut lat_fast = Vec::new();
+        let mut lat_full = Vec::new();
         let mut changed = Vec::new();
         let mut replaced = 0;
         for k in 0..events {
             let obj = match kind {
-                "pod add" => {
-                    let mut p = cluster.pods[local[k % local.len()]].clone();
-                    p.name = format!("bench-{k}");
-                    let i = 200_000 + k;
-                    p.ips = vec![synth::pod_ipv4(i), synth::pod_ipv6(i)];
+                Kind::ReplicaHere | Kind::ReplicaThere => {
+                    // One more replica of a random workload, scheduled here
+                    // or on another node.
+                    let mut p = cluster.pods[rng.below(cluster.pods.len())].clone();
+                    p.name = format!("{}-bench{fresh}", p.name);
+                    p.ips = vec![synth::pod_ipv4(fresh), synth::pod_ipv6(fresh)];
+                    p.node = Some(if kind == Kind::ReplicaHere || others.is_empty() {
+                        node.clone()
+                    } else {
+                        others[rng.below(others.len())].clone()
+                    });
+                    fresh += 1;
+                    cluster.pods.push(p.clone());
                     Object::Pod(p)
                 }
-                "pod relabel" => {
-                    let i = local[(k * 7) % local.len()];
+                Kind::NewWorkload => {
+                    let mut p = cluster.pods[rng.below(cluster.pods.len())].clone();
+                    p.name = format!("bench-new{k}");
+                    p.labels.insert("app".into(), format!("bench-new{k}"));
+                    p.ips = vec![synth::pod_ipv4(fresh), synth::pod_ipv6(fresh)];
+                    p.node = Some(node.clone());
+                    fresh += 1;
+                    cluster.pods.push(p.clone());
+                    Object::Pod(p)
+                }
+                Kind::RelabelHere | Kind::RelabelThere => {
+                    // A pod takes the labels of another workload of its
+                    // namespace with the same container ports.
+                    let here = kind == Kind::RelabelHere;
+                    let i = loop {
+                        let i = rng.below(cluster.pods.len());
+                        if (cluster.pods[i].node.as_deref() == Some(node.as_str())) == here {
+                            break i;
+                        }
+                    };
+                    let p = &cluster.pods[i];
+                    let like = cluster
+                        .pods
+                        .iter()
+                        .filter(|q| {
+                            q.namespace == p.namespace && q.ports == p.ports && q.labels != p.labels
+                        })
+                        .map(|q| q.labels.clone())
+                        .nth(rng.below(4));
                     let p = &mut cluster.pods[i];
-                    let app = format!("app{}", (k + 1) % params.apps_per_namespace.max(1));
-                    p.labels.insert("app".into(), app);
+                    match like {
+                        Some(l) => p.labels = l,
+                        None => {
+                            p.labels.insert("app".into(), format!("bench-relabel{k}"));
+                        }
+                    }
                     Object::Pod(p.clone())
                 }
-                _ => {
-                    let target = &cluster.pods[local[(k * 13) % local.len()]];
+                Kind::PolicyAdd => {
+                    // Isolates a workload that has a pod on this node.
+                    let local: Vec<&palisade_model::Pod> = cluster
+                        .pods
+                        .iter()
+                        .filter(|p| p.node.as_deref() == Some(node.as_str()))
+                        .collect();
+                    let target = local[rng.below(local.len())];
                     Object::NetworkPolicy(NetworkPolicy {
                         namespace: target.namespace.clone(),
                         name: format!("bench-{k}"),
@@ -193,25 +286,66 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
             let t = Instant::now();
             agent.handle(Input::Upsert(entry(obj)));
             let r = agent.sync().map_err(|e| format!("{e:?}"))?;
-            lat.push(t.elapsed());
+            let d = t.elapsed();
+            lat.push(d);
+            if r.fast {
+                lat_fast.push(d);
+                fast_all.push(d);
+            } else {
+                lat_full.push(d);
+            }
             changed.push(r.added + r.removed);
             replaced += usize::from(r.replaced);
         }
-        let p50 = percentile(&mut lat, 0.5);
-        let p99 = percentile(&mut lat, 0.99);
         changed.sort();
-        results.push((kind, p50, p99, changed[changed.len() / 2], replaced));
+        rows.push(Row {
+            kind: kind.name(),
+            p50: percentile(&mut lat, 0.5),
+            p99: percentile(&mut lat, 0.99),
+            fast: lat_fast.len(),
+            fast_p50: percentile(&mut lat_fast, 0.5),
+            fast_p99: percentile(&mut lat_fast, 0.99),
+            full_p50: percentile(&mut lat_full, 0.5),
+            changed: changed[changed.len() / 2],
+            replaced,
+        });
     }
+    let opt = |n: usize, d: Duration| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1} ms", ms(d))
+        }
+    };
     println!();
     println!(
-        "| event | p50 | p99 | elements changed (median) | table replaced | full rebuild / p50 |"
+        "| event | p50 | p99 | fast path | fast p50 | fast p99 | full-path p50 | elements changed (median) | table replaced | full rebuild / p50 |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (kind, p50, p99, ch, rep) in &results {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
         println!(
-            "| {kind} | {:.1} ms | {:.1} ms | {ch} | {rep} of {events} | {:.1}x |",
-            ms(*p50),
-            ms(*p99),
+            "| {} | {:.1} ms | {:.1} ms | {} of {events} | {} | {} | {} | {} | {} of {events} | {:.0}x |",
+            r.kind,
+            ms(r.p50),
+            ms(r.p99),
+            r.fast,
+            opt(r.fast, r.fast_p50),
+            opt(r.fast, r.fast_p99),
+            opt(events - r.fast, r.full_p50),
+            r.changed,
+            r.replaced,
+            full_p50.as_secs_f64() / r.p50.as_secs_f64().max(1e-9)
+        );
+    }
+    let n = fast_all.len();
+    if n > 0 {
+        let p50 = percentile(&mut fast_all, 0.5);
+        println!();
+        println!(
+            "all fast-path events: {n}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; full rebuild + reload / fast p50 = {:.0}x",
+            ms(p50),
+            ms(percentile(&mut fast_all, 0.99)),
+            ms(percentile(&mut fast_all, 1.0)),
             full_p50.as_secs_f64() / p50.as_secs_f64().max(1e-9)
         );
     }

@@ -22,6 +22,11 @@
 //!   ([`palisade_nft::Numbering::Stable`]) and applies only the difference
 //!   ([`delta`]): element additions and removals when only elements differ,
 //!   an atomic `delete table` + re-add when chains or set definitions change.
+//! - **Fast path**: a pod added, deleted or relabelled into an identity that
+//!   already has a member on the same side of the node (and leaving one
+//!   that keeps a member) changes no rule; its elements are copied from that
+//!   sibling's, with the addresses and interface substituted, without
+//!   rebuilding the engine or compiling. Anything else takes the full path.
 //! - **Restart**: the first sync reads the kernel's table, recognises its
 //!   structure by a hash kept in the table comment, and applies only the
 //!   element difference: established connections are never cut.
@@ -33,6 +38,7 @@ pub mod datastore;
 pub mod delta;
 pub mod dir;
 pub mod etcd;
+mod fast;
 pub mod http;
 pub mod input;
 pub mod kernel;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub events: Family<Labels, Counter>,
     /// Transactions applied, by mode (elements, replace).
     pub applies: Family<Labels, Counter>,
+    /// Successful syncs, by path (fast: pod changes patched without a
+    /// rebuild; full: engine rebuilt and compiled).
+    pub syncs: Family<Labels, Counter>,
     /// Elements added and removed by transactions.
     pub elements_changed: Family<Labels, Counter>,
     /// Seconds from the start of a sync to the kernel updated.
@@ -55,6 +58,7 @@ impl Metrics {
             set_elements: Family::default(),
             events: Family::default(),
             applies: Family::default(),
+            syncs: Family::default(),
             elements_changed: Family::default(),
             apply_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             errors: Family::default(),
@@ -78,6 +82,7 @@ impl Metrics {
             "Transactions applied, by mode",
             m.applies.clone(),
         );
+        registry.register("syncs", "Successful syncs, by path", m.syncs.clone());
         registry.register(
             "elements_changed",
             "Elements added or removed by transactions",

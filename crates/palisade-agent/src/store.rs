@@ -122,6 +122,16 @@ impl Store {
         &self.rejected
     }
 
+    /// The good objects of one origin.
+    pub fn get(&self, origin: &str) -> Option<&[Located<Object>]> {
+        self.good.get(origin).map(Vec::as_slice)
+    }
+
+    /// Every origin with its good objects, in origin order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[Located<Object>])> {
+        self.good.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     pub fn origins(&self) -> impl Iterator<Item = &str> {
         self.good.keys().map(String::as_str)
     }
@@ -132,11 +142,21 @@ impl Store {
 
     /// Object counts by kind.
     pub fn counts(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for o in self.objects() {
-            *out.entry(o.value.key().kind).or_insert(0) += 1;
+            let kind = match &o.value {
+                Object::Namespace(_) => "Namespace",
+                Object::Pod(_) => "Pod",
+                Object::Node(_) => "Node",
+                Object::NetworkPolicy(_) => "NetworkPolicy",
+                Object::AdminPolicy(p) => p.kind.as_str(),
+            };
+            *counts.entry(kind).or_insert(0) += 1;
         }
-        out
+        counts
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect()
     }
 
     /// The cluster the good objects describe, with merge problems

@@ -2,6 +2,7 @@
 //! full rebuilds, invalid objects keep the previous version, bursts are
 //! debounced, restarts patch instead of replacing.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use palisade_engine::synth::{self, Params};
 use palisade_k8s::Object;
 use palisade_model::{Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, Rule};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 fn agent(rec: &Recording) -> Agent<Recording> {
     let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
@@ -46,16 +48,24 @@ enum Op {
     AddPolicy(usize, usize, usize),
     DeletePolicy(usize),
     RelabelNamespace(usize, usize),
+    /// One more replica of an existing pod (new name and addresses).
+    ScalePod(usize),
+    /// A pod takes the labels (and, with the flag, the ports) of another
+    /// pod of its namespace.
+    BecomeLike(usize, usize, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..100usize, 0..4usize).prop_map(|(a, b)| Op::AddPod(a, b)),
-        (0..100usize).prop_map(Op::DeletePod),
-        (0..100usize, 0..4usize).prop_map(|(a, b)| Op::RelabelPod(a, b)),
-        (0..100usize, 0..4usize, 0..4usize).prop_map(|(a, b, c)| Op::AddPolicy(a, b, c)),
-        (0..100usize).prop_map(Op::DeletePolicy),
-        (0..100usize, 0..3usize).prop_map(|(a, b)| Op::RelabelNamespace(a, b)),
+        1 => (0..100usize, 0..4usize).prop_map(|(a, b)| Op::AddPod(a, b)),
+        1 => (0..100usize).prop_map(Op::DeletePod),
+        1 => (0..100usize, 0..4usize).prop_map(|(a, b)| Op::RelabelPod(a, b)),
+        1 => (0..100usize, 0..4usize, 0..4usize).prop_map(|(a, b, c)| Op::AddPolicy(a, b, c)),
+        1 => (0..100usize).prop_map(Op::DeletePolicy),
+        1 => (0..100usize, 0..3usize).prop_map(|(a, b)| Op::RelabelNamespace(a, b)),
+        3 => (0..100usize).prop_map(Op::ScalePod),
+        3 => (0..100usize, 0..100usize, any::<bool>()).prop_map(|(a, b, c)| Op::BecomeLike(a, b, c)),
+        2 => (0..100usize).prop_map(Op::DeletePod),
     ]
 }
 
@@ -130,6 +140,27 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
                 origin: origin(&Object::NetworkPolicy(p)),
             }
         }
+        Op::ScalePod(i) => {
+            let mut p: Pod = c.pods.get(i % c.pods.len().max(1))?.clone();
+            p.name = format!("{}-r{n}", p.name);
+            p.ips = vec![synth::pod_ipv4(1000 + *n), synth::pod_ipv6(1000 + *n)];
+            c.pods.push(p.clone());
+            Input::Upsert(entry(Object::Pod(p)))
+        }
+        Op::BecomeLike(i, j, ports) => {
+            let i = i % c.pods.len().max(1);
+            let ns = c.pods.get(i)?.namespace.clone();
+            let same: Vec<usize> = (0..c.pods.len())
+                .filter(|&k| c.pods[k].namespace == ns)
+                .collect();
+            let like = c.pods[same[j % same.len()]].clone();
+            let p = &mut c.pods[i];
+            p.labels = like.labels;
+            if ports {
+                p.ports = like.ports;
+            }
+            Input::Upsert(entry(Object::Pod(p.clone())))
+        }
         Op::RelabelNamespace(i, t) => {
             let key = c.namespaces.keys().nth(i % c.namespaces.len())?.clone();
             let ns = c.namespaces.get_mut(&key)?;
@@ -139,37 +170,127 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+/// After any sequence of events applied incrementally (sometimes in
+/// bursts), the table equals a full rebuild after every sync, and no event
+/// ever replaced the table. Replicas of existing pods and relabels to
+/// existing labels make pod events take the fast path often; it must be
+/// taken, and fall back, at least sometimes.
+#[test]
+fn incremental_equals_full_rebuild() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    let (fast, full) = (Cell::new(0usize), Cell::new(0usize));
+    let strategy = (
+        1u64..1000,
+        prop::collection::vec((op(), any::<bool>()), 1..25),
+    );
+    runner
+        .run(&strategy, |(seed, ops)| {
+            let mut c = synth::cluster(&Params::small(seed));
+            let rec = Recording::new();
+            let mut a = agent(&rec);
+            a.handle(resync(&c));
+            a.sync().unwrap();
+            let mut n = 0;
+            let check = |a: &mut Agent<Recording>, c: &Cluster| -> Result<(), TestCaseError> {
+                let r = a.sync().unwrap();
+                let counter = if r.fast { &fast } else { &full };
+                counter.set(counter.get() + 1);
+                let incremental = rec.state().table.clone().unwrap();
+                prop_assert_eq!(&incremental, &full_rebuild(c));
+                prop_assert_eq!(a.applied(), Some(&incremental));
+                let m = a.metrics().encode();
+                let failed = m.lines().find(|l| l.contains("reason=\"apply\""));
+                prop_assert!(failed.is_none(), "a transaction failed: {:?}", failed);
+                Ok(())
+            };
+            for (op, sync_now) in &ops {
+                if let Some(input) = step(&mut c, &mut n, op) {
+                    a.handle(input);
+                }
+                if *sync_now {
+                    check(&mut a, &c)?;
+                }
+            }
+            check(&mut a, &c)?;
+            let replaces = rec.state().deltas.iter().filter(|d| d.is_replace()).count();
+            prop_assert_eq!(replaces, 1);
+            Ok(())
+        })
+        .unwrap();
+    let (fast, full) = (fast.get(), full.get());
+    eprintln!("syncs: {fast} fast, {full} full");
+    assert!(fast >= 20, "the fast path was taken {fast} times");
+    assert!(full >= 20, "the full path was taken {full} times");
+}
 
-    /// After any sequence of events applied incrementally (sometimes in
-    /// bursts), the table equals a full rebuild of the final state, and no
-    /// event ever replaced the table.
-    #[test]
-    fn incremental_equals_full_rebuild(
-        seed in 1u64..1000,
-        ops in prop::collection::vec((op(), any::<bool>()), 1..25),
-    ) {
-        let mut c = synth::cluster(&Params::small(seed));
-        let rec = Recording::new();
-        let mut a = agent(&rec);
-        a.handle(resync(&c));
-        a.sync().unwrap();
-        let mut n = 0;
-        for (op, sync_now) in &ops {
-            if let Some(input) = step(&mut c, &mut n, op) {
-                a.handle(input);
-            }
-            if *sync_now {
-                a.sync().unwrap();
-            }
-        }
-        a.sync().unwrap();
-        let incremental = rec.state().table.clone().unwrap();
-        prop_assert_eq!(&incremental, &full_rebuild(&c));
-        let replaces = rec.state().deltas.iter().filter(|d| d.is_replace()).count();
-        prop_assert_eq!(replaces, 1);
-    }
+/// Pod events that alter no rule patch elements without a rebuild, and
+/// agree with one.
+#[test]
+fn replicas_and_relabels_take_the_fast_path() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut a = agent(&rec);
+    a.handle(resync(&c));
+    assert!(!a.sync().unwrap().fast);
+    let mut n = 0;
+    let local = c
+        .pods
+        .iter()
+        .position(|p| p.node.as_deref() == Some("node0"))
+        .unwrap();
+    let remote = c
+        .pods
+        .iter()
+        .position(|p| p.node.as_deref() != Some("node0"))
+        .unwrap();
+    let mut expect = |a: &mut Agent<Recording>, c: &mut Cluster, op: Op, fast: Option<bool>| {
+        let input = step(c, &mut n, &op).unwrap();
+        a.handle(input);
+        let r = a.sync().unwrap();
+        assert!(fast.is_none_or(|f| f == r.fast), "{op:?}: {r:?}");
+        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)), "{op:?}");
+    };
+    // A replica of a local pod (fast if it already had a local sibling);
+    // then it has one: further replicas and their removal are fast.
+    expect(&mut a, &mut c, Op::ScalePod(local), None);
+    expect(&mut a, &mut c, Op::ScalePod(local), Some(true));
+    let last = c.pods.len() - 1;
+    expect(&mut a, &mut c, Op::DeletePod(last), Some(true));
+    // The same on the remote side (identity marks only).
+    expect(&mut a, &mut c, Op::ScalePod(remote), None);
+    expect(&mut a, &mut c, Op::ScalePod(remote), Some(true));
+    let last = c.pods.len() - 1;
+    expect(&mut a, &mut c, Op::DeletePod(last), Some(true));
+    // A relabel to labels no pod has: a new identity, the full path.
+    let original = c.pods[local].labels.clone();
+    expect(&mut a, &mut c, Op::ScalePod(local), Some(true));
+    expect(&mut a, &mut c, Op::ScalePod(local), Some(true));
+    let r1 = c.pods.len() - 2;
+    let relabel = |a: &mut Agent<Recording>, c: &mut Cluster, i: usize, labels| {
+        c.pods[i].labels = labels;
+        a.handle(Input::Upsert(entry(Object::Pod(c.pods[i].clone()))));
+        let r = a.sync().unwrap();
+        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)));
+        r.fast
+    };
+    let mut other = original.clone();
+    other.insert("app".into(), "app-other".into());
+    assert!(!relabel(&mut a, &mut c, local, other.clone()));
+    // Relabels between two existing identities, both keeping a member.
+    assert!(relabel(&mut a, &mut c, r1, other));
+    assert!(relabel(&mut a, &mut c, r1, original));
+    let m = a.metrics().encode();
+    assert!(
+        m.contains("palisade_agent_syncs_total{path=\"fast\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("palisade_agent_syncs_total{path=\"full\"}"),
+        "{m}"
+    );
 }
 
 fn cluster() -> Cluster {
