@@ -638,6 +638,26 @@ pub fn compile_numbered(
     let mut ingress_of: BTreeMap<usize, u32> = BTreeMap::new();
     let ingress_rules = |pi: usize| idx.policies[pi].ingress.as_deref().unwrap_or_default();
     let egress_rules = |pi: usize| idx.policies[pi].egress.as_deref().unwrap_or_default();
+    // A local identity's ingress group: its isolating policies and how the
+    // named ports they use resolve on it (ingress resolves on the pod).
+    let ingress_key = |id: usize| -> Option<(Vec<usize>, Vec<Option<u16>>)> {
+        let ident = &idx.identities[id];
+        if ident.ingress_policies.is_empty() {
+            return None;
+        }
+        let r = rep(id);
+        let named = ident
+            .ingress_policies
+            .iter()
+            .flat_map(|&pi| ingress_rules(pi).iter())
+            .flat_map(|rule| rule.ports.iter().flatten())
+            .filter_map(|s| match s {
+                PortSpec::Named { protocol, name } => Some(r.named_port(name, *protocol)),
+                _ => None,
+            })
+            .collect();
+        Some((ident.ingress_policies.clone(), named))
+    };
     {
         let mut e_keys = BTreeSet::new();
         let mut i_keys = BTreeMap::new();
@@ -646,21 +666,8 @@ pub fn compile_numbered(
             if !ident.egress_policies.is_empty() {
                 e_keys.insert(ident.egress_policies.clone());
             }
-            if !ident.ingress_policies.is_empty() {
-                let r = rep(id);
-                let named: Vec<Option<u16>> = ident
-                    .ingress_policies
-                    .iter()
-                    .flat_map(|&pi| ingress_rules(pi).iter())
-                    .flat_map(|rule| rule.ports.iter().flatten())
-                    .filter_map(|s| match s {
-                        PortSpec::Named { protocol, name } => Some(r.named_port(name, *protocol)),
-                        _ => None,
-                    })
-                    .collect();
-                i_keys
-                    .entry((ident.ingress_policies.clone(), named))
-                    .or_insert(id);
+            if let Some(key) = ingress_key(id) {
+                i_keys.entry(key).or_insert(id);
             }
         }
         let e_keys: Vec<Vec<usize>> = e_keys.into_iter().collect();
@@ -683,19 +690,8 @@ pub fn compile_numbered(
             if let Some(&g) = egress_groups.get(&ident.egress_policies) {
                 egress_of.insert(id, g);
             }
-            if !ident.ingress_policies.is_empty() {
-                let r = rep(id);
-                let named: Vec<Option<u16>> = ident
-                    .ingress_policies
-                    .iter()
-                    .flat_map(|&pi| ingress_rules(pi).iter())
-                    .flat_map(|rule| rule.ports.iter().flatten())
-                    .filter_map(|s| match s {
-                        PortSpec::Named { protocol, name } => Some(r.named_port(name, *protocol)),
-                        _ => None,
-                    })
-                    .collect();
-                let (g, _) = ingress_groups[&(ident.ingress_policies.clone(), named)];
+            if let Some(key) = ingress_key(id) {
+                let (g, _) = ingress_groups[&key];
                 ingress_of.insert(id, g);
             }
         }
