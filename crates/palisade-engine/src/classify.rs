@@ -132,6 +132,9 @@ pub struct DirClassifier {
     /// interval, the rules whose address peers contain it.
     addr: [Partition; 2],
     addr_masks: [Vec<u64>; 2],
+    /// Per identity and family: the interval row of its members' first
+    /// address (`u32::MAX`: none).
+    id_addr_row: Vec<[u32; 2]>,
     /// Per protocol: partition of the port space and masks of rules whose
     /// numeric ports contain it.
     ports: [Partition; 3],
@@ -155,6 +158,7 @@ impl DirClassifier {
     pub fn build(
         dir: Direction,
         identities: &[Identity],
+        first_ips: &[[Option<IpAddr>; 2]],
         sets: &[IdSet],
         matchers: &[AddressMatcher],
         port_names: usize,
@@ -310,6 +314,15 @@ impl DirClassifier {
             masks
         });
 
+        // Members of an identity share the address class of their first
+        // address per family, hence its interval's mask row.
+        let id_addr_row = first_ips
+            .iter()
+            .map(|ips| {
+                [0, 1].map(|fam| ips[fam].map_or(u32::MAX, |ip| addr[fam].find(key(&ip).1) as u32))
+            })
+            .collect();
+
         let ports = Protocol::ALL.map(|proto| {
             let mut b = Vec::new();
             for &(_, p, s, e) in &port_rules {
@@ -403,6 +416,7 @@ impl DirClassifier {
             .collect();
 
         DirClassifier {
+            id_addr_row,
             meta,
             flags,
             width,
@@ -429,6 +443,7 @@ impl DirClassifier {
         &self,
         subject: usize,
         peer: Option<usize>,
+        peer_primary: bool,
         peer_ip: &IpAddr,
         protocol: Protocol,
         port: u16,
@@ -459,8 +474,11 @@ impl DirClassifier {
             let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
             if s & meta.addr != 0 {
                 let row = *addr_row.get_or_insert_with(|| {
-                    let (fam, a) = key(peer_ip);
-                    let ai = self.addr[fam].find(a);
+                    let fam = usize::from(peer_ip.is_ipv6());
+                    let ai = match peer {
+                        Some(p) if peer_primary => self.id_addr_row[p][fam] as usize,
+                        _ => self.addr[fam].find(key(peer_ip).1),
+                    };
                     &self.addr_masks[fam][ai * w..(ai + 1) * w]
                 });
                 peers |= row[i];

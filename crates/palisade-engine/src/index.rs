@@ -620,10 +620,18 @@ impl Index {
             .flat_map(|n| &n.addresses)
             .any(|a| ip_to_pod.contains_key(a));
 
+        let first_ips: Vec<[Option<IpAddr>; 2]> = identities
+            .iter()
+            .map(|id| {
+                let ips = &cluster.pods[id.members[0]].ips;
+                [first_of_family(ips, true), first_of_family(ips, false)]
+            })
+            .collect();
         let classifiers = [Direction::Ingress, Direction::Egress].map(|dir| {
             crate::classify::DirClassifier::build(
                 dir,
                 &identities,
+                &first_ips,
                 &sets,
                 &b.matchers,
                 port_names.len(),

@@ -29,6 +29,11 @@ pub struct Flow {
     pub dst_ip: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+    /// Whether `src_ip` / `dst_ip` is its pod's first address of its
+    /// family, the one the pod's identity was classified by: the verdict
+    /// then reuses the identity's address class instead of looking the
+    /// address up.
+    pub(crate) primary: (bool, bool),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -233,6 +238,7 @@ impl Engine {
                     dst_ip: d,
                     protocol,
                     port,
+                    primary: (true, true),
                 });
             }
         }
@@ -280,13 +286,18 @@ impl Engine {
                     )
                 })
         };
+        let (src_ip, dst_ip) = (pick(s, sip)?, pick(d, dip)?);
+        let first = |e: Endpoint, ip: IpAddr| {
+            self.ips_of(&e).iter().find(|a| a.is_ipv4() == v4) == Some(&ip)
+        };
         Ok(Flow {
             src: s,
             dst: d,
-            src_ip: pick(s, sip)?,
-            dst_ip: pick(d, dip)?,
+            src_ip,
+            dst_ip,
             protocol,
             port,
+            primary: (first(s, src_ip), first(d, dst_ip)),
         })
     }
 
@@ -308,6 +319,7 @@ impl Engine {
             dst_ip: d,
             protocol,
             port,
+            primary: (true, true),
         })
     }
 
@@ -402,9 +414,9 @@ impl Engine {
     /// subject is not a policy subject (an address, a host-network pod).
     #[inline]
     fn classified(&self, dir: Direction, flow: &Flow) -> Option<Classified<'_>> {
-        let (subject, peer, peer_ip) = match dir {
-            Direction::Ingress => (flow.dst, flow.src, flow.src_ip),
-            Direction::Egress => (flow.src, flow.dst, flow.dst_ip),
+        let (subject, peer, peer_ip, peer_primary) = match dir {
+            Direction::Ingress => (flow.dst, flow.src, flow.src_ip, flow.primary.0),
+            Direction::Egress => (flow.src, flow.dst, flow.dst_ip, flow.primary.1),
         };
         let Endpoint::Pod(sp) = subject else {
             return None;
@@ -429,6 +441,7 @@ impl Engine {
         let matches = cls.classify(
             idn as usize,
             peer_id.map(|i| i as usize),
+            peer_primary,
             &peer_ip,
             flow.protocol,
             flow.port,
