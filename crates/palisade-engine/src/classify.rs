@@ -442,9 +442,7 @@ impl DirClassifier {
     pub fn classify(
         &self,
         subject: usize,
-        peer: Option<usize>,
-        peer_primary: bool,
-        peer_ip: &IpAddr,
+        peer: Peer<'_>,
         protocol: Protocol,
         port: u16,
         named_holder: Option<usize>,
@@ -457,7 +455,7 @@ impl DirClassifier {
         }
         let w = self.width;
         let f = self.flags[subject];
-        let peer_row = peer.map(|p| &self.peer[p * w..(p + 1) * w]);
+        let peer_row = peer.identity.map(|p| &self.peer[p * w..(p + 1) * w]);
         // The address and port intervals are looked up only when a
         // candidate rule needs them: most flows are settled by the
         // subject and peer masks alone.
@@ -474,10 +472,10 @@ impl DirClassifier {
             let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
             if s & meta.addr != 0 {
                 let row = *addr_row.get_or_insert_with(|| {
-                    let fam = usize::from(peer_ip.is_ipv6());
-                    let ai = match peer {
-                        Some(p) if peer_primary => self.id_addr_row[p][fam] as usize,
-                        _ => self.addr[fam].find(key(peer_ip).1),
+                    let fam = usize::from(peer.ip.is_ipv6());
+                    let ai = match peer.identity {
+                        Some(p) if peer.primary => self.id_addr_row[p][fam] as usize,
+                        _ => self.addr[fam].find(key(peer.ip).1),
                     };
                     &self.addr_masks[fam][ai * w..(ai + 1) * w]
                 });
@@ -542,6 +540,16 @@ impl DirClassifier {
     pub fn action(&self, bit: usize) -> AdminAction {
         self.rules[bit].rule.action
     }
+}
+
+/// The other side of a flow, as the classifier sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer<'a> {
+    /// Its identity, when it is an endpoint pod.
+    pub identity: Option<usize>,
+    /// Whether `ip` is that pod's first address of its family.
+    pub primary: bool,
+    pub ip: &'a IpAddr,
 }
 
 /// The first matching rule bit of each tier.

@@ -440,9 +440,11 @@ impl Engine {
         };
         let matches = cls.classify(
             idn as usize,
-            peer_id.map(|i| i as usize),
-            peer_primary,
-            &peer_ip,
+            crate::classify::Peer {
+                identity: peer_id.map(|i| i as usize),
+                primary: peer_primary,
+                ip: &peer_ip,
+            },
             flow.protocol,
             flow.port,
             holder.map(|i| i as usize),
