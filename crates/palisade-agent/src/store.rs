@@ -99,9 +99,19 @@ impl Store {
             return messages;
         }
         let present: BTreeSet<String> = objects.iter().map(|o| o.value.key().to_string()).collect();
+        let known: BTreeSet<String> = previous
+            .into_iter()
+            .flatten()
+            .map(|p| p.value.key().to_string())
+            .chain(present.iter().cloned())
+            .collect();
+        // An error that names no object we know (a broken object whose name
+        // is itself missing or wrong) could stand for any previous object:
+        // keep every previous object the new version does not replace.
+        let keep_all = named.iter().any(|n| !known.contains(*n));
         for p in previous.into_iter().flatten() {
             let k = p.value.key().to_string();
-            if named.contains(k.as_str()) && !present.contains(&k) {
+            if (keep_all || named.contains(k.as_str())) && !present.contains(&k) {
                 objects.push(p.clone());
             }
         }
@@ -164,5 +174,36 @@ impl Store {
     pub fn cluster(&self) -> (Cluster, Vec<Diagnostic>) {
         let loaded = palisade_k8s::assemble(self.objects().cloned().collect());
         (loaded.cluster, loaded.diagnostics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &[u8] = b"apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nstatus: {phase: Running, podIP: 10.9.0.1}\n";
+
+    /// Regression: an object so broken that its name is missing (as written
+    /// straight into etcd) named no known object, and the previous version
+    /// of the origin was dropped instead of kept.
+    #[test]
+    fn a_nameless_broken_object_keeps_the_previous_version() {
+        let mut store = Store::new();
+        let origin = "etcd:/palisade/v1/Pod/shop/web".to_string();
+        let good = Entry::decode_bytes(origin.clone(), "web.yaml", WEB);
+        assert!(good.errors.is_empty());
+        store.apply(Input::Upsert(good));
+        let bad = Entry::decode_json(
+            origin.clone(),
+            "web.json",
+            serde_json::json!({"kind": "Pod"}),
+        );
+        assert!(!bad.errors.is_empty() && bad.objects.is_empty());
+        let applied = store.apply(Input::Upsert(bad));
+        assert!(!applied.rejected.is_empty());
+        assert!(!applied.changed, "the previous version must stay");
+        let kept = store.get(&origin).expect("previous version kept");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].value.key().to_string(), "Pod shop/web");
     }
 }
