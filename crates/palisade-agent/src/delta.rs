@@ -48,24 +48,10 @@ pub const STRUCTURE_COMMENT: &str = "palisade structure ";
 /// The name of the marker set (never referenced by a rule).
 pub const MARKER_SET: &str = "agent_structure";
 
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
 /// A hash of everything but the elements: chains, and each set's name, key
 /// and data types, flags and comment, in order.
 pub fn structure_hash(rs: &Ruleset) -> String {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut h = palisade_nft::Fnv::new();
     for s in &rs.sets {
         format!(
             "{:?}{:?}{:?}{}{}",

@@ -125,7 +125,7 @@ pub use ir::{
     FAMILY, TABLE,
 };
 
-pub use numbering::Numbering;
+pub use numbering::{Fnv, Numbering};
 
 use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
 use palisade_engine::{Direction, Engine};

@@ -29,8 +29,21 @@ pub enum Numbering {
     Stable,
 }
 
-/// FNV-1a, 64 bits.
-struct Fnv(u64);
+/// FNV-1a, 64 bits: a hash that is the same in every process and release,
+/// unlike the standard library's, so it can be stored in the kernel.
+pub struct Fnv(u64);
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv::new()
+    }
+}
 
 impl Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -45,7 +58,7 @@ impl Hasher for Fnv {
 }
 
 fn hash64<K: Hash + ?Sized>(k: &K) -> u64 {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut h = Fnv::new();
     k.hash(&mut h);
     h.finish()
 }
