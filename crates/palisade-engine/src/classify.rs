@@ -135,10 +135,13 @@ pub struct DirClassifier {
     /// Per identity and family: the interval row of its members' first
     /// address (`u32::MAX`: none).
     id_addr_row: Vec<[u32; 2]>,
-    /// Per protocol: partition of the port space and masks of rules whose
-    /// numeric ports contain it.
-    ports: [Partition; 3],
+    /// Per protocol: per interval of the partition of the port space at
+    /// the rules' port boundaries, the rules whose numeric ports contain it.
     port_masks: [Vec<u64>; 3],
+    /// Per protocol and port: the offset of its mask row in `port_masks`
+    /// (the partition's answer, precomputed: one load instead of a binary
+    /// search over the rules' port boundaries).
+    port_row: [Box<[u32]>; 3],
     /// Masks of rules that match a destination's named port; per identity,
     /// the `(protocol, port, mask row)` of each of its named ports that
     /// some rule names.
@@ -415,7 +418,15 @@ impl DirClassifier {
             })
             .collect();
 
+        let port_row = [0, 1, 2].map(|pi| {
+            let part: &Partition = &ports[pi];
+            (0..=u16::MAX)
+                .map(|p| (part.find(p as u128) * width) as u32)
+                .collect()
+        });
+
         DirClassifier {
+            port_row,
             id_addr_row,
             meta,
             flags,
@@ -428,7 +439,6 @@ impl DirClassifier {
             peer,
             addr,
             addr_masks,
-            ports,
             port_masks,
             named_masks,
             named,
@@ -438,7 +448,9 @@ impl DirClassifier {
     /// The rule bits a flow matches, in evaluation order: the first in the
     /// admin range, whether any in the NetworkPolicy range, the first in the
     /// baseline range.
-    #[inline]
+    // Inlined so that `Matches` stays in registers: returned through memory
+    // it costs a store-forwarding stall per direction on the hot path.
+    #[inline(always)]
     pub fn classify(
         &self,
         subject: usize,
@@ -455,31 +467,31 @@ impl DirClassifier {
         }
         let w = self.width;
         let f = self.flags[subject];
-        let peer_row = peer.identity.map(|p| &self.peer[p * w..(p + 1) * w]);
-        // The address and port intervals are looked up only when a
-        // candidate rule needs them: most flows are settled by the
-        // subject and peer masks alone.
-        let mut addr_row: Option<&[u64]> = None;
-        let mut port_row: Option<&[u64]> = None;
         let named: &[(Protocol, u16, u32)] = match named_holder {
             Some(h) if f.needs_named => &self.named[h],
             _ => &[],
         };
+        let peer_row = peer.identity.map(|p| &self.peer[p * w..(p + 1) * w]);
+        // The address and port intervals are looked up only when a
+        // candidate rule needs them: most flows are settled by the
+        // subject and peer masks alone.
+        let fam = usize::from(peer.ip.is_ipv6());
+        let mut addr_at = usize::MAX;
+        let mut port_at = usize::MAX;
+        let pi = proto_index(protocol);
 
         for &(i, s) in words {
             let i = i as usize;
-            let meta = self.meta[i];
+            let meta = &self.meta[i];
             let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
             if s & meta.addr != 0 {
-                let row = *addr_row.get_or_insert_with(|| {
-                    let fam = usize::from(peer.ip.is_ipv6());
-                    let ai = match peer.identity {
+                if addr_at == usize::MAX {
+                    addr_at = w * match peer.identity {
                         Some(p) if peer.primary => self.id_addr_row[p][fam] as usize,
                         _ => self.addr[fam].find(key(peer.ip).1),
                     };
-                    &self.addr_masks[fam][ai * w..(ai + 1) * w]
-                });
-                peers |= row[i];
+                }
+                peers |= self.addr_masks[fam][addr_at + i];
             }
             let candidates = s & peers;
             if candidates == 0 {
@@ -487,12 +499,10 @@ impl DirClassifier {
             }
             let mut ports = meta.all_ports;
             if candidates & meta.ports != 0 {
-                let row = *port_row.get_or_insert_with(|| {
-                    let pi = proto_index(protocol);
-                    let pr = self.ports[pi].find(port as u128);
-                    &self.port_masks[pi][pr * w..(pr + 1) * w]
-                });
-                ports |= row[i];
+                if port_at == usize::MAX {
+                    port_at = self.port_row[pi][port as usize] as usize;
+                }
+                ports |= self.port_masks[pi][port_at + i];
             }
             if candidates & meta.named != 0 {
                 for &(q, v, row) in named {
@@ -505,27 +515,34 @@ impl DirClassifier {
             while c != 0 {
                 let bit = i * 64 + c.trailing_zeros() as usize;
                 c &= c - 1;
-                if bit < self.admin_end {
-                    if m.admin.is_none() {
-                        m.admin = Some(bit);
-                        // Allow and Deny are final: nothing after them
-                        // can change the verdict.
-                        if self.rules[bit].rule.action != AdminAction::Pass {
-                            return m;
-                        }
-                    }
-                } else if bit < self.np_end {
-                    // The first NetworkPolicy match settles an isolated
-                    // pod; baseline rules only apply to pods that are not.
-                    m.np = Some(bit);
-                    return m;
-                } else {
-                    m.baseline = Some(bit);
+                if self.take(&mut m, bit) {
                     return m;
                 }
             }
         }
         m
+    }
+
+    /// Records a matching rule bit (bits arrive in evaluation order);
+    /// `true` when nothing after it can change the verdict.
+    #[inline]
+    fn take(&self, m: &mut Matches, bit: usize) -> bool {
+        if bit < self.admin_end {
+            if m.admin.is_none() {
+                m.admin = Some(bit);
+                // Allow and Deny are final.
+                return self.rules[bit].rule.action != AdminAction::Pass;
+            }
+            false
+        } else if bit < self.np_end {
+            // The first NetworkPolicy match settles an isolated pod;
+            // baseline rules only apply to pods that are not.
+            m.np = Some(bit);
+            true
+        } else {
+            m.baseline = Some(bit);
+            true
+        }
     }
 
     #[inline]

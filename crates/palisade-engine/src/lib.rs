@@ -23,12 +23,21 @@ use palisade_model::Cluster;
 pub struct Engine {
     cluster: Cluster,
     index: Index,
+    /// Tells this engine's flows from other engines' (see `Resolved`).
+    stamp: u32,
 }
+
+static STAMPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl Engine {
     pub fn new(cluster: Cluster) -> Engine {
         let index = Index::build(&cluster);
-        Engine { cluster, index }
+        let stamp = STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Engine {
+            cluster,
+            index,
+            stamp,
+        }
     }
 
     pub fn cluster(&self) -> &Cluster {

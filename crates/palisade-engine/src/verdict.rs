@@ -34,6 +34,31 @@ pub struct Flow {
     /// then reuses the identity's address class instead of looking the
     /// address up.
     pub(crate) primary: (bool, bool),
+    pub(crate) resolved: Resolved,
+}
+
+/// The identities of a flow's pods, resolved when the engine built the
+/// flow, so that a verdict does not look them up again. Valid only for the
+/// engine that built it (another engine may group pods differently), which
+/// the stamp checks. Not part of a flow's identity: two flows that differ
+/// only here are the same flow.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Resolved {
+    stamp: u32,
+    src: Option<u32>,
+    dst: Option<u32>,
+}
+
+impl PartialEq for Resolved {
+    fn eq(&self, _: &Resolved) -> bool {
+        true
+    }
+}
+
+impl Eq for Resolved {}
+
+impl std::hash::Hash for Resolved {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -239,6 +264,7 @@ impl Engine {
                     protocol,
                     port,
                     primary: (true, true),
+                    resolved: self.resolve(src, dst),
                 });
             }
         }
@@ -298,6 +324,7 @@ impl Engine {
             protocol,
             port,
             primary: (first(s, src_ip), first(d, dst_ip)),
+            resolved: self.resolve(s, d),
         })
     }
 
@@ -320,6 +347,7 @@ impl Engine {
             protocol,
             port,
             primary: (true, true),
+            resolved: self.resolve(src, dst),
         })
     }
 
@@ -339,14 +367,48 @@ impl Engine {
     /// The fast path: no reasons, no allocation.
     #[inline]
     pub fn allowed(&self, flow: &Flow) -> bool {
-        self.allowed_in(Direction::Egress, flow) && self.allowed_in(Direction::Ingress, flow)
+        let ids = self.identities_of(flow);
+        self.allowed_with(Direction::Egress, flow, ids)
+            && self.allowed_with(Direction::Ingress, flow, ids)
     }
 
     /// [`Engine::outcome`]`(dir, flow).allowed()` without building the
     /// explanation; the property tests hold the two equal.
     #[inline]
     pub fn allowed_in(&self, dir: Direction, flow: &Flow) -> bool {
-        let Some(c) = self.classified(dir, flow) else {
+        self.allowed_with(dir, flow, self.identities_of(flow))
+    }
+
+    fn resolve(&self, src: Endpoint, dst: Endpoint) -> Resolved {
+        Resolved {
+            stamp: self.stamp,
+            src: self.identity_of(src),
+            dst: self.identity_of(dst),
+        }
+    }
+
+    #[inline(always)]
+    fn identity_of(&self, e: Endpoint) -> Option<u32> {
+        match e {
+            Endpoint::Pod(p) => self.index.pod_identity[p],
+            Endpoint::Ip(_) => None,
+        }
+    }
+
+    /// The identities of the flow's source and destination pods.
+    #[inline(always)]
+    fn identities_of(&self, flow: &Flow) -> (Option<u32>, Option<u32>) {
+        let r = &flow.resolved;
+        if r.stamp == self.stamp {
+            (r.src, r.dst)
+        } else {
+            (self.identity_of(flow.src), self.identity_of(flow.dst))
+        }
+    }
+
+    #[inline(always)]
+    fn allowed_with(&self, dir: Direction, flow: &Flow, ids: (Option<u32>, Option<u32>)) -> bool {
+        let Some(c) = self.classified_with(dir, flow, ids) else {
             return true;
         };
         let (cls, m) = (c.cls, c.matches);
@@ -414,14 +476,38 @@ impl Engine {
     /// subject is not a policy subject (an address, a host-network pod).
     #[inline]
     fn classified(&self, dir: Direction, flow: &Flow) -> Option<Classified<'_>> {
-        let (subject, peer, peer_ip, peer_primary) = match dir {
-            Direction::Ingress => (flow.dst, flow.src, flow.src_ip, flow.primary.0),
-            Direction::Egress => (flow.src, flow.dst, flow.dst_ip, flow.primary.1),
+        self.classified_with(dir, flow, self.identities_of(flow))
+    }
+
+    #[inline(always)]
+    fn classified_with(
+        &self,
+        dir: Direction,
+        flow: &Flow,
+        (src_id, dst_id): (Option<u32>, Option<u32>),
+    ) -> Option<Classified<'_>> {
+        let (subject, subject_id, peer, peer_id, peer_ip, peer_primary) = match dir {
+            Direction::Ingress => (
+                flow.dst,
+                dst_id,
+                flow.src,
+                src_id,
+                flow.src_ip,
+                flow.primary.0,
+            ),
+            Direction::Egress => (
+                flow.src,
+                src_id,
+                flow.dst,
+                dst_id,
+                flow.dst_ip,
+                flow.primary.1,
+            ),
         };
         let Endpoint::Pod(sp) = subject else {
             return None;
         };
-        let idn = self.index.pod_identity[sp]?;
+        let idn = subject_id?;
         let cls = &self.index.classifiers[match dir {
             Direction::Ingress => 0,
             Direction::Egress => 1,
@@ -430,14 +516,7 @@ impl Engine {
         if flags.host_network {
             return None;
         }
-        let peer_id = match peer {
-            Endpoint::Pod(p) => self.index.pod_identity[p],
-            Endpoint::Ip(_) => None,
-        };
-        let holder = match flow.dst {
-            Endpoint::Pod(d) => self.index.pod_identity[d],
-            Endpoint::Ip(_) => None,
-        };
+        let holder = dst_id;
         let matches = cls.classify(
             idn as usize,
             crate::classify::Peer {
@@ -607,10 +686,6 @@ impl Engine {
                     .name
             );
         }
-        let port = crate::PortProto {
-            port: flow.port,
-            protocol: flow.protocol,
-        };
         let _ = match o.decision {
             Decision::NotSubject => {
                 let why = match subject {
@@ -654,24 +729,55 @@ impl Engine {
                     Direction::Ingress => "from",
                     Direction::Egress => "to",
                 };
-                let _ = write!(
-                    s,
-                    "{dir} allowed by {}/{} rule {rule} ({fromto} ",
-                    p.namespace, p.name
-                );
-                let _ = match pe {
-                    Some(i) => write!(s, "peer {i}, "),
-                    None => write!(s, "any peer, "),
+                s.push_str(dir);
+                s.push_str(" allowed by ");
+                s.push_str(&p.namespace);
+                s.push('/');
+                s.push_str(&p.name);
+                s.push_str(" rule ");
+                push_usize(&mut s, rule);
+                s.push_str(" (");
+                s.push_str(fromto);
+                s.push(' ');
+                match pe {
+                    Some(i) => {
+                        s.push_str("peer ");
+                        push_usize(&mut s, i);
+                        s.push_str(", ");
+                    }
+                    None => s.push_str("any peer, "),
+                }
+                let push_port = |s: &mut String| {
+                    push_u32(s, flow.port.into());
+                    s.push('/');
+                    s.push_str(flow.protocol.as_str());
+                    s.push(')');
                 };
                 match po.and_then(|i| rules.get(rule)?.ports.as_ref()?.get(i)) {
-                    Some(PortSpec::Named { name, .. }) => write!(s, "port {name}={port})"),
-                    Some(PortSpec::Range { start, end, .. }) if start != end => {
-                        write!(s, "ports {start}-{end}/{}, {port})", flow.protocol)
+                    Some(PortSpec::Named { name, .. }) => {
+                        s.push_str("port ");
+                        s.push_str(name);
+                        s.push('=');
                     }
-                    Some(PortSpec::AllPorts(_)) => write!(s, "any {} port, {port})", flow.protocol),
-                    _ if po.is_none() => write!(s, "any port, {port})"),
-                    _ => write!(s, "port {port})"),
+                    Some(PortSpec::Range { start, end, .. }) if start != end => {
+                        s.push_str("ports ");
+                        push_u32(&mut s, (*start).into());
+                        s.push('-');
+                        push_u32(&mut s, (*end).into());
+                        s.push('/');
+                        s.push_str(flow.protocol.as_str());
+                        s.push_str(", ");
+                    }
+                    Some(PortSpec::AllPorts(_)) => {
+                        s.push_str("any ");
+                        s.push_str(flow.protocol.as_str());
+                        s.push_str(" port, ");
+                    }
+                    _ if po.is_none() => s.push_str("any port, "),
+                    _ => s.push_str("port "),
                 }
+                push_port(&mut s);
+                Ok(())
             }
             Decision::Denied => {
                 let ident = match subject {
@@ -753,31 +859,84 @@ impl Engine {
     }
 }
 
-fn push_u32(s: &mut String, mut n: u32) {
+/// Decimal digits of 0..1000 and their count: address octets, ports and
+/// rule numbers, on the audit tools' hot path.
+const DEC: [([u8; 3], u8); 1000] = {
+    let mut t = [([0u8; 3], 0u8); 1000];
+    let mut n = 0;
+    while n < 1000 {
+        t[n] = if n >= 100 {
+            (
+                [
+                    b'0' + (n / 100) as u8,
+                    b'0' + (n / 10 % 10) as u8,
+                    b'0' + (n % 10) as u8,
+                ],
+                3,
+            )
+        } else if n >= 10 {
+            ([b'0' + (n / 10) as u8, b'0' + (n % 10) as u8, 0], 2)
+        } else {
+            ([b'0' + n as u8, 0, 0], 1)
+        };
+        n += 1;
+    }
+    t
+};
+
+/// Appends ASCII bytes.
+fn push_ascii(s: &mut String, b: &[u8]) {
+    s.push_str(std::str::from_utf8(b).unwrap_or_default());
+}
+
+fn push_u32(s: &mut String, n: u32) {
     let mut buf = [0u8; 10];
     let mut i = buf.len();
+    let mut n = n;
     loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        if n < 1000 {
+            let (d, l) = DEC[n as usize];
+            let l = l as usize;
+            i -= l;
+            buf[i..i + l].copy_from_slice(&d[..l]);
             break;
         }
+        i -= 3;
+        // A lower group is always three digits, with leading zeros.
+        let r = n % 1000;
+        buf[i] = b'0' + (r / 100) as u8;
+        buf[i + 1] = b'0' + (r / 10 % 10) as u8;
+        buf[i + 2] = b'0' + (r % 10) as u8;
+        n /= 1000;
     }
-    for &b in &buf[i..] {
-        s.push(b as char);
+    push_ascii(s, &buf[i..]);
+}
+
+fn push_usize(s: &mut String, n: usize) {
+    match u32::try_from(n) {
+        Ok(n) => push_u32(s, n),
+        Err(_) => {
+            let _ = write!(s, "{n}");
+        }
     }
 }
 
 fn push_ip(s: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
             for (i, o) in a.octets().into_iter().enumerate() {
                 if i > 0 {
-                    s.push('.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                push_u32(s, o.into());
+                let (d, l) = DEC[o as usize];
+                let l = l as usize;
+                buf[n..n + l].copy_from_slice(&d[..l]);
+                n += l;
             }
+            push_ascii(s, &buf[..n]);
         }
         IpAddr::V6(a) => {
             let _ = write!(s, "{a}");
@@ -823,6 +982,7 @@ mod tests {
             "10.0.2.1",
             "255.255.255.255",
             "192.168.100.9",
+            "1.20.3.100",
             "fd00::1:2",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
@@ -830,7 +990,7 @@ mod tests {
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string());
         }
-        for n in [0u32, 7, 10, 65535, u32::MAX] {
+        for n in (0..70_000).chain([100_007, 1_000_000, 4_000_000_009, u32::MAX]) {
             let mut s = String::new();
             push_u32(&mut s, n);
             assert_eq!(s, n.to_string());
