@@ -49,6 +49,20 @@ impl Partition {
         Partition { bounds, narrow }
     }
 
+    /// For a partition of the port space: per port, `width` times its
+    /// interval (the offset of its mask row).
+    fn port_table(&self, width: usize) -> Box<[u32]> {
+        // Bounds are sorted and start at 0: interval `i` runs up to the
+        // next bound.
+        let b = &self.bounds;
+        let mut row = Vec::with_capacity(1 << 16);
+        for (i, &start) in b.iter().enumerate() {
+            let end = b.get(i + 1).map_or(1 << 16, |&e| e.min(1 << 16));
+            row.extend((start..end).map(|_| (i * width) as u32));
+        }
+        row.into_boxed_slice()
+    }
+
     #[inline]
     pub(crate) fn find(&self, x: u128) -> usize {
         match (&self.narrow, u32::try_from(x)) {
@@ -418,12 +432,7 @@ impl DirClassifier {
             })
             .collect();
 
-        let port_row = [0, 1, 2].map(|pi| {
-            let part: &Partition = &ports[pi];
-            (0..=u16::MAX)
-                .map(|p| (part.find(p as u128) * width) as u32)
-                .collect()
-        });
+        let port_row = [0, 1, 2].map(|pi| ports[pi].port_table(width));
 
         DirClassifier {
             port_row,
@@ -575,4 +584,30 @@ pub struct Matches {
     pub admin: Option<usize>,
     pub np: Option<usize>,
     pub baseline: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_table_agrees_with_the_partition() {
+        for bounds in [
+            vec![],
+            vec![80, 81],
+            vec![1, 1000, 65535],
+            vec![0, 443, 444, 65536],
+        ] {
+            let part = Partition::new(bounds);
+            let row = part.port_table(3);
+            assert_eq!(row.len(), 1 << 16);
+            for p in 0..=u16::MAX {
+                assert_eq!(
+                    row[p as usize] as usize,
+                    3 * part.find(p as u128),
+                    "port {p}"
+                );
+            }
+        }
+    }
 }

@@ -47,6 +47,12 @@ pub struct BenchConfig {
     /// Rounds over (no table, conntrack only, full ruleset), each in the
     /// order [`round_order`] gives.
     pub rounds: usize,
+    /// Pause after each table swap, before measuring: replacing a table of
+    /// tens of thousands of elements leaves the kernel deferred work (the
+    /// old table's elements are freed after an RCU grace period, hash sets
+    /// are resized by a worker) that would otherwise run on the same cores
+    /// as the measurement and be charged to whichever setup comes next.
+    pub settle: Duration,
     /// Lab name.
     pub lab: String,
 }
@@ -123,6 +129,7 @@ pub struct Report {
     /// block it (`Some(true)`)?
     pub denied_blocked: Option<(u16, bool)>,
     pub duration: Duration,
+    pub settle: Duration,
 }
 
 /// The median of `v` (the mean of the two middle values for an even count).
@@ -314,11 +321,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "({} rounds of {:.1} s per measurement, setups interleaved in rotating order; \
-             medians over rounds; ratio: of medians against (a); paired: median of the \
-             per-round ratios against (a))",
+            "({} rounds of {:.1} s per measurement, each {:.1} s after its table swap, setups \
+             interleaved in rotating order; medians over rounds; ratio: of medians against (a); \
+             paired: median of the per-round ratios against (a))",
             self.of(Setup::NoTable).len(),
-            self.duration.as_secs_f64()
+            self.duration.as_secs_f64(),
+            self.settle.as_secs_f64()
         );
         for setup in Setup::ALL {
             let _ = writeln!(
@@ -738,6 +746,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                     denied_blocked = Some((p, !reached));
                 }
             }
+            std::thread::sleep(cfg.settle);
             let m = measure(&lab, &client, &listener, dst, cfg.duration)?;
             measures[k].1.push(m);
         }
@@ -758,5 +767,6 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         measures,
         denied_blocked,
         duration: cfg.duration,
+        settle: cfg.settle,
     })
 }

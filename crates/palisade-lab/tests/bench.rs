@@ -23,6 +23,7 @@ fn bench_runs_on_a_tiny_cluster() {
         },
         duration: Duration::from_millis(100),
         rounds: 1,
+        settle: Duration::ZERO,
         lab: "benchsmoke".into(),
     };
     let r = run(&cfg, &mut |_| {}).unwrap();

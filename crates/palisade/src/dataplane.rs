@@ -78,6 +78,12 @@ pub enum LabCommand {
         /// in each position).
         #[arg(long, default_value_t = 6)]
         rounds: usize,
+        /// Seconds to wait after each table swap before measuring, so that
+        /// the kernel's deferred work from replacing a large table (freeing
+        /// the old elements, resizing hash sets) is not charged to the
+        /// measurement.
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
         #[arg(long, default_value = "bench")]
         name: String,
     },
@@ -231,6 +237,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             admin_policies,
             seconds,
             rounds,
+            settle,
             name,
         } => {
             if !palisade_lab::sys::is_root() {
@@ -250,6 +257,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                 params,
                 duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
                 rounds,
+                settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
                 lab: name,
             };
             let report = palisade_lab::bench::run(&cfg, &mut |m| eprintln!("... {m}"))?;

@@ -1,0 +1,13 @@
+//! Prints the ruleset of one node of the large synthetic cluster:
+//! `cargo run --release -p palisade-nft --example synth_ruleset -- node1`
+use palisade_engine::synth::{self, Params};
+use palisade_engine::Engine;
+
+fn main() {
+    let node = std::env::args().nth(1).unwrap_or_else(|| "node1".into());
+    let engine = Engine::new(synth::cluster(&Params::large()));
+    match palisade_nft::compile(&engine, Some(&node)) {
+        Ok(r) => print!("{}", r.to_nft_text()),
+        Err(e) => eprintln!("{e}"),
+    }
+}
