@@ -146,9 +146,10 @@ pub struct DirClassifier {
     /// interval, the rules whose address peers contain it.
     addr: [Partition; 2],
     addr_masks: [Vec<u64>; 2],
-    /// Per identity and family: the interval row of its members' first
-    /// address (`u32::MAX`: none).
-    id_addr_row: Vec<[u32; 2]>,
+    /// Per family and identity: its `peer` row ORed with the address row
+    /// of its members' first address of that family: the whole peer side
+    /// of a flow from or to a pod at that address, in one row.
+    peer_full: [Vec<u64>; 2],
     /// Per protocol: per interval of the partition of the port space at
     /// the rules' port boundaries, the rules whose numeric ports contain it.
     port_masks: [Vec<u64>; 3],
@@ -332,8 +333,9 @@ impl DirClassifier {
         });
 
         // Members of an identity share the address class of their first
-        // address per family, hence its interval's mask row.
-        let id_addr_row = first_ips
+        // address per family, hence its interval's mask row (`u32::MAX`:
+        // none).
+        let id_addr_row: Vec<[u32; 2]> = first_ips
             .iter()
             .map(|ips| {
                 [0, 1].map(|fam| ips[fam].map_or(u32::MAX, |ip| addr[fam].find(key(&ip).1) as u32))
@@ -434,9 +436,23 @@ impl DirClassifier {
 
         let port_row = [0, 1, 2].map(|pi| ports[pi].port_table(width));
 
+        let peer_full = [0, 1].map(|fam| {
+            let mut rows = peer.clone();
+            for (id, at) in id_addr_row.iter().enumerate() {
+                let a: u32 = at[fam];
+                if a != u32::MAX {
+                    let (a, w) = (a as usize, width);
+                    for i in 0..w {
+                        rows[id * w + i] |= addr_masks[fam][a * w + i];
+                    }
+                }
+            }
+            rows
+        });
+
         DirClassifier {
+            peer_full,
             port_row,
-            id_addr_row,
             meta,
             flags,
             width,
@@ -480,11 +496,15 @@ impl DirClassifier {
             Some(h) if f.needs_named => &self.named[h],
             _ => &[],
         };
-        let peer_row = peer.identity.map(|p| &self.peer[p * w..(p + 1) * w]);
         // The address and port intervals are looked up only when a
         // candidate rule needs them: most flows are settled by the
         // subject and peer masks alone.
         let fam = usize::from(peer.ip.is_ipv6());
+        let (peer_row, addr_known) = match peer.identity {
+            Some(p) if peer.primary => (Some(&self.peer_full[fam][p * w..(p + 1) * w]), true),
+            Some(p) => (Some(&self.peer[p * w..(p + 1) * w]), false),
+            None => (None, false),
+        };
         let mut addr_at = usize::MAX;
         let mut port_at = usize::MAX;
         let pi = proto_index(protocol);
@@ -493,12 +513,9 @@ impl DirClassifier {
             let i = i as usize;
             let meta = &self.meta[i];
             let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
-            if s & meta.addr != 0 {
+            if !addr_known && s & meta.addr != 0 {
                 if addr_at == usize::MAX {
-                    addr_at = w * match peer.identity {
-                        Some(p) if peer.primary => self.id_addr_row[p][fam] as usize,
-                        _ => self.addr[fam].find(key(peer.ip).1),
-                    };
+                    addr_at = w * self.addr[fam].find(key(peer.ip).1);
                 }
                 peers |= self.addr_masks[fam][addr_at + i];
             }
