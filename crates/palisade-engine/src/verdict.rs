@@ -674,7 +674,9 @@ impl Engine {
             Direction::Ingress => (flow.dst, flow.src),
             Direction::Egress => (flow.src, flow.dst),
         };
-        let mut s = String::with_capacity(160);
+        // Room for the longest usual sentence, which names every isolating
+        // policy: growing it would cost a reallocation per reason.
+        let mut s = String::with_capacity(320);
         if let Some((ai, ri)) = o.passed {
             let _ = write!(
                 s,
@@ -859,57 +861,22 @@ impl Engine {
     }
 }
 
-/// Decimal digits of 0..1000 and their count: address octets, ports and
-/// rule numbers, on the audit tools' hot path.
-const DEC: [([u8; 3], u8); 1000] = {
-    let mut t = [([0u8; 3], 0u8); 1000];
-    let mut n = 0;
-    while n < 1000 {
-        t[n] = if n >= 100 {
-            (
-                [
-                    b'0' + (n / 100) as u8,
-                    b'0' + (n / 10 % 10) as u8,
-                    b'0' + (n % 10) as u8,
-                ],
-                3,
-            )
-        } else if n >= 10 {
-            ([b'0' + (n / 10) as u8, b'0' + (n % 10) as u8, 0], 2)
-        } else {
-            ([b'0' + n as u8, 0, 0], 1)
-        };
-        n += 1;
-    }
-    t
-};
-
-/// Appends ASCII bytes.
-fn push_ascii(s: &mut String, b: &[u8]) {
-    s.push_str(std::str::from_utf8(b).unwrap_or_default());
-}
+/// Decimal forms of 0..1000: address octets, ports and rule numbers are
+/// mostly below 1000, and reasons are on the audit tools' hot path.
+static DEC: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..1000u32).map(|n| n.to_string()).collect());
 
 fn push_u32(s: &mut String, n: u32) {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        if n < 1000 {
-            let (d, l) = DEC[n as usize];
-            let l = l as usize;
-            i -= l;
-            buf[i..i + l].copy_from_slice(&d[..l]);
-            break;
-        }
-        i -= 3;
-        // A lower group is always three digits, with leading zeros.
-        let r = n % 1000;
-        buf[i] = b'0' + (r / 100) as u8;
-        buf[i + 1] = b'0' + (r / 10 % 10) as u8;
-        buf[i + 2] = b'0' + (r % 10) as u8;
-        n /= 1000;
+    if n < 1000 {
+        s.push_str(&DEC[n as usize]);
+        return;
     }
-    push_ascii(s, &buf[i..]);
+    push_u32(s, n / 1000);
+    // Lower groups are three digits, with leading zeros.
+    let r = n % 1000;
+    s.push(char::from(b'0' + (r / 100) as u8));
+    s.push(char::from(b'0' + (r / 10 % 10) as u8));
+    s.push(char::from(b'0' + (r % 10) as u8));
 }
 
 fn push_usize(s: &mut String, n: usize) {
@@ -924,19 +891,14 @@ fn push_usize(s: &mut String, n: usize) {
 fn push_ip(s: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => {
-            let mut buf = [0u8; 15];
-            let mut n = 0;
-            for (i, o) in a.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                let (d, l) = DEC[o as usize];
-                let l = l as usize;
-                buf[n..n + l].copy_from_slice(&d[..l]);
-                n += l;
-            }
-            push_ascii(s, &buf[..n]);
+            let [a, b, c, d] = a.octets();
+            s.push_str(&DEC[a as usize]);
+            s.push('.');
+            s.push_str(&DEC[b as usize]);
+            s.push('.');
+            s.push_str(&DEC[c as usize]);
+            s.push('.');
+            s.push_str(&DEC[d as usize]);
         }
         IpAddr::V6(a) => {
             let _ = write!(s, "{a}");
