@@ -148,12 +148,7 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
     );
     let mut cfg = AgentConfig::new(&node, vec![SCOPE.to_string()]);
     cfg.debounce = Duration::ZERO;
-    let mut agent = Agent::new(
-        cfg,
-        Nft {
-            netns: Some(ns.to_string()),
-        },
-    );
+    let mut agent = Agent::new(cfg, Nft::new(Some(ns.to_string())));
     let t = Instant::now();
     agent.handle(Input::Resync {
         scope: SCOPE.into(),
@@ -174,11 +169,9 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
         let rs = agent.desired()?;
         compile_only.push(t.elapsed());
         let d = Delta::Replace(Box::new(rs.clone()));
-        Nft {
-            netns: Some(ns.to_string()),
-        }
-        .apply(&d, &delta::replace_text(&rs))
-        .map_err(|e| e.to_string())?;
+        Nft::new(Some(ns.to_string()))
+            .apply(&d, &delta::replace_text(&rs))
+            .map_err(|e| e.to_string())?;
         full.push(t.elapsed());
     }
     let full_p50 = percentile(&mut full, 0.5);
