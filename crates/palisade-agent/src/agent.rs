@@ -10,7 +10,7 @@ use palisade_k8s::{Located, Object};
 use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, Ruleset};
 use tracing::{debug, info, warn};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::delta::{self, Delta};
 use crate::fast::{self, Change, Fast};
 use crate::input::{Entry, Input};
@@ -108,6 +108,8 @@ pub struct SyncReport {
     /// patched without rebuilding the engine or compiling).
     pub fast: bool,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent in the backend's transactions.
+    pub apply: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +146,8 @@ pub struct Agent<B: Backend> {
     pending: BTreeMap<String, Option<Vec<Located<Object>>>>,
     /// Something since the last sync needs a full rebuild (a resync).
     pending_full: bool,
+    /// Time in the backend's transactions during the current sync.
+    apply_time: Duration,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<Health>>,
 }
@@ -161,6 +165,7 @@ impl<B: Backend> Agent<B> {
             fast: None,
             pending: BTreeMap::new(),
             pending_full: false,
+            apply_time: Duration::ZERO,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Mutex::new(Health::default())),
         }
@@ -290,6 +295,7 @@ impl<B: Backend> Agent<B> {
     /// rebuilding the engine, compiling and diffing.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
         let t0 = Instant::now();
+        self.apply_time = Duration::ZERO;
         let pending = std::mem::take(&mut self.pending);
         let full = std::mem::take(&mut self.pending_full);
         if !full {
@@ -370,7 +376,7 @@ impl<B: Backend> Agent<B> {
             Delta::Elements(sets)
         };
         let text = delta.to_nft_text(applied);
-        if let Err(e) = self.backend.apply(&delta, &text) {
+        if let Err(e) = self.apply(&delta, &text) {
             // The kernel is not what we thought: the full path reads it.
             warn!(error = %e, "element delta failed; re-reading the table");
             self.metrics.error("apply");
@@ -416,17 +422,17 @@ impl<B: Backend> Agent<B> {
                 delta = Delta::Replace(Box::new(rs.clone()));
             }
         }
-        let mut result = self.backend.apply(&delta, &delta.to_nft_text(&rs));
+        let mut result = self.apply(&delta, &delta.to_nft_text(&rs));
         if let (Err(e), Delta::Elements(_)) = (&result, &delta) {
             // The kernel is not what we thought: read it again, then replace.
             warn!(error = %e, "element delta failed; re-reading the table");
             self.metrics.error("apply");
             self.read_kernel(&rs);
             delta = delta::diff(self.applied.as_ref(), &rs);
-            result = self.backend.apply(&delta, &delta.to_nft_text(&rs));
+            result = self.apply(&delta, &delta.to_nft_text(&rs));
             if result.is_err() && !delta.is_replace() {
                 delta = Delta::Replace(Box::new(rs.clone()));
-                result = self.backend.apply(&delta, &delta.to_nft_text(&rs));
+                result = self.apply(&delta, &delta.to_nft_text(&rs));
             }
         }
         if let Err(e) = result {
@@ -506,7 +512,16 @@ impl<B: Backend> Agent<B> {
             replaced: delta.is_replace(),
             fast,
             elapsed,
+            apply: self.apply_time,
         }
+    }
+
+    /// One transaction, timed.
+    fn apply(&mut self, delta: &Delta, text: &str) -> Result<(), BackendError> {
+        let t = Instant::now();
+        let r = self.backend.apply(delta, text);
+        self.apply_time += t.elapsed();
+        r
     }
 
     /// Learns what the kernel has: when the table's structure is the desired

@@ -1,11 +1,15 @@
 //! Where transactions go: the kernel (`nft`), nowhere (dry run), or memory
 //! (tests).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use palisade_nft::Ruleset;
+use tracing::{debug, warn};
 
 use crate::delta::{self, Delta};
 use crate::kernel::KernelTable;
@@ -30,12 +34,70 @@ pub trait Backend: Send {
 }
 
 /// The kernel, through `nft`, optionally inside a network namespace.
-#[derive(Clone, Debug, Default)]
+///
+/// Element deltas go to one long-lived `nft -i` (see [`Session`]): no
+/// process is started and no netlink socket opened or closed per
+/// transaction. This matters: closing an nf_tables netlink socket after a
+/// transaction that deleted anything waits for the kernel's deferred
+/// destruction of what was deleted (several milliseconds), and starting
+/// `ip netns exec … nft` costs a few more. Table replacements, rare and
+/// large, still run `nft -f -`; so does, once more, any transaction the
+/// session rejects: it changed nothing, so `nft -f` fails the same way and
+/// its error text is reported (or, if the kernel changed in between,
+/// succeeds). If `nft -i` cannot be used at all, every transaction runs
+/// `nft -f -`.
+#[derive(Debug, Default)]
 pub struct Nft {
-    pub netns: Option<String>,
+    netns: Option<String>,
+    session: Option<Session>,
+    /// `nft -i` failed its first transaction: not tried again.
+    no_session: bool,
+    counts: NftCounts,
 }
 
+/// How an [`Nft`] backend's transactions ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NftCounts {
+    /// Committed through the long-lived `nft -i`.
+    pub session: u64,
+    /// Run with `nft -f -` (replacements, and transactions the session
+    /// rejected or could not run), whatever their outcome.
+    pub once: u64,
+    /// `nft -i` processes started.
+    pub sessions_started: u64,
+}
+
+impl Clone for Nft {
+    /// A clone talks to the same namespace through its own `nft` process.
+    fn clone(&self) -> Nft {
+        Nft::new(self.netns.clone())
+    }
+}
+
+/// Transactions run by one `nft -i` before it is replaced by a fresh one:
+/// nft keeps every input line in its (libedit) history, in memory.
+const SESSION_TRANSACTIONS: u64 = 10_000;
+
 impl Nft {
+    /// `nft` in the network namespace `netns` (`ip netns exec`), or in the
+    /// agent's own.
+    pub fn new(netns: Option<String>) -> Nft {
+        Nft {
+            netns,
+            session: None,
+            no_session: false,
+            counts: NftCounts::default(),
+        }
+    }
+
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    pub fn counts(&self) -> NftCounts {
+        self.counts
+    }
+
     fn command(&self) -> Command {
         match &self.netns {
             Some(ns) => {
@@ -46,13 +108,10 @@ impl Nft {
             None => Command::new("nft"),
         }
     }
-}
 
-impl Backend for Nft {
-    fn apply(&mut self, _delta: &Delta, text: &str) -> Result<(), BackendError> {
-        if text.is_empty() {
-            return Ok(());
-        }
+    /// One transaction through `nft -f -`.
+    fn apply_once(&mut self, text: &str) -> Result<(), BackendError> {
+        self.counts.once += 1;
         let spawn = |e| BackendError::Spawn {
             cmd: "nft -f -".into(),
             source: e,
@@ -78,6 +137,212 @@ impl Backend for Nft {
                 err.lines().take(6).collect::<Vec<_>>().join("; "),
             ))
         }
+    }
+
+    /// One transaction through the long-lived session, started if needed.
+    /// `Ok(false)`: not committed (rejected, or no session), and nothing
+    /// changed. `Err`: the session failed in the middle of the transaction,
+    /// which may or may not have been committed.
+    fn apply_in_session(&mut self, text: &str) -> Result<bool, BackendError> {
+        if self.no_session {
+            return Ok(false);
+        }
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.serial >= SESSION_TRANSACTIONS)
+        {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            let mut c = self.command();
+            c.arg("-i");
+            match Session::start(c) {
+                Ok(s) => {
+                    self.session = Some(s);
+                    self.counts.sessions_started += 1;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot use a long-lived nft -i; running nft -f for every transaction");
+                    self.no_session = true;
+                    return Ok(false);
+                }
+            }
+        }
+        let session = self.session.as_mut().expect("started");
+        match session.run(text) {
+            Ok(out) if out.is_empty() => {
+                self.counts.session += 1;
+                Ok(true)
+            }
+            Ok(out) => {
+                debug!(output = %out.trim_end(), "nft -i did not take the transaction");
+                Ok(false)
+            }
+            Err(e) => {
+                self.session = None;
+                Err(BackendError::Spawn {
+                    cmd: "nft -i".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// A long-lived `nft -i` (one process, one netlink socket).
+///
+/// A transaction is written to a private file, and nft is sent one line,
+/// `include "<file>"`: nft runs each input line as one batch, one atomic
+/// kernel transaction, with the included text parsed as part of it. (The
+/// text itself as one line would do too, but libedit reads its input one
+/// byte per system call: about 1 µs a byte; an include is read in blocks.)
+/// The file is unlinked as soon as it is created and reached through
+/// `/proc/<agent>/fd/<n>`: nothing is left behind, nobody else can write it.
+///
+/// nft says nothing on success and writes errors to standard error; `nft
+/// -i` neither stops on errors nor has an exit status per line. So each
+/// transaction line is followed by a *sentinel* line, `=palisade-sync-<n>`,
+/// which nft cannot parse (no command starts with `=`) and which touches
+/// nothing: its syntax error (the sentinel echoed, then a caret line) is
+/// the last thing nft writes for that transaction, since it runs lines in
+/// order. Whatever standard error holds before it is the transaction's own
+/// output: empty means committed. nft writes nothing to standard output
+/// for element commands.
+#[derive(Debug)]
+struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stderr: ChildStderr,
+    file: File,
+    /// The file as nft opens it.
+    path: String,
+    serial: u64,
+}
+
+impl Session {
+    /// Starts `nft -i` and checks that it reads the transaction file.
+    fn start(mut cmd: Command) -> std::io::Result<Session> {
+        let file = unlinked_file()?;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let mut child = cmd
+            // No history file read or written.
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let mut s = Session {
+            child,
+            stdin,
+            stderr,
+            file,
+            path,
+            serial: 0,
+        };
+        let out = s.run("")?;
+        if out.is_empty() {
+            Ok(s)
+        } else {
+            Err(std::io::Error::other(format!(
+                "nft -i does not read {}: {}",
+                s.path,
+                out.trim_end()
+            )))
+        }
+    }
+
+    /// Runs one transaction; returns what nft wrote for it (empty:
+    /// committed).
+    fn run(&mut self, text: &str) -> std::io::Result<String> {
+        self.file.set_len(0)?;
+        self.file.write_all_at(text.as_bytes(), 0)?;
+        self.serial += 1;
+        let sentinel = format!("=palisade-sync-{}", self.serial);
+        let input = format!("include \"{}\"\n{sentinel}\n", self.path);
+        self.stdin.write_all(input.as_bytes())?;
+        self.stdin.flush()?;
+        let needle = format!("\n{sentinel}\n");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(pos) = find(&buf, needle.as_bytes()) {
+                if buf[pos + needle.len()..].contains(&b'\n') {
+                    // The sentinel's error: the line before the sentinel,
+                    // the sentinel and the caret line after it.
+                    let start = buf[..pos]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    return Ok(String::from_utf8_lossy(&buf[..start]).into_owned());
+                }
+            }
+            let n = self.stderr.read(&mut chunk)?;
+            if n == 0 {
+                let said = String::from_utf8_lossy(&buf);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("nft exited: {}", said.trim_end()),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Between transactions: nothing is lost.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new file, only the agent's, already unlinked.
+fn unlinked_file() -> std::io::Result<File> {
+    let dir = std::env::temp_dir();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = dir.join(format!(
+            ".palisade-agent-{}-{nanos:x}-{attempt}.nft",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("attempted"))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Backend for Nft {
+    fn apply(&mut self, delta: &Delta, text: &str) -> Result<(), BackendError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if matches!(delta, Delta::Elements(_)) && self.apply_in_session(text)? {
+            return Ok(());
+        }
+        self.apply_once(text)
     }
 
     fn read(&mut self) -> Result<Option<KernelTable>, BackendError> {

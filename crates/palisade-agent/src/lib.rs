@@ -27,6 +27,11 @@
 //!   that keeps a member) changes no rule; its elements are copied from that
 //!   sibling's, with the addresses and interface substituted, without
 //!   rebuilding the engine or compiling. Anything else takes the full path.
+//! - **Applying**: element deltas go to one long-lived `nft -i` in the
+//!   node's network namespace, one atomic transaction per sync
+//!   ([`backend::Nft`]): no process start and no netlink socket close per
+//!   event (closing one after a deletion waits for the kernel's deferred
+//!   destruction). Table replacements run `nft -f -`.
 //! - **Restart**: the first sync reads the kernel's table, recognises its
 //!   structure by a hash kept in the table comment, and applies only the
 //!   element difference: established connections are never cut.
@@ -47,7 +52,7 @@ pub mod metrics;
 pub mod store;
 
 pub use agent::{Agent, AgentConfig, Health};
-pub use backend::{Backend, BackendError, DryRun, Nft, Recording};
+pub use backend::{Backend, BackendError, DryRun, Nft, NftCounts, Recording};
 pub use delta::Delta;
 pub use input::{Entry, Input};
 pub use store::Store;

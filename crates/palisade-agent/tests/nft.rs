@@ -2,13 +2,16 @@
 //! with the reason printed otherwise): element deltas are accepted by nft,
 //! and a restarted agent reads the table back and patches it.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
-use palisade_agent::backend::Backend;
+use palisade_agent::backend::{Backend, BackendError};
 use palisade_agent::bench::{entries, entry, SCOPE};
-use palisade_agent::{Agent, AgentConfig, Input, Nft};
+use palisade_agent::delta::{self, SetDelta};
+use palisade_agent::{Agent, AgentConfig, Delta, Input, Nft};
 use palisade_engine::synth::{self, Params};
 use palisade_k8s::Object;
+use palisade_nft::{Element, Ruleset, Set, Type, Value, Verdict};
 
 struct Netns(String);
 
@@ -46,9 +49,7 @@ fn unsafe_uid() -> u32 {
 fn agent(ns: &Netns) -> Agent<Nft> {
     Agent::new(
         AgentConfig::new("node0", vec![SCOPE.to_string()]),
-        Nft {
-            netns: Some(ns.0.clone()),
-        },
+        Nft::new(Some(ns.0.clone())),
     )
 }
 
@@ -90,12 +91,10 @@ fn the_kernel_takes_deltas_and_a_restart_patches() {
 
 /// What the kernel holds reads back as exactly what was applied.
 fn reads_back(ns: &Netns, applied: &palisade_nft::Ruleset) {
-    let kt = Nft {
-        netns: Some(ns.0.clone()),
-    }
-    .read()
-    .unwrap()
-    .expect("a table");
+    let kt = Nft::new(Some(ns.0.clone()))
+        .read()
+        .unwrap()
+        .expect("a table");
     let back = kt.as_ruleset(applied);
     if back.as_ref() != Some(applied) {
         for (s, k) in applied
@@ -107,4 +106,223 @@ fn reads_back(ns: &Netns, applied: &palisade_nft::Ruleset) {
         }
         panic!("the table does not read back: {kt:?}");
     }
+}
+
+/// A table with every kind of set the compiler emits: hash sets and maps
+/// with single and concatenated keys (interface . address, marks . protocol
+/// . port), a verdict map, and concatenated interval sets.
+fn kinds_of_sets() -> Ruleset {
+    let set = |name: &str, key: Vec<Type>, data: Option<Type>, interval: bool| Set {
+        name: name.into(),
+        key,
+        data,
+        interval,
+        comment: String::new(),
+        elements: Vec::new(),
+    };
+    Ruleset {
+        sets: vec![
+            set("ifaces", vec![Type::Ifname], None, false),
+            set("src4", vec![Type::Ifname, Type::Ipv4], None, false),
+            set("src6", vec![Type::Ifname, Type::Ipv6], None, false),
+            set("id4", vec![Type::Ipv4], Some(Type::Mark), false),
+            set("id6", vec![Type::Ipv6], Some(Type::Mark), false),
+            set("verdicts", vec![Type::Mark], Some(Type::Verdict), false),
+            set(
+                "peer_port",
+                vec![Type::Mark, Type::Mark, Type::Proto, Type::Port],
+                None,
+                false,
+            ),
+            set(
+                "peer_range",
+                vec![Type::Mark, Type::Mark, Type::Proto, Type::Port],
+                None,
+                true,
+            ),
+            set(
+                "cidr4",
+                vec![Type::Mark, Type::Ipv4, Type::Proto, Type::Port],
+                None,
+                true,
+            ),
+            set(
+                "cidr6",
+                vec![Type::Mark, Type::Ipv6, Type::Proto, Type::Port],
+                None,
+                true,
+            ),
+        ],
+        chains: Vec::new(),
+    }
+}
+
+/// Elements of every set of [`kinds_of_sets`] for a seed `i`: different
+/// seeds give different elements.
+fn elements_for(rs: &mut Ruleset, i: u32) {
+    let v4 = |n: u32| Ipv4Addr::from(0x0a00_0000 + n);
+    let v6 = |n: u32| Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(n));
+    let ifname = |n: u32| format!("veth{n:04x}");
+    for s in &mut rs.sets {
+        let e = |key: Vec<Value>, data: Option<Value>| Element { key, data };
+        let (p, q) = (1 + (i % 7) as u16 * 100, 2 + (i % 7) as u16 * 100);
+        s.elements.push(match s.name.as_str() {
+            "ifaces" => e(vec![Value::Ifname(ifname(i))], None),
+            "src4" => e(vec![Value::Ifname(ifname(i)), Value::Ipv4(v4(i))], None),
+            "src6" => e(vec![Value::Ifname(ifname(i)), Value::Ipv6(v6(i))], None),
+            "id4" => e(vec![Value::Ipv4(v4(i))], Some(Value::Mark(i + 1))),
+            "id6" => e(vec![Value::Ipv6(v6(i))], Some(Value::Mark(i + 1))),
+            "verdicts" => e(
+                vec![Value::Mark(i)],
+                Some(Value::Verdict(if i.is_multiple_of(2) {
+                    Verdict::Return
+                } else {
+                    Verdict::Drop
+                })),
+            ),
+            "peer_port" => e(
+                vec![
+                    Value::Mark(i),
+                    Value::Mark(i + 1),
+                    Value::Proto(6),
+                    Value::Port(p),
+                ],
+                None,
+            ),
+            "peer_range" => e(
+                vec![
+                    Value::Mark(i),
+                    Value::Mark(i + 1),
+                    Value::Proto(17),
+                    Value::PortRange(p, q + 50),
+                ],
+                None,
+            ),
+            "cidr4" => e(
+                vec![
+                    Value::Mark(i),
+                    Value::Ipv4Range(v4(i << 8), v4((i << 8) + 255)),
+                    Value::Proto(6),
+                    // A one-port range: deleted as `80-80`.
+                    Value::PortRange(p, p),
+                ],
+                None,
+            ),
+            "cidr6" => e(
+                vec![
+                    Value::Mark(i),
+                    Value::Ipv6Range(v6(i << 16), v6((i << 16) + 0xffff)),
+                    Value::Proto(132),
+                    Value::PortRange(p, q),
+                ],
+                None,
+            ),
+            other => unreachable!("{other}"),
+        });
+        s.elements.sort();
+    }
+}
+
+fn with_elements(seeds: impl IntoIterator<Item = u32>) -> Ruleset {
+    let mut rs = kinds_of_sets();
+    for i in seeds {
+        elements_for(&mut rs, i);
+    }
+    rs
+}
+
+/// The kernel table, read back with `nft -j list table`, as a ruleset typed
+/// like `like`.
+fn kernel(ns: &Netns, like: &Ruleset) -> Option<Ruleset> {
+    Nft::new(Some(ns.0.clone()))
+        .read()
+        .unwrap()
+        .expect("a table")
+        .as_ruleset(like)
+}
+
+#[test]
+fn element_transactions_through_the_long_lived_nft_are_atomic() {
+    let Some(ns) = netns("apply") else { return };
+    let mut nft = Nft::new(Some(ns.0.clone()));
+    let apply = |nft: &mut Nft, old: Option<&Ruleset>, new: &Ruleset| {
+        let d = delta::diff(old, new);
+        let r = nft.apply(&d, &d.to_nft_text(new));
+        (d, r)
+    };
+
+    // A table to start from: replaced (nft -f).
+    let rs0 = with_elements(0..6);
+    let (d, r) = apply(&mut nft, None, &rs0);
+    assert!(d.is_replace());
+    r.unwrap();
+    assert_eq!(kernel(&ns, &rs0).as_ref(), Some(&rs0));
+
+    // Adds only, deletes only, deletes and adds of every kind of set, each
+    // one transaction through the session, and each read back.
+    let steps = [
+        with_elements(0..9),
+        with_elements(3..9),
+        with_elements([3, 5, 7, 9, 10, 11]),
+        with_elements([0, 9, 12]),
+    ];
+    let mut old = rs0;
+    for new in steps {
+        let (d, r) = apply(&mut nft, Some(&old), &new);
+        assert!(matches!(d, Delta::Elements(_)), "{d:?}");
+        r.unwrap_or_else(|e| panic!("{e}\n{}", d.to_nft_text(&new)));
+        assert_eq!(kernel(&ns, &new).as_ref(), Some(&new));
+        old = new;
+    }
+
+    // A rejected transaction (its last statement deletes a missing element)
+    // changes nothing, not even its earlier statements, and says why.
+    let mut bad = match delta::diff(Some(&old), &with_elements([0, 13])) {
+        Delta::Elements(sets) => sets,
+        other => panic!("{other:?}"),
+    };
+    let mut missing = with_elements([14]);
+    let last = missing.sets.pop().unwrap();
+    bad.push(SetDelta {
+        set: last.name.clone(),
+        remove: last.elements,
+        add: Vec::new(),
+    });
+    let bad = Delta::Elements(bad);
+    let err = nft
+        .apply(&bad, &bad.to_nft_text(&old))
+        .expect_err("deleting a missing element");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, BackendError::Rejected(_)) && msg.contains("No such file or directory"),
+        "{msg}"
+    );
+    assert_eq!(kernel(&ns, &old).as_ref(), Some(&old));
+
+    // The session goes on after a rejection.
+    let new = with_elements([0, 13, 15]);
+    let (d, r) = apply(&mut nft, Some(&old), &new);
+    assert!(matches!(d, Delta::Elements(_)));
+    r.unwrap();
+    assert_eq!(kernel(&ns, &new).as_ref(), Some(&new));
+
+    // A replacement (nft -f) in between, then elements again: the session
+    // sees the new table.
+    let mut other = with_elements([20, 21]);
+    other.sets.pop();
+    let (d, r) = apply(&mut nft, Some(&new), &other);
+    assert!(d.is_replace());
+    r.unwrap();
+    assert_eq!(kernel(&ns, &other).as_ref(), Some(&other));
+    let mut more = with_elements([20, 22]);
+    more.sets.pop();
+    let (d, r) = apply(&mut nft, Some(&other), &more);
+    assert!(matches!(d, Delta::Elements(_)));
+    r.unwrap();
+    assert_eq!(kernel(&ns, &more).as_ref(), Some(&more));
+
+    // Element deltas went through one nft -i; nft -f ran for the two
+    // replacements and the rejected transaction's error text.
+    let c = nft.counts();
+    assert_eq!((c.session, c.once, c.sessions_started), (6, 3, 1), "{c:?}");
 }

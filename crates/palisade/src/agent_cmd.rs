@@ -111,9 +111,7 @@ pub fn agent(args: AgentArgs) -> Result<ExitCode> {
     if args.dry_run {
         run(args, node, DryRun)
     } else {
-        let backend = Nft {
-            netns: args.netns.clone(),
-        };
+        let backend = Nft::new(args.netns.clone());
         run(args, node, backend)
     }
 }
