@@ -139,6 +139,8 @@ pub struct Agent<B: Backend> {
     kernel_read: bool,
     synced_scopes: BTreeSet<String>,
     never_synced: bool,
+    /// The store changed since the object-count metrics were last set.
+    counts_stale: bool,
     /// The last full build, for the fast path; `None` until a full sync
     /// succeeds and whenever the fast path gives up.
     fast: Option<Fast>,
@@ -162,6 +164,7 @@ impl<B: Backend> Agent<B> {
             kernel_read: false,
             synced_scopes: BTreeSet::new(),
             never_synced: true,
+            counts_stale: true,
             fast: None,
             pending: BTreeMap::new(),
             pending_full: false,
@@ -250,6 +253,23 @@ impl<B: Backend> Agent<B> {
             self.synced_scopes.insert(scope);
             first = !was && self.ready_to_sync();
         }
+        // Counting every object costs ~1.5 ms at 10,000 pods: done after
+        // the kernel is updated (`synced`), here only while no sync can run.
+        self.counts_stale |= applied.changed;
+        if !self.ready_to_sync() {
+            self.refresh_object_counts();
+        }
+        let rejected = self.store.rejected().clone();
+        self.metrics.rejected_origins.set(rejected.len() as i64);
+        self.health_mut().rejected = rejected;
+        self.update_degraded();
+        applied.changed || (first && self.never_synced)
+    }
+
+    fn refresh_object_counts(&mut self) {
+        if !std::mem::take(&mut self.counts_stale) {
+            return;
+        }
         let counts = self.store.counts();
         for k in KINDS {
             self.metrics
@@ -257,11 +277,6 @@ impl<B: Backend> Agent<B> {
                 .get_or_create(&label("kind", k))
                 .set(counts.get(k).copied().unwrap_or(0) as i64);
         }
-        let rejected = self.store.rejected().clone();
-        self.metrics.rejected_origins.set(rejected.len() as i64);
-        self.health_mut().rejected = rejected;
-        self.update_degraded();
-        applied.changed || (first && self.never_synced)
     }
 
     fn update_degraded(&self) {
@@ -499,6 +514,7 @@ impl<B: Backend> Agent<B> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         self.metrics.last_sync.set(now.as_secs_f64());
+        self.refresh_object_counts();
         self.never_synced = false;
         {
             let mut h = self.health_mut();

@@ -332,6 +332,35 @@ fn a_pod_relabel_changes_only_map_elements() {
     assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
 }
 
+/// The object-count gauges follow the store: set after the first sync, and
+/// after a later sync that added a pod.
+#[test]
+fn object_counts_follow_the_store() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut a = agent(&rec);
+    a.handle(resync(&c));
+    a.sync().unwrap();
+    let gauge = |a: &Agent<Recording>, kind: &str| {
+        let m = a.metrics().encode();
+        let prefix = format!("palisade_agent_objects{{kind=\"{kind}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {m}"))
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(gauge(&a, "Pod"), c.pods.len());
+    assert_eq!(gauge(&a, "NetworkPolicy"), c.policies.len());
+    let mut p = c.pods[0].clone();
+    p.name = format!("{}-copy", p.name);
+    p.ips = vec!["10.250.0.1".parse().unwrap()];
+    c.pods.push(p.clone());
+    assert!(a.handle(Input::Upsert(entry(Object::Pod(p)))));
+    a.sync().unwrap();
+    assert_eq!(gauge(&a, "Pod"), c.pods.len());
+}
+
 const GOOD: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
