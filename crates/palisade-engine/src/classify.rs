@@ -113,6 +113,15 @@ struct WordMeta {
     named: u64,
 }
 
+/// One non-zero word of a subject's rule bits, with the word's masks
+/// restricted to them.
+#[derive(Clone, Copy, Debug, Default)]
+struct SubjectWord {
+    index: u32,
+    bits: u64,
+    meta: WordMeta,
+}
+
 /// Per-identity facts the hot path needs, kept apart from `Identity` so a
 /// verdict touches a few bytes per identity rather than the whole struct.
 #[derive(Clone, Copy, Debug, Default)]
@@ -135,10 +144,7 @@ pub struct DirClassifier {
     /// `[admin_end, np_end)`, baseline `[np_end, rules.len())`.
     admin_end: usize,
     np_end: usize,
-    /// Per identity: the rules that apply to it as the subject, as its
-    /// non-zero words `(word index, bits)`: identities are subject to few of
-    /// the cluster's rules, so this keeps the scan short.
-    subject: Vec<(u32, u64)>,
+    /// Per identity, `words[subject_start[id]..subject_start[id + 1]]`.
     subject_start: Vec<u32>,
     /// Per identity: the rules whose selector peers contain it.
     peer: Vec<u64>,
@@ -163,9 +169,13 @@ pub struct DirClassifier {
     named_masks: Vec<u64>,
     named: Vec<Vec<(Protocol, u16, u32)>>,
     flags: Vec<Flags>,
-    /// Per word: rules with no peers, no ports, address peers, numeric
-    /// ports, named ports.
-    meta: Vec<WordMeta>,
+    /// Per identity: the rules that apply to it as the subject, as its
+    /// non-zero words (identities are subject to few of the cluster's
+    /// rules, so this keeps the scan short), each with the word's
+    /// flow-independent masks (rules with no peers, no ports, address
+    /// peers, numeric ports, named ports) restricted to the subject's bits:
+    /// one record per word, read in order.
+    words: Vec<SubjectWord>,
 }
 
 fn set_bit(m: &mut [u64], bit: usize) {
@@ -424,7 +434,7 @@ impl DirClassifier {
             })
             .collect();
 
-        let meta = (0..width)
+        let meta: Vec<WordMeta> = (0..width)
             .map(|i| WordMeta {
                 any_peer: any_peer[i],
                 all_ports: all_ports[i],
@@ -450,16 +460,33 @@ impl DirClassifier {
             rows
         });
 
+        let words = subject
+            .iter()
+            .map(|&(i, bits)| {
+                let m: WordMeta = meta[i as usize];
+                SubjectWord {
+                    index: i,
+                    bits,
+                    meta: WordMeta {
+                        any_peer: m.any_peer & bits,
+                        all_ports: m.all_ports & bits,
+                        addr: m.addr & bits,
+                        ports: m.ports & bits,
+                        named: m.named & bits,
+                    },
+                }
+            })
+            .collect();
+
         DirClassifier {
+            words,
             peer_full,
             port_row,
-            meta,
             flags,
             width,
             rules,
             admin_end,
             np_end,
-            subject,
             subject_start,
             peer,
             addr,
@@ -485,7 +512,7 @@ impl DirClassifier {
         named_holder: Option<usize>,
     ) -> Matches {
         let mut m = Matches::default();
-        let words = &self.subject
+        let words = &self.words
             [self.subject_start[subject] as usize..self.subject_start[subject + 1] as usize];
         if words.is_empty() {
             return m;
@@ -509,11 +536,10 @@ impl DirClassifier {
         let mut port_at = usize::MAX;
         let pi = proto_index(protocol);
 
-        for &(i, s) in words {
-            let i = i as usize;
-            let meta = &self.meta[i];
+        for sw in words {
+            let (i, s, meta) = (sw.index as usize, sw.bits, &sw.meta);
             let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
-            if !addr_known && s & meta.addr != 0 {
+            if !addr_known && meta.addr != 0 {
                 if addr_at == usize::MAX {
                     addr_at = w * self.addr[fam].find(key(peer.ip).1);
                 }
