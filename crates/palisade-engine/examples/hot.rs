@@ -1,31 +1,14 @@
 //! Profiling aid: the verdict loop alone, for `perf record` or
 //! `valgrind --tool=callgrind --toggle-collect=hot::run`.
 //! `cargo run --release -p palisade-engine --example hot [allowed|explain|text]`
-use palisade_engine::synth::{self, Params, Rng};
-use palisade_engine::{Endpoint, Engine, Flow};
-use palisade_model::Protocol;
+use palisade_engine::synth::{self, Params};
+use palisade_engine::{Engine, Flow};
 use std::hint::black_box;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let engine = Engine::new(synth::cluster(&Params::large()));
-    let mut r = Rng::new(7);
-    let pods = engine.cluster().pods.len();
-    let ports = [
-        (80, Protocol::Tcp),
-        (8080, Protocol::Tcp),
-        (443, Protocol::Tcp),
-        (53, Protocol::Udp),
-        (9000, Protocol::Sctp),
-    ];
-    let mut fl = Vec::new();
-    while fl.len() < 200_000 {
-        let (s, d) = (r.below(pods), r.below(pods));
-        let (port, proto) = ports[r.below(ports.len())];
-        if let Ok(f) = engine.flow(Endpoint::Pod(s), Endpoint::Pod(d), proto, port) {
-            fl.push(f);
-        }
-    }
+    let fl = synth::pod_flows(&engine, 200_000, 7);
     // One pass first: fills what is built on first use.
     run(&engine, &fl, &mode);
     let passes = 3;

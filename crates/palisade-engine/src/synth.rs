@@ -359,3 +359,67 @@ fn admin_policy(r: &mut Rng, p: &Params, i: usize, tier: AdminTier) -> AdminPoli
         egress,
     }
 }
+
+/// The ports the benchmarks' flows use: the synthetic policies' common
+/// ports, one of each protocol.
+pub const BENCH_PORTS: [(u16, Protocol); 5] = [
+    (80, Protocol::Tcp),
+    (8080, Protocol::Tcp),
+    (443, Protocol::Tcp),
+    (53, Protocol::Udp),
+    (9000, Protocol::Sctp),
+];
+
+/// `n` random flows between endpoint pods of `engine`'s cluster over
+/// [`BENCH_PORTS`], deterministic for a seed (fewer if the cluster has
+/// almost no endpoint pods).
+pub fn pod_flows(engine: &crate::Engine, n: usize, seed: u64) -> Vec<crate::Flow> {
+    let mut r = Rng::new(seed);
+    let pods = engine.cluster().pods.len();
+    let ids = &engine.index().pod_identity;
+    let mut out = Vec::with_capacity(n);
+    if pods == 0 {
+        return out;
+    }
+    // Bounded: a cluster with too few usable pods yields fewer flows.
+    for _ in 0..n.saturating_mul(100) {
+        if out.len() == n {
+            break;
+        }
+        let (s, d) = (r.below(pods), r.below(pods));
+        let (port, proto) = BENCH_PORTS[r.below(BENCH_PORTS.len())];
+        if ids[s].is_none() || ids[d].is_none() {
+            continue;
+        }
+        let (s, d) = (crate::Endpoint::Pod(s), crate::Endpoint::Pod(d));
+        if let Ok(f) = engine.flow(s, d, proto, port) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_flows_are_deterministic_pod_to_pod_flows() {
+        let engine = crate::Engine::new(cluster(&Params::small(3)));
+        let a = pod_flows(&engine, 500, 9);
+        assert_eq!(a.len(), 500);
+        assert_eq!(a, pod_flows(&engine, 500, 9));
+        assert_ne!(a, pod_flows(&engine, 500, 10));
+        for f in &a {
+            for e in [f.src, f.dst] {
+                let crate::Endpoint::Pod(p) = e else {
+                    panic!("not a pod: {e:?}");
+                };
+                assert!(engine.index().pod_identity[p].is_some());
+            }
+            assert!(BENCH_PORTS.contains(&(f.port, f.protocol)));
+        }
+        let none = crate::Engine::new(Cluster::default());
+        assert!(pod_flows(&none, 10, 1).is_empty());
+    }
+}

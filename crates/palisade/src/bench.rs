@@ -6,35 +6,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use palisade_engine::synth::{self, Params, Rng};
-use palisade_engine::{Endpoint, Engine, Flow, PortProto};
+use palisade_engine::synth::{self, Params};
+use palisade_engine::{Engine, Flow, PortProto};
 use palisade_model::Protocol;
-
-fn flows(engine: &Engine, n: usize, seed: u64) -> Vec<Flow> {
-    let mut r = Rng::new(seed);
-    let pods = engine.cluster().pods.len();
-    let ports = [
-        (80, Protocol::Tcp),
-        (8080, Protocol::Tcp),
-        (443, Protocol::Tcp),
-        (53, Protocol::Udp),
-        (9000, Protocol::Sctp),
-    ];
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let (s, d) = (r.below(pods), r.below(pods));
-        let (port, proto) = ports[r.below(ports.len())];
-        let ids = &engine.index().pod_identity;
-        if ids[s].is_none() || ids[d].is_none() {
-            continue;
-        }
-        let (s, d) = (Endpoint::Pod(s), Endpoint::Pod(d));
-        if let Ok(f) = engine.flow(s, d, proto, port) {
-            out.push(f);
-        }
-    }
-    out
-}
 
 /// Runs `f` over all flows repeatedly for at least `min`; returns flows/s.
 fn rate(flows: &[Flow], min: Duration, mut f: impl FnMut(&Flow) -> bool) -> (f64, usize) {
@@ -104,9 +78,9 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
         ..params.clone()
     }));
     println!("with 50 AdminNetworkPolicies: {}", plan_stats(&with_anp));
-    let fl = flows(&engine, nflows, 7);
-    let fl_empty = flows(&empty, nflows, 7);
-    let fl_anp = flows(&with_anp, nflows, 7);
+    let fl = synth::pod_flows(&engine, nflows, 7);
+    let fl_empty = synth::pod_flows(&empty, nflows, 7);
+    let fl_anp = synth::pod_flows(&with_anp, nflows, 7);
 
     // Interleaved so that a burst of load elsewhere hits every figure alike.
     let mut samples: [Vec<f64>; 5] = Default::default();
