@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use palisade_nft::Ruleset;
 use tracing::{debug, warn};
@@ -77,6 +79,12 @@ impl Clone for Nft {
 /// Transactions run by one `nft -i` before it is replaced by a fresh one:
 /// nft keeps every input line in its (libedit) history, in memory.
 const SESSION_TRANSACTIONS: u64 = 10_000;
+
+/// Longest wait for `nft -i` to finish one transaction (an element delta
+/// takes milliseconds to a few hundred). Past it the session is dropped and
+/// `nft -f` used from then on: an nft that does not answer as expected must
+/// not stall the agent.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Nft {
     /// `nft` in the network namespace `netns` (`ip netns exec`), or in the
@@ -157,7 +165,7 @@ impl Nft {
         if self.session.is_none() {
             let mut c = self.command();
             c.arg("-i");
-            match Session::start(c) {
+            match Session::start(c, SESSION_TIMEOUT) {
                 Ok(s) => {
                     self.session = Some(s);
                     self.counts.sessions_started += 1;
@@ -181,6 +189,10 @@ impl Nft {
             }
             Err(e) => {
                 self.session = None;
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    warn!(error = %e, "giving up the long-lived nft -i; running nft -f for every transaction");
+                    self.no_session = true;
+                }
                 Err(BackendError::Spawn {
                     cmd: "nft -i".into(),
                     source: e,
@@ -213,16 +225,21 @@ impl Nft {
 struct Session {
     child: Child,
     stdin: ChildStdin,
-    stderr: ChildStderr,
+    /// nft's standard error, read by a thread: a transaction waits for its
+    /// sentinel with a deadline, so an nft that never answers (another
+    /// version's error format, a hang) costs a timeout, not the agent.
+    stderr: Receiver<Vec<u8>>,
     file: File,
     /// The file as nft opens it.
     path: String,
     serial: u64,
+    /// How long a transaction may take before the session is given up.
+    timeout: Duration,
 }
 
 impl Session {
     /// Starts `nft -i` and checks that it reads the transaction file.
-    fn start(mut cmd: Command) -> std::io::Result<Session> {
+    fn start(mut cmd: Command, timeout: Duration) -> std::io::Result<Session> {
         let file = unlinked_file()?;
         let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
         let mut child = cmd
@@ -233,7 +250,7 @@ impl Session {
             .stderr(Stdio::piped())
             .spawn()?;
         let stdin = child.stdin.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
+        let stderr = forward(child.stderr.take().expect("piped"))?;
         let mut s = Session {
             child,
             stdin,
@@ -241,6 +258,7 @@ impl Session {
             file,
             path,
             serial: 0,
+            timeout,
         };
         let out = s.run("")?;
         if out.is_empty() {
@@ -266,7 +284,7 @@ impl Session {
         self.stdin.flush()?;
         let needle = format!("\n{sentinel}\n");
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
+        let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(pos) = find(&buf, needle.as_bytes()) {
                 if buf[pos + needle.len()..].contains(&b'\n') {
@@ -279,15 +297,26 @@ impl Session {
                     return Ok(String::from_utf8_lossy(&buf[..start]).into_owned());
                 }
             }
-            let n = self.stderr.read(&mut chunk)?;
-            if n == 0 {
-                let said = String::from_utf8_lossy(&buf);
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("nft exited: {}", said.trim_end()),
-                ));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(chunk) => buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "nft -i gave no answer within {:.1} s",
+                            self.timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let said = String::from_utf8_lossy(&buf);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("nft exited: {}", said.trim_end()),
+                    ));
+                }
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
@@ -328,6 +357,28 @@ fn unlinked_file() -> std::io::Result<File> {
         }
     }
     Err(last.expect("attempted"))
+}
+
+/// Forwards everything `r` yields to a channel, from a thread of its own;
+/// the channel disconnects when `r` ends.
+fn forward(mut r: ChildStderr) -> std::io::Result<Receiver<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("nft-stderr".into())
+        .spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(chunk[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -439,5 +490,29 @@ impl Backend for Recording {
             ));
             Some(k)
         }))
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    /// A process that reads nothing and says nothing stands for an nft that
+    /// never answers: the transaction times out instead of blocking.
+    #[test]
+    fn a_silent_session_times_out() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        // Had it waited for `sleep` to exit, the error would be nft's exit.
+        let err = Session::start(cmd, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    }
+
+    /// A process that exits at once stands for an nft that cannot run:
+    /// reported as such, at once.
+    #[test]
+    fn a_session_that_exits_is_an_error() {
+        let err = Session::start(Command::new("true"), Duration::from_secs(20)).unwrap_err();
+        assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     }
 }
