@@ -45,13 +45,14 @@ pub mod dir;
 pub mod etcd;
 mod fast;
 pub mod http;
+mod incr;
 pub mod input;
 pub mod kernel;
 pub mod kube;
 pub mod metrics;
 pub mod store;
 
-pub use agent::{Agent, AgentConfig, Health};
+pub use agent::{Agent, AgentConfig, Health, SyncPath};
 pub use backend::{Backend, BackendError, DryRun, Nft, NftCounts, Recording};
 pub use delta::Delta;
 pub use input::{Entry, Input};

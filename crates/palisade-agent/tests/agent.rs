@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use palisade_agent::bench::{entries, entry, SCOPE};
 use palisade_agent::delta::Delta;
-use palisade_agent::{Agent, AgentConfig, Entry, Input, Recording};
+use palisade_agent::{Agent, AgentConfig, Entry, Input, Recording, SyncPath};
 use palisade_engine::synth::{self, Params};
 use palisade_k8s::Object;
 use palisade_model::{Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, Rule};
@@ -19,7 +19,7 @@ use proptest::test_runner::TestRunner;
 fn agent(rec: &Recording) -> Agent<Recording> {
     let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
     cfg.debounce = Duration::from_millis(30);
-    cfg.replace_above_interval_adds = None;
+    cfg.replace_above_interval_removals = None;
     Agent::new(cfg, rec.clone())
 }
 
@@ -182,13 +182,21 @@ fn incremental_equals_full_rebuild() {
         ..ProptestConfig::default()
     });
     let (fast, full) = (Cell::new(0usize), Cell::new(0usize));
+    let incremental = Cell::new(0usize);
     let strategy = (
         1u64..1000,
         prop::collection::vec((op(), any::<bool>()), 1..25),
     );
     runner
         .run(&strategy, |(seed, ops)| {
-            let mut c = synth::cluster(&Params::small(seed));
+            // A third of the clusters have admin policies, which the
+            // incremental compiler refuses: their pod events take the
+            // fast path.
+            let mut params = Params::small(seed);
+            if seed % 3 == 0 {
+                params.admin_policies = 1;
+            }
+            let mut c = synth::cluster(&params);
             let rec = Recording::new();
             let mut a = agent(&rec);
             a.handle(resync(&c));
@@ -196,7 +204,11 @@ fn incremental_equals_full_rebuild() {
             let mut n = 0;
             let check = |a: &mut Agent<Recording>, c: &Cluster| -> Result<(), TestCaseError> {
                 let r = a.sync().unwrap();
-                let counter = if r.fast { &fast } else { &full };
+                let counter = match r.path {
+                    SyncPath::Fast => &fast,
+                    SyncPath::Incremental => &incremental,
+                    SyncPath::Full => &full,
+                };
                 counter.set(counter.get() + 1);
                 let incremental = rec.state().table.clone().unwrap();
                 prop_assert_eq!(&incremental, &full_rebuild(c));
@@ -220,21 +232,28 @@ fn incremental_equals_full_rebuild() {
             Ok(())
         })
         .unwrap();
-    let (fast, full) = (fast.get(), full.get());
-    eprintln!("syncs: {fast} fast, {full} full");
-    assert!(fast >= 20, "the fast path was taken {fast} times");
-    assert!(full >= 20, "the full path was taken {full} times");
+    let (fast, full, incremental) = (fast.get(), full.get(), incremental.get());
+    eprintln!("syncs: {fast} fast, {incremental} incremental, {full} full");
+    assert!(fast >= 10, "the fast path was taken {fast} times");
+    assert!(
+        incremental >= 50,
+        "the incremental path was taken {incremental} times"
+    );
+    assert!(full >= 10, "the full path was taken {full} times");
 }
 
-/// Pod events that alter no rule patch elements without a rebuild, and
-/// agree with one.
+/// In a cluster with admin policies (which the incremental compiler
+/// refuses), pod events that alter no rule patch elements without a
+/// rebuild, and agree with one.
 #[test]
 fn replicas_and_relabels_take_the_fast_path() {
-    let mut c = cluster();
+    let mut params = Params::small(7);
+    params.admin_policies = 1;
+    let mut c = synth::cluster(&params);
     let rec = Recording::new();
     let mut a = agent(&rec);
     a.handle(resync(&c));
-    assert!(!a.sync().unwrap().fast);
+    assert_eq!(a.sync().unwrap().path, SyncPath::Full);
     let mut n = 0;
     let local = c
         .pods
@@ -250,7 +269,8 @@ fn replicas_and_relabels_take_the_fast_path() {
         let input = step(c, &mut n, &op).unwrap();
         a.handle(input);
         let r = a.sync().unwrap();
-        assert!(fast.is_none_or(|f| f == r.fast), "{op:?}: {r:?}");
+        let took_fast = r.path == SyncPath::Fast;
+        assert!(fast.is_none_or(|f| f == took_fast), "{op:?}: {r:?}");
         assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)), "{op:?}");
     };
     // A replica of a local pod (fast if it already had a local sibling);
@@ -274,7 +294,7 @@ fn replicas_and_relabels_take_the_fast_path() {
         a.handle(Input::Upsert(entry(Object::Pod(c.pods[i].clone()))));
         let r = a.sync().unwrap();
         assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)));
-        r.fast
+        r.path == SyncPath::Fast
     };
     let mut other = original.clone();
     other.insert("app".into(), "app-other".into());
@@ -546,17 +566,22 @@ fn a_large_interval_delta_replaces_the_table() {
     let mut c = cluster();
     let rec = Recording::new();
     let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
-    cfg.replace_above_interval_adds = Some(0);
+    cfg.replace_above_interval_removals = Some(0);
     let mut a = Agent::new(cfg, rec.clone());
     a.handle(resync(&c));
     a.sync().unwrap();
     let mut n = 0;
     let mut replaced = 0;
-    for k in 0..8 {
-        let input = step(&mut c, &mut n, &Op::AddPolicy(k, k % 4, 3)).unwrap();
+    for k in 0..12 {
+        let op = if k % 3 == 2 {
+            Op::DeletePolicy(k)
+        } else {
+            Op::AddPolicy(k, k % 4, 3)
+        };
+        let input = step(&mut c, &mut n, &op).unwrap();
         a.handle(input);
         replaced += usize::from(a.sync().unwrap().replaced);
         assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
     }
-    assert!(replaced > 0, "no policy add reached the interval sets");
+    assert!(replaced > 0, "no policy change removed interval elements");
 }

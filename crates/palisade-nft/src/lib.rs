@@ -112,6 +112,7 @@
 //! several addresses of one family that different matchers contain is
 //! enforced as its first address.
 
+pub mod incr;
 mod ir;
 mod numbering;
 mod tier;

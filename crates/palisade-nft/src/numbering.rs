@@ -57,13 +57,13 @@ impl Hasher for Fnv {
     }
 }
 
-fn hash64<K: Hash + ?Sized>(k: &K) -> u64 {
+pub(crate) fn hash64<K: Hash + ?Sized>(k: &K) -> u64 {
     let mut h = Fnv::new();
     k.hash(&mut h);
     h.finish()
 }
 
-fn hash32<K: Hash + ?Sized>(k: &K) -> u32 {
+pub(crate) fn hash32<K: Hash + ?Sized>(k: &K) -> u32 {
     let x = hash64(k);
     (x ^ (x >> 32)) as u32
 }
@@ -96,6 +96,64 @@ pub(crate) fn assign<S: Hash + Ord>(
     }
 }
 
+/// What an identity's stable mark is derived from: namespace, labels,
+/// container ports (sorted, deduplicated), host networking, which families
+/// it has, and which address matchers contain its first address of each
+/// family (by matcher hash, sorted).
+pub(crate) type MarkKey = (
+    String,
+    palisade_model::Labels,
+    Vec<palisade_model::ContainerPort>,
+    bool,
+    bool,
+    bool,
+    Vec<(u64, bool, bool)>,
+);
+
+/// The hashes of the index's address matchers, as [`mark_key`] takes them.
+pub(crate) fn matcher_hashes(
+    engine: &Engine,
+) -> Vec<(palisade_engine::index::AddressMatcher, u64)> {
+    engine
+        .index()
+        .matchers
+        .iter()
+        .map(|m| (m.clone(), hash64(m)))
+        .collect()
+}
+
+/// The content key of an identity with these members' properties (`ips`:
+/// any member's addresses; `ports` as the identity holds them).
+pub(crate) fn mark_key(
+    namespace: &str,
+    labels: &palisade_model::Labels,
+    ports: &[palisade_model::ContainerPort],
+    host_network: bool,
+    ips: &[IpAddr],
+    matchers: &[(palisade_engine::index::AddressMatcher, u64)],
+) -> MarkKey {
+    let first = |v4: bool| ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
+    let (v4, v6) = (first(true), first(false));
+    let mut sig: Vec<(u64, bool, bool)> = matchers
+        .iter()
+        .filter_map(|(m, h)| {
+            let a = v4.is_some_and(|a| m.contains(&a));
+            let b = v6.is_some_and(|a| m.contains(&a));
+            (a || b).then_some((*h, a, b))
+        })
+        .collect();
+    sig.sort();
+    (
+        namespace.to_string(),
+        labels.clone(),
+        ports.to_vec(),
+        host_network,
+        v4.is_some(),
+        v6.is_some(),
+        sig,
+    )
+}
+
 /// The mark of every identity of the engine's index (`Index::identities`
 /// order).
 pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> {
@@ -104,9 +162,8 @@ pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> 
     if numbering == Numbering::Dense {
         return assign(numbering, idx.identities.len(), |_| ());
     }
-    let matcher_hashes: Vec<u64> = idx.matchers.iter().map(hash64).collect();
-    let first = |ips: &[IpAddr], v4: bool| ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
-    let keys: Vec<_> = idx
+    let matchers = matcher_hashes(engine);
+    let keys: Vec<MarkKey> = idx
         .identities
         .iter()
         .map(|ident| {
@@ -115,26 +172,13 @@ pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> 
                 .first()
                 .map(|&p| cluster.pods[p].ips.as_slice())
                 .unwrap_or_default();
-            let (v4, v6) = (first(ips, true), first(ips, false));
-            let mut sig: Vec<(u64, bool, bool)> = idx
-                .matchers
-                .iter()
-                .zip(&matcher_hashes)
-                .filter_map(|(m, &h)| {
-                    let a = v4.is_some_and(|a| m.contains(&a));
-                    let b = v6.is_some_and(|a| m.contains(&a));
-                    (a || b).then_some((h, a, b))
-                })
-                .collect();
-            sig.sort();
-            (
-                ident.namespace.clone(),
-                ident.labels.clone(),
-                ident.ports.clone(),
+            mark_key(
+                &ident.namespace,
+                &ident.labels,
+                &ident.ports,
                 ident.host_network,
-                v4.is_some(),
-                v6.is_some(),
-                sig,
+                ips,
+                &matchers,
             )
         })
         .collect();

@@ -1,0 +1,151 @@
+//! The incremental path: pod and NetworkPolicy changes become element
+//! changes through [`palisade_nft::incr::Incremental`], without rebuilding
+//! the engine or compiling the node. This module only maps the store's
+//! origins onto it and refuses what would make the mapping ambiguous (an
+//! object that several origins define, any other kind of object).
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use palisade_engine::Engine;
+use palisade_k8s::{Located, Object};
+use palisade_nft::incr::{Change, Incremental, Key};
+use palisade_nft::{interface_name, Ruleset};
+
+use crate::delta::SetDelta;
+use crate::store::Store;
+
+/// Pods and NetworkPolicies, by kind and `(namespace, name)`.
+type ObjectKey = (bool, Key);
+
+fn key_of(o: &Object) -> Option<ObjectKey> {
+    match o {
+        Object::Pod(p) => Some((true, (p.namespace.clone(), p.name.clone()))),
+        Object::NetworkPolicy(p) => Some((false, (p.namespace.clone(), p.name.clone()))),
+        _ => None,
+    }
+}
+
+pub(crate) struct Incr {
+    inner: Incremental,
+    origin_of: HashMap<ObjectKey, String>,
+    duplicated: HashSet<ObjectKey>,
+}
+
+impl Incr {
+    /// The state of a full build: `engine` compiled from `store`'s objects.
+    /// `None` when the cluster holds what the incremental compiler refuses.
+    pub(crate) fn new(engine: &Engine, store: &Store, node: &str) -> Option<Incr> {
+        let inner = Incremental::new(engine, node, interface_name)?;
+        let mut origin_of = HashMap::new();
+        let mut duplicated = HashSet::new();
+        for (origin, objects) in store.entries() {
+            for o in objects {
+                if let Some(k) = key_of(&o.value) {
+                    match origin_of.entry(k) {
+                        Entry::Occupied(e) => {
+                            duplicated.insert(e.key().clone());
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert(origin.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Some(Incr {
+            inner,
+            origin_of,
+            duplicated,
+        })
+    }
+
+    /// The element changes that bring `applied` to the store's state after
+    /// the changes of `pending` (origins with their objects before). On
+    /// `Err` this state is spent: the caller drops it and rebuilds.
+    pub(crate) fn plan(
+        &mut self,
+        store: &Store,
+        pending: &BTreeMap<String, Option<Vec<Located<Object>>>>,
+        applied: &Ruleset,
+    ) -> Result<Vec<SetDelta>, String> {
+        let mut changes = Vec::new();
+        for (origin, before) in pending {
+            let after = store.get(origin).unwrap_or_default();
+            let before = before.as_deref().unwrap_or_default();
+            if before == after {
+                continue;
+            }
+            let mut keys = Vec::new();
+            for o in before.iter().chain(after) {
+                let k = key_of(&o.value).ok_or("not a pod or NetworkPolicy")?;
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            for k in keys {
+                if self.duplicated.contains(&k) {
+                    return Err("object defined by several origins".into());
+                }
+                let new = after
+                    .iter()
+                    .find(|o| key_of(&o.value).as_ref() == Some(&k))
+                    .map(|o| o.value.clone());
+                match (self.origin_of.get(&k), &new) {
+                    (Some(o), _) if o != origin => {
+                        return Err("object defined by another origin".into());
+                    }
+                    (_, Some(_)) => {
+                        self.origin_of.insert(k.clone(), origin.clone());
+                    }
+                    (_, None) => {
+                        self.origin_of.remove(&k);
+                    }
+                }
+                changes.push(match (k.0, new) {
+                    (true, Some(Object::Pod(p))) => Change::Pod {
+                        key: k.1,
+                        new: Some(p),
+                    },
+                    (true, _) => Change::Pod {
+                        key: k.1,
+                        new: None,
+                    },
+                    (false, Some(Object::NetworkPolicy(p))) => Change::Policy {
+                        key: k.1,
+                        new: Some(p),
+                    },
+                    (false, _) => Change::Policy {
+                        key: k.1,
+                        new: None,
+                    },
+                });
+            }
+        }
+        let delta = self.inner.apply(changes).map_err(|r| r.0)?;
+        let mut by_set = delta.into_changes();
+        let mut out = Vec::new();
+        // In the table's set order, and only what the table agrees with: a
+        // removal of an absent element or an addition of a present one
+        // means this state and the table disagree.
+        for s in &applied.sets {
+            let Some(i) = by_set.iter().position(|(name, _, _)| *name == s.name) else {
+                continue;
+            };
+            let (name, remove, add) = by_set.swap_remove(i);
+            let has = |e| s.elements.binary_search(e).is_ok();
+            if !remove.iter().all(has) || add.iter().any(has) {
+                return Err(format!("set {name} disagrees with the incremental state"));
+            }
+            out.push(SetDelta {
+                set: name,
+                remove,
+                add,
+            });
+        }
+        if let Some((name, _, _)) = by_set.first() {
+            return Err(format!("no set {name} in the table"));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,897 @@
+//! Incremental compilation: pod and NetworkPolicy changes turned straight
+//! into element changes, without rebuilding the engine or compiling the
+//! whole node.
+//!
+//! The node's ruleset (with [`Numbering::Stable`]) is a disjoint union of
+//! *contributions*, each a pure function of a few objects:
+//!
+//! - per pod: its `identity4/6` elements (address → identity mark) and, for
+//!   a local pod, its interface, anti-spoofing and policy-group elements;
+//! - per policy group (the exact list of NetworkPolicies that isolate a
+//!   local identity, plus for ingress how their named ports resolve on it):
+//!   a *static* part (`ipBlock` and peer-less rules: `*_cidr4/6`, `*_any`)
+//!   and one *peer part per pod identity* (`*_peer_*` elements whose second
+//!   field is that identity's mark).
+//!
+//! Marks and group ids are hashes of what they stand for, so a change never
+//! renumbers anything it does not touch, and no two contributions share an
+//! element (every group element starts with its group id, every peer part
+//! names its identity's mark). A change therefore removes the contributions
+//! it invalidates, computed from the state before it, and adds the ones it
+//! creates, computed from the state after it; what is left, after removals
+//! and additions of the same element cancel, is exactly the difference
+//! between the full compilation of the old and of the new cluster. The
+//! property test `incremental_compile_equals_full_compile` checks that
+//! claim after every step of random event sequences.
+//!
+//! Costs: a pod of an existing identity touches its own elements only; a
+//! new or vanishing identity touches its peer part in every group of the
+//! node; a policy change recompiles the groups of its namespace's local
+//! identities. Nothing is proportional to the cluster size except a new
+//! group, which evaluates its rules against every identity.
+//!
+//! What this module does not handle is refused ([`Refused`]); the caller then
+//! compiles in full and builds a new [`Incremental`] from that engine:
+//! admin-tier policies (first-match verdict maps resolved across rules),
+//! host-network pods, changes to the set of `ipBlock`s (they split
+//! identities), a pod in a namespace the last build did not know, an
+//! address shared by two pods, a pod naming one port twice, and the rare
+//! hash collision of a mark or group id (the full numbering probes past
+//! it; an incremental one could not agree).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use palisade_engine::index::AddressMatcher;
+use palisade_engine::Engine;
+use palisade_model::{
+    ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortSpec,
+};
+
+use crate::numbering::{self, hash32, MarkKey};
+use crate::{
+    allow_sets, block_ranges, has_named, ip_value, named_items, port_items, Allows, Element,
+    InterfaceNamer, PortItem, Value,
+};
+
+/// `(namespace, name)`, ordered as the cluster orders pods and policies.
+pub type Key = (String, String);
+
+/// One object change.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Pod {
+        key: Key,
+        new: Option<Pod>,
+    },
+    Policy {
+        key: Key,
+        new: Option<NetworkPolicy>,
+    },
+}
+
+/// Why a change cannot be applied incrementally. The state it was applied
+/// to may be half-updated: drop it and compile in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused(why.into()))
+}
+
+/// Element changes per set name, removals and additions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElementDelta {
+    pub sets: BTreeMap<String, (BTreeSet<Element>, BTreeSet<Element>)>,
+}
+
+impl ElementDelta {
+    fn add(&mut self, set: &str, e: Element) {
+        let (remove, add) = self.sets.entry(set.to_string()).or_default();
+        if !remove.remove(&e) {
+            add.insert(e);
+        }
+    }
+
+    fn remove(&mut self, set: &str, e: Element) {
+        let (remove, add) = self.sets.entry(set.to_string()).or_default();
+        if !add.remove(&e) {
+            remove.insert(e);
+        }
+    }
+
+    fn put(&mut self, set: &str, e: Element, add: bool) {
+        if add {
+            self.add(set, e)
+        } else {
+            self.remove(set, e)
+        }
+    }
+
+    /// `(set, removed, added)`, sets without changes left out.
+    pub fn into_changes(self) -> Vec<(String, Vec<Element>, Vec<Element>)> {
+        self.sets
+            .into_iter()
+            .filter(|(_, (r, a))| !r.is_empty() || !a.is_empty())
+            .map(|(s, (r, a))| (s, r.into_iter().collect(), a.into_iter().collect()))
+            .collect()
+    }
+}
+
+/// One identity: pods that no policy can tell apart.
+#[derive(Clone, Debug)]
+struct Ident {
+    mark: u32,
+    namespace: String,
+    labels: Labels,
+    /// Its members; the first one is the representative named ports and
+    /// address families are resolved on, as in the full compilation.
+    members: BTreeSet<Key>,
+    local: usize,
+}
+
+/// A local identity's policy groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Groups {
+    egress: Option<Vec<Key>>,
+    ingress: Option<IngressKey>,
+}
+
+type IngressKey = (Vec<Key>, Vec<Option<u16>>);
+
+#[derive(Clone, Debug)]
+struct Group {
+    id: u32,
+    /// Local identities in the group.
+    users: usize,
+    /// A member pod: ingress named ports resolve on it.
+    holder: Pod,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Egress,
+    Ingress,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Egress => "egress",
+            Dir::Ingress => "ingress",
+        }
+    }
+}
+
+/// The incremental state of one node's ruleset.
+#[derive(Clone, Debug)]
+pub struct Incremental {
+    node: String,
+    interface: InterfaceNamer,
+    matchers: Vec<(AddressMatcher, u64)>,
+    /// How many rules name each `ipBlock`: the matchers must not change.
+    blocks: HashMap<IpBlock, usize>,
+    ns_labels: HashMap<String, Labels>,
+    policies: BTreeMap<Key, NetworkPolicy>,
+    pods: HashMap<Key, Pod>,
+    /// Endpoint pods (not host-network) to their identity key.
+    pod_ident: HashMap<Key, MarkKey>,
+    idents: HashMap<MarkKey, Ident>,
+    used_marks: HashSet<u32>,
+    /// Local identities' groups.
+    groups_of: HashMap<MarkKey, Groups>,
+    egress: BTreeMap<Vec<Key>, Group>,
+    ingress: BTreeMap<IngressKey, Group>,
+    used_egress: HashSet<u32>,
+    used_ingress: HashSet<u32>,
+    /// Which pod holds each endpoint address.
+    ip_owner: HashMap<IpAddr, Key>,
+}
+
+fn pod_key(p: &Pod) -> Key {
+    (p.namespace.clone(), p.name.clone())
+}
+
+fn policy_key(p: &NetworkPolicy) -> Key {
+    (p.namespace.clone(), p.name.clone())
+}
+
+fn sorted_ports(p: &Pod) -> Vec<ContainerPort> {
+    let mut ports = p.ports.clone();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+/// Two container ports with one name and protocol: which one a named port
+/// means would depend on the order they are listed in.
+fn ambiguous_names(p: &Pod) -> bool {
+    let mut seen = HashSet::new();
+    p.ports
+        .iter()
+        .filter_map(|c| c.name.as_deref().map(|n| (n, c.protocol)))
+        .any(|k| !seen.insert(k))
+}
+
+fn rule_blocks(p: &NetworkPolicy) -> impl Iterator<Item = &IpBlock> {
+    p.ingress
+        .iter()
+        .chain(p.egress.iter())
+        .flatten()
+        .flat_map(|r| r.peers.iter().flatten())
+        .filter_map(|peer| match peer {
+            Peer::IpBlock(b) => Some(b),
+            Peer::Pods { .. } => None,
+        })
+}
+
+impl Incremental {
+    /// The state of `engine`'s cluster as compiled for `node` with stable
+    /// numbering; `None` when the cluster holds what this module refuses
+    /// (admin policies, host-network pods, numbers that had to be probed).
+    pub fn new(engine: &Engine, node: &str, interface: InterfaceNamer) -> Option<Incremental> {
+        let idx = engine.index();
+        let cluster = engine.cluster();
+        if !idx.admin.is_empty() {
+            return None;
+        }
+        let mut st = Incremental {
+            node: node.to_string(),
+            interface,
+            matchers: numbering::matcher_hashes(engine),
+            blocks: HashMap::new(),
+            ns_labels: cluster
+                .namespaces
+                .iter()
+                .map(|(k, n)| (k.clone(), n.labels.clone()))
+                .collect(),
+            policies: BTreeMap::new(),
+            pods: HashMap::new(),
+            pod_ident: HashMap::new(),
+            idents: HashMap::new(),
+            used_marks: HashSet::new(),
+            groups_of: HashMap::new(),
+            egress: BTreeMap::new(),
+            ingress: BTreeMap::new(),
+            used_egress: HashSet::new(),
+            used_ingress: HashSet::new(),
+            ip_owner: HashMap::new(),
+        };
+        for p in &cluster.policies {
+            for b in rule_blocks(p) {
+                *st.blocks.entry(b.clone()).or_default() += 1;
+            }
+            st.policies.insert(policy_key(p), p.clone());
+        }
+        // Identities as the full numbering sees them: a mark that is not
+        // its key's hash was probed past a collision. Host-network
+        // identities only hold their mark: they are nobody's peer.
+        let marks = numbering::identity_marks(engine, numbering::Numbering::Stable);
+        for (ident, &mark) in idx.identities.iter().zip(&marks) {
+            let rep = &cluster.pods[ident.members[0]];
+            let key = st.key_of(rep);
+            if mark != hash32(&key) || !st.used_marks.insert(mark) {
+                return None;
+            }
+            if ident.host_network {
+                continue;
+            }
+            st.idents.insert(
+                key,
+                Ident {
+                    mark,
+                    namespace: ident.namespace.clone(),
+                    labels: ident.labels.clone(),
+                    members: BTreeSet::new(),
+                    local: 0,
+                },
+            );
+        }
+        for p in &cluster.pods {
+            let key = pod_key(p);
+            if p.is_endpoint() && !p.host_network {
+                if ambiguous_names(p) {
+                    return None;
+                }
+                for ip in &p.ips {
+                    if st.ip_owner.insert(*ip, key.clone()).is_some() {
+                        return None;
+                    }
+                }
+                let ik = st.key_of(p);
+                let ident = st.idents.get_mut(&ik)?;
+                ident.members.insert(key.clone());
+                if p.node.as_deref() == Some(node) {
+                    ident.local += 1;
+                }
+                st.pod_ident.insert(key.clone(), ik);
+            }
+            if st.pods.insert(key, p.clone()).is_some() {
+                return None;
+            }
+        }
+        let local: Vec<MarkKey> = st
+            .idents
+            .iter()
+            .filter(|(_, i)| i.local > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ik in local {
+            let g = st.groups_for(&ik);
+            if !st.acquire(&ik, g, None) {
+                return None;
+            }
+        }
+        Some(st)
+    }
+
+    fn key_of(&self, p: &Pod) -> MarkKey {
+        numbering::mark_key(
+            &p.namespace,
+            &p.labels,
+            &sorted_ports(p),
+            p.host_network,
+            &p.ips,
+            &self.matchers,
+        )
+    }
+
+    fn rep(&self, ik: &MarkKey) -> &Pod {
+        let first = self.idents[ik]
+            .members
+            .first()
+            .expect("identities have members");
+        &self.pods[first]
+    }
+
+    fn is_local(&self, p: &Pod) -> bool {
+        p.node.as_deref() == Some(self.node.as_str())
+    }
+
+    /// The groups a local identity belongs to, from the current policies.
+    fn groups_for(&self, ik: &MarkKey) -> Groups {
+        let ident = &self.idents[ik];
+        let selecting = || {
+            self.policies
+                .range((ident.namespace.clone(), String::new())..)
+                .take_while(|((ns, _), _)| *ns == ident.namespace)
+                .filter(|(_, p)| p.pod_selector.matches(&ident.labels))
+        };
+        let egress: Vec<Key> = selecting()
+            .filter(|(_, p)| p.egress.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let ingress: Vec<Key> = selecting()
+            .filter(|(_, p)| p.ingress.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let rep = self.rep(ik);
+        let named = ingress
+            .iter()
+            .flat_map(|k| self.policies[k].ingress.iter().flatten())
+            .flat_map(|rule| rule.ports.iter().flatten())
+            .filter_map(|s| match s {
+                PortSpec::Named { protocol, name } => Some(rep.named_port(name, *protocol)),
+                _ => None,
+            })
+            .collect();
+        Groups {
+            egress: (!egress.is_empty()).then_some(egress),
+            ingress: (!ingress.is_empty()).then_some((ingress, named)),
+        }
+    }
+
+    /// Makes `ik` a user of `groups`, creating (and, with `out`, emitting)
+    /// groups that did not exist. `false` on a group id collision.
+    fn acquire(
+        &mut self,
+        ik: &MarkKey,
+        groups: Groups,
+        mut out: Option<&mut ElementDelta>,
+    ) -> bool {
+        let holder = self.rep(ik).clone();
+        if let Some(k) = &groups.egress {
+            if let Some(g) = self.egress.get_mut(k) {
+                g.users += 1;
+            } else {
+                let id = hash32(k);
+                if id == 0 || !self.used_egress.insert(id) {
+                    return false;
+                }
+                let g = Group {
+                    id,
+                    users: 1,
+                    holder: holder.clone(),
+                };
+                if let Some(out) = out.as_deref_mut() {
+                    self.group_elements(Dir::Egress, k, &g, out, true);
+                }
+                self.egress.insert(k.clone(), g);
+            }
+        }
+        if let Some(k) = &groups.ingress {
+            if let Some(g) = self.ingress.get_mut(k) {
+                g.users += 1;
+            } else {
+                let id = hash32(k);
+                if id == 0 || !self.used_ingress.insert(id) {
+                    return false;
+                }
+                let g = Group {
+                    id,
+                    users: 1,
+                    holder,
+                };
+                if let Some(out) = out {
+                    self.group_elements(Dir::Ingress, &k.0, &g, out, true);
+                }
+                self.ingress.insert(k.clone(), g);
+            }
+        }
+        self.groups_of.insert(ik.clone(), groups);
+        true
+    }
+
+    /// Ends `ik`'s use of its groups, removing groups nobody uses.
+    fn release(&mut self, ik: &MarkKey, out: &mut ElementDelta) {
+        let Some(groups) = self.groups_of.remove(ik) else {
+            return;
+        };
+        if let Some(k) = &groups.egress {
+            let g = self.egress.get_mut(k).expect("acquired");
+            g.users -= 1;
+            if g.users == 0 {
+                let g = self.egress.remove(k).expect("acquired");
+                self.group_elements(Dir::Egress, k, &g, out, false);
+                self.used_egress.remove(&g.id);
+            }
+        }
+        if let Some(k) = &groups.ingress {
+            let g = self.ingress.get_mut(k).expect("acquired");
+            g.users -= 1;
+            if g.users == 0 {
+                let g = self.ingress.remove(k).expect("acquired");
+                self.group_elements(Dir::Ingress, &k.0, &g, out, false);
+                self.used_ingress.remove(&g.id);
+            }
+        }
+    }
+
+    /// Every element of one group: its static part and the peer part of
+    /// every identity.
+    fn group_elements(
+        &self,
+        dir: Dir,
+        policies: &[Key],
+        g: &Group,
+        out: &mut ElementDelta,
+        add: bool,
+    ) {
+        let mut a = Allows::default();
+        for rule in self.rules(dir, policies) {
+            let items = match dir {
+                Dir::Egress => port_items(&rule.ports, None),
+                Dir::Ingress => port_items(&rule.ports, Some(&g.holder)),
+            };
+            match &rule.peers {
+                None => {
+                    for &(p, lo, hi) in &items {
+                        a.any
+                            .entry((g.id, p))
+                            .or_default()
+                            .push((lo.into(), hi.into()));
+                    }
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        if let Peer::IpBlock(b) = peer {
+                            let (v4, ranges) = block_ranges(b);
+                            let fam = usize::from(!v4);
+                            for &(lo, hi) in &ranges {
+                                for &(p, pa, pb) in &items {
+                                    a.cidr[fam].entry((g.id, p)).or_default().push((
+                                        lo,
+                                        hi,
+                                        pa.into(),
+                                        pb.into(),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (ik, ident) in &self.idents {
+            self.peer_part(&mut a, dir, policies, g, ik, ident.mark);
+        }
+        emit(dir, a, out, add);
+    }
+
+    fn rules<'a>(
+        &'a self,
+        dir: Dir,
+        policies: &'a [Key],
+    ) -> impl Iterator<Item = &'a palisade_model::Rule> + 'a {
+        policies.iter().flat_map(move |k| {
+            let p = &self.policies[k];
+            match dir {
+                Dir::Egress => p.egress.iter().flatten(),
+                Dir::Ingress => p.ingress.iter().flatten(),
+            }
+        })
+    }
+
+    /// The allows of group `g` whose peer is identity `ik` (mark `mark`),
+    /// exactly as the full compilation derives them.
+    fn peer_part(
+        &self,
+        a: &mut Allows,
+        dir: Dir,
+        policies: &[Key],
+        g: &Group,
+        ik: &MarkKey,
+        mark: u32,
+    ) {
+        let ident = &self.idents[ik];
+        let rep = self.rep(ik);
+        for rule in self.rules(dir, policies) {
+            let named = dir == Dir::Egress && has_named(&rule.ports);
+            match &rule.peers {
+                None => {
+                    if named {
+                        for item in named_items(&rule.ports, rep) {
+                            both(a, g.id, mark, item);
+                        }
+                    }
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        match peer {
+                            Peer::Pods { namespaces, pods } => {
+                                if !pods.matches(&ident.labels) || !self.in_scope(namespaces, ident)
+                                {
+                                    continue;
+                                }
+                                let holder = match dir {
+                                    Dir::Egress => rep,
+                                    Dir::Ingress => &g.holder,
+                                };
+                                for item in port_items(&rule.ports, Some(holder)) {
+                                    both(a, g.id, mark, item);
+                                }
+                            }
+                            Peer::IpBlock(b) => {
+                                if !named {
+                                    continue;
+                                }
+                                let first = |v4: bool| {
+                                    rep.ips.iter().copied().find(|ip| ip.is_ipv4() == v4)
+                                };
+                                let fams = [
+                                    first(true).is_some_and(|ip| b.contains(&ip)),
+                                    first(false).is_some_and(|ip| b.contains(&ip)),
+                                ];
+                                for item in named_items(&rule.ports, rep) {
+                                    for (fam, inside) in fams.iter().enumerate() {
+                                        if *inside {
+                                            a.peer(fam, g.id, mark, item);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn in_scope(&self, scope: &NamespaceScope, ident: &Ident) -> bool {
+        match scope {
+            NamespaceScope::Own(ns) => *ns == ident.namespace,
+            NamespaceScope::Selector(sel) => match self.ns_labels.get(&ident.namespace) {
+                Some(l) => sel.matches(l),
+                None => sel.matches(&Labels::new()),
+            },
+        }
+    }
+
+    /// Adds or removes identity `ik`'s peer part in every group.
+    fn peer_parts_everywhere(&self, ik: &MarkKey, out: &mut ElementDelta, add: bool) {
+        let mark = self.idents[ik].mark;
+        let mut a = Allows::default();
+        for (k, g) in &self.egress {
+            self.peer_part(&mut a, Dir::Egress, k, g, ik, mark);
+        }
+        emit(Dir::Egress, a, out, add);
+        let mut a = Allows::default();
+        for ((k, _), g) in &self.ingress {
+            self.peer_part(&mut a, Dir::Ingress, k, g, ik, mark);
+        }
+        emit(Dir::Ingress, a, out, add);
+    }
+
+    /// The per-pod elements of an endpoint pod of identity `ik`.
+    fn pod_elements(&self, p: &Pod, ik: &MarkKey, out: &mut ElementDelta, add: bool) {
+        let mark = self.idents[ik].mark;
+        for ip in &p.ips {
+            let (fam, v) = ip_value(*ip);
+            out.put(
+                ["identity4", "identity6"][fam],
+                Element {
+                    key: vec![v],
+                    data: Some(Value::Mark(mark)),
+                },
+                add,
+            );
+        }
+        if !self.is_local(p) {
+            return;
+        }
+        let name = (self.interface)(p);
+        out.put(
+            "pod_ifaces",
+            Element {
+                key: vec![Value::Ifname(name.clone())],
+                data: None,
+            },
+            add,
+        );
+        let groups = self.groups_of.get(ik);
+        let eg = groups
+            .and_then(|g| g.egress.as_ref())
+            .map(|k| self.egress[k].id);
+        let ing = groups
+            .and_then(|g| g.ingress.as_ref())
+            .map(|k| self.ingress[k].id);
+        for ip in &p.ips {
+            let (fam, v) = ip_value(*ip);
+            out.put(
+                ["pod_src4", "pod_src6"][fam],
+                Element {
+                    key: vec![Value::Ifname(name.clone()), v.clone()],
+                    data: None,
+                },
+                add,
+            );
+            for (g, set) in [
+                (eg, ["egress_group4", "egress_group6"]),
+                (ing, ["ingress_group4", "ingress_group6"]),
+            ] {
+                if let Some(g) = g {
+                    out.put(
+                        set[fam],
+                        Element {
+                            key: vec![v.clone()],
+                            data: Some(Value::Mark(g)),
+                        },
+                        add,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The local members of `ik`.
+    fn local_members(&self, ik: &MarkKey) -> Vec<Pod> {
+        self.idents[ik]
+            .members
+            .iter()
+            .map(|k| &self.pods[k])
+            .filter(|p| self.is_local(p))
+            .cloned()
+            .collect()
+    }
+
+    /// Applies `changes` and returns the element changes that bring the
+    /// ruleset compiled before them to the one compiled after them.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<ElementDelta, Refused> {
+        let mut out = ElementDelta::default();
+        for c in changes {
+            match c {
+                Change::Pod { key, new } => self.pod(key, new, &mut out)?,
+                Change::Policy { key, new } => self.policy(key, new, &mut out)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn pod(&mut self, key: Key, new: Option<Pod>, out: &mut ElementDelta) -> Result<(), Refused> {
+        if let Some(p) = &new {
+            if pod_key(p) != key {
+                return refuse("pod key mismatch");
+            }
+            if p.host_network {
+                return refuse("host-network pod");
+            }
+            if !self.ns_labels.contains_key(&p.namespace) {
+                return refuse("pod in a namespace the last build did not know");
+            }
+            if p.is_endpoint() && ambiguous_names(p) {
+                return refuse("pod names one port twice");
+            }
+        }
+        if self.pods.get(&key) == new.as_ref() {
+            return Ok(());
+        }
+        // Out with the old version.
+        if let Some(old) = self.pods.get(&key).cloned() {
+            if old.host_network {
+                return refuse("host-network pod");
+            }
+            if let Some(ik) = self.pod_ident.get(&key).cloned() {
+                self.pod_elements(&old, &ik, out, false);
+                let local = self.is_local(&old);
+                let ident = &self.idents[&ik];
+                let last = ident.members.len() == 1;
+                if local && ident.local == 1 {
+                    self.release(&ik, out);
+                }
+                if last {
+                    self.peer_parts_everywhere(&ik, out, false);
+                }
+                let ident = self.idents.get_mut(&ik).expect("member");
+                ident.members.remove(&key);
+                if local {
+                    ident.local -= 1;
+                }
+                if last {
+                    let ident = self.idents.remove(&ik).expect("member");
+                    self.used_marks.remove(&ident.mark);
+                }
+                for ip in &old.ips {
+                    self.ip_owner.remove(ip);
+                }
+                self.pod_ident.remove(&key);
+            }
+            self.pods.remove(&key);
+        }
+        // In with the new one.
+        let Some(p) = new else {
+            return Ok(());
+        };
+        if p.is_endpoint() {
+            for ip in &p.ips {
+                if self.ip_owner.contains_key(ip) {
+                    return refuse("address shared by two pods");
+                }
+            }
+            for ip in &p.ips {
+                self.ip_owner.insert(*ip, key.clone());
+            }
+            let ik = self.key_of(&p);
+            let local = self.is_local(&p);
+            let fresh = !self.idents.contains_key(&ik);
+            if fresh {
+                let mark = hash32(&ik);
+                if mark == 0 || !self.used_marks.insert(mark) {
+                    return refuse("identity mark collision");
+                }
+                self.idents.insert(
+                    ik.clone(),
+                    Ident {
+                        mark,
+                        namespace: p.namespace.clone(),
+                        labels: p.labels.clone(),
+                        members: BTreeSet::new(),
+                        local: 0,
+                    },
+                );
+            }
+            self.pods.insert(key.clone(), p.clone());
+            let ident = self.idents.get_mut(&ik).expect("inserted");
+            ident.members.insert(key.clone());
+            if local {
+                ident.local += 1;
+            }
+            let first_local = local && ident.local == 1;
+            if fresh {
+                self.peer_parts_everywhere(&ik, out, true);
+            }
+            if first_local {
+                let groups = self.groups_for(&ik);
+                if !self.acquire(&ik, groups, Some(out)) {
+                    return refuse("group id collision");
+                }
+            }
+            self.pod_elements(&p, &ik, out, true);
+            self.pod_ident.insert(key, ik);
+        } else {
+            self.pods.insert(key, p);
+        }
+        Ok(())
+    }
+
+    fn policy(
+        &mut self,
+        key: Key,
+        new: Option<NetworkPolicy>,
+        out: &mut ElementDelta,
+    ) -> Result<(), Refused> {
+        if let Some(p) = &new {
+            if policy_key(p) != key {
+                return refuse("policy key mismatch");
+            }
+        }
+        if self.policies.get(&key) == new.as_ref() {
+            return Ok(());
+        }
+        // The ipBlocks must stay the same set: they split identities.
+        let mut blocks = self.blocks.clone();
+        if let Some(old) = self.policies.get(&key) {
+            for b in rule_blocks(old) {
+                let n = blocks.get_mut(b).expect("counted");
+                *n -= 1;
+                if *n == 0 {
+                    blocks.remove(b);
+                }
+            }
+        }
+        for b in new.iter().flat_map(rule_blocks) {
+            *blocks.entry(b.clone()).or_default() += 1;
+        }
+        let before: HashSet<&IpBlock> = self.blocks.keys().collect();
+        let after: HashSet<&IpBlock> = blocks.keys().collect();
+        if before != after {
+            return refuse("the set of ipBlocks changed");
+        }
+        self.blocks = blocks;
+        // Only local identities that the old or the new version selects
+        // change groups, and every group naming the policy is theirs (its
+        // users are what it selects): no other group changes.
+        let old = self.policies.get(&key);
+        let selects = |p: Option<&NetworkPolicy>, ident: &Ident| {
+            p.is_some_and(|p| {
+                p.namespace == ident.namespace && p.pod_selector.matches(&ident.labels)
+            })
+        };
+        let affected: Vec<MarkKey> = self
+            .groups_of
+            .keys()
+            .filter(|ik| {
+                let ident = &self.idents[*ik];
+                selects(old, ident) || selects(new.as_ref(), ident)
+            })
+            .cloned()
+            .collect();
+        let members: Vec<(MarkKey, Vec<Pod>)> = affected
+            .iter()
+            .map(|ik| (ik.clone(), self.local_members(ik)))
+            .collect();
+        for (ik, pods) in &members {
+            for p in pods {
+                self.pod_elements(p, ik, out, false);
+            }
+            self.release(ik, out);
+        }
+        match new {
+            Some(p) => self.policies.insert(key, p),
+            None => self.policies.remove(&key),
+        };
+        for (ik, pods) in &members {
+            let groups = self.groups_for(ik);
+            if !self.acquire(ik, groups, Some(out)) {
+                return refuse("group id collision");
+            }
+            for p in pods {
+                self.pod_elements(p, ik, out, true);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn both(a: &mut Allows, g: u32, mark: u32, item: PortItem) {
+    a.peer(0, g, mark, item);
+    a.peer(1, g, mark, item);
+}
+
+/// Renders allows as the full compilation does and records the elements.
+fn emit(dir: Dir, a: Allows, out: &mut ElementDelta, add: bool) {
+    for set in allow_sets(dir.name(), a) {
+        for e in set.elements {
+            out.put(&set.name, e, add);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The incremental compiler against the full one: after every change of a
+//! random sequence (pods added, removed, relabelled, moved, given other
+//! ports; policies added, removed, edited), the previous ruleset patched
+//! with the incremental delta equals the full compilation of the new
+//! cluster, element for element. A refused change rebuilds the state from
+//! the full compilation, as the agent does; refusals must stay rare.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+
+use palisade_engine::synth::{self, Params};
+use palisade_engine::Engine;
+use palisade_model::{
+    Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, PortSpec, Protocol, Rule,
+};
+use palisade_nft::incr::{Change, Incremental};
+use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, Ruleset};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+
+const NODE: &str = "node0";
+
+/// The cluster as decoding assembles it: pods and policies sorted by
+/// namespace and name (group ids and representatives depend on it).
+fn assembled(c: &Cluster) -> Cluster {
+    let mut c = c.clone();
+    c.pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    c.policies
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    c
+}
+
+fn full(c: &Cluster) -> Ruleset {
+    let engine = Engine::new(assembled(c));
+    let opts = Options {
+        local: Local::Node(NODE.into()),
+        interface: interface_name,
+    };
+    compile_numbered(&engine, &opts, Numbering::Stable).unwrap()
+}
+
+fn state(c: &Cluster) -> Option<Incremental> {
+    Incremental::new(&Engine::new(assembled(c)), NODE, interface_name)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A copy of pod `a` with a new name and address, with app label `b`
+    /// (or its own when `b` is 0), on node `c`.
+    AddPod(usize, usize, usize),
+    DeletePod(usize),
+    /// Pod `a` takes pod `b`'s labels.
+    Relabel(usize, usize),
+    /// Pod `a` takes pod `b`'s container ports.
+    Ports(usize, usize),
+    MovePod(usize, usize),
+    /// Policy `a` copied into namespace `b` under a new name, selecting
+    /// app `c`.
+    CopyPolicy(usize, usize, usize),
+    DeletePolicy(usize),
+    /// Policy `a` gets the rules of policy `b` (ingress, egress or both).
+    SwapRules(usize, usize, usize),
+    /// A new policy whose rules use selectors, named ports and ranges but
+    /// no ipBlock.
+    NewPolicy(usize, usize, usize),
+    /// Several of the above before one sync.
+    Burst(Vec<Op>),
+}
+
+fn leaf() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..1000usize, 0..6usize, 0..3usize).prop_map(|(a, b, c)| Op::AddPod(a, b, c)),
+        2 => (0..1000usize).prop_map(Op::DeletePod),
+        2 => (0..1000usize, 0..1000usize).prop_map(|(a, b)| Op::Relabel(a, b)),
+        1 => (0..1000usize, 0..1000usize).prop_map(|(a, b)| Op::Ports(a, b)),
+        1 => (0..1000usize, 0..3usize).prop_map(|(a, b)| Op::MovePod(a, b)),
+        2 => (0..1000usize, 0..1000usize, 0..6usize).prop_map(|(a, b, c)| Op::CopyPolicy(a, b, c)),
+        2 => (0..1000usize).prop_map(Op::DeletePolicy),
+        1 => (0..1000usize, 0..1000usize, 0..3usize).prop_map(|(a, b, c)| Op::SwapRules(a, b, c)),
+        2 => (0..1000usize, 0..6usize, 0..1000usize).prop_map(|(a, b, c)| Op::NewPolicy(a, b, c)),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => leaf(),
+        1 => prop::collection::vec(leaf(), 2..5).prop_map(Op::Burst),
+    ]
+}
+
+fn app(k: usize) -> String {
+    format!("app{k}")
+}
+
+/// Applies `op` to `c`, returning the changes it made.
+fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
+    *n += 1;
+    let pod = |c: &Cluster, p: &palisade_model::Pod| Change::Pod {
+        key: (p.namespace.clone(), p.name.clone()),
+        new: c.pods.iter().find(|q| q.key() == p.key()).cloned(),
+    };
+    let policy = |c: &Cluster, p: &NetworkPolicy| Change::Policy {
+        key: (p.namespace.clone(), p.name.clone()),
+        new: c
+            .policies
+            .iter()
+            .find(|q| q.namespace == p.namespace && q.name == p.name)
+            .cloned(),
+    };
+    let np = c.pods.len().max(1);
+    let npol = c.policies.len().max(1);
+    match op {
+        Op::Burst(ops) => ops.iter().flat_map(|o| step(c, n, o)).collect(),
+        Op::AddPod(a, b, node) => {
+            let Some(mut p) = c.pods.get(a % np).cloned() else {
+                return vec![];
+            };
+            p.name = format!("new{n}");
+            if *b > 0 {
+                p.labels.insert("app".into(), app(*b));
+            }
+            p.ips = vec![synth::pod_ipv4(5000 + *n), synth::pod_ipv6(5000 + *n)];
+            p.node = Some(format!("node{node}"));
+            c.pods.push(p.clone());
+            vec![pod(c, &p)]
+        }
+        Op::DeletePod(a) => {
+            if c.pods.is_empty() {
+                return vec![];
+            }
+            let p = c.pods.remove(a % np);
+            vec![pod(c, &p)]
+        }
+        Op::Relabel(a, b) => {
+            if c.pods.is_empty() {
+                return vec![];
+            }
+            let labels = c.pods[b % np].labels.clone();
+            c.pods[a % np].labels = labels;
+            let p = c.pods[a % np].clone();
+            vec![pod(c, &p)]
+        }
+        Op::Ports(a, b) => {
+            if c.pods.is_empty() {
+                return vec![];
+            }
+            let ports = c.pods[b % np].ports.clone();
+            c.pods[a % np].ports = ports;
+            let p = c.pods[a % np].clone();
+            vec![pod(c, &p)]
+        }
+        Op::MovePod(a, node) => {
+            if c.pods.is_empty() {
+                return vec![];
+            }
+            c.pods[a % np].node = Some(format!("node{node}"));
+            let p = c.pods[a % np].clone();
+            vec![pod(c, &p)]
+        }
+        Op::CopyPolicy(a, b, k) => {
+            let Some(mut p) = c.policies.get(a % npol).cloned() else {
+                return vec![];
+            };
+            let ns = c
+                .namespaces
+                .keys()
+                .nth(b % c.namespaces.len())
+                .cloned()
+                .unwrap();
+            p.namespace = ns;
+            p.name = format!("copy{n}");
+            p.pod_selector = LabelSelector::from_labels([("app", app(*k).as_str())]);
+            c.policies.push(p.clone());
+            vec![policy(c, &p)]
+        }
+        Op::DeletePolicy(a) => {
+            if c.policies.is_empty() {
+                return vec![];
+            }
+            let p = c.policies.remove(a % npol);
+            vec![policy(c, &p)]
+        }
+        Op::SwapRules(a, b, which) => {
+            if c.policies.is_empty() {
+                return vec![];
+            }
+            let src = c.policies[b % npol].clone();
+            let dst = &mut c.policies[a % npol];
+            if which % 3 != 1 {
+                dst.ingress = src.ingress;
+            }
+            if which % 3 != 0 {
+                dst.egress = src.egress;
+            }
+            let p = dst.clone();
+            vec![policy(c, &p)]
+        }
+        Op::NewPolicy(a, k, m) => {
+            let ns = c
+                .namespaces
+                .keys()
+                .nth(a % c.namespaces.len())
+                .cloned()
+                .unwrap();
+            let peer = match m % 3 {
+                0 => Peer::Pods {
+                    namespaces: NamespaceScope::Own(ns.clone()),
+                    pods: LabelSelector::from_labels([("app", app(m % 7).as_str())]),
+                },
+                1 => Peer::Pods {
+                    namespaces: NamespaceScope::Selector(LabelSelector::everything()),
+                    pods: LabelSelector::everything(),
+                },
+                _ => Peer::Pods {
+                    namespaces: NamespaceScope::Selector(LabelSelector::from_labels([(
+                        "team", "t1",
+                    )])),
+                    pods: LabelSelector::everything(),
+                },
+            };
+            let ports = match m % 4 {
+                0 => None,
+                1 => Some(vec![PortSpec::Named {
+                    protocol: Protocol::Tcp,
+                    name: "http".into(),
+                }]),
+                2 => Some(vec![PortSpec::Range {
+                    protocol: Protocol::Udp,
+                    start: 1000,
+                    end: 1000 + (m % 50) as u16,
+                }]),
+                _ => Some(vec![
+                    PortSpec::Range {
+                        protocol: Protocol::Tcp,
+                        start: 80,
+                        end: 80,
+                    },
+                    PortSpec::AllPorts(Protocol::Sctp),
+                ]),
+            };
+            let rules = Some(vec![Rule {
+                peers: if m % 5 == 4 { None } else { Some(vec![peer]) },
+                ports,
+            }]);
+            let p = NetworkPolicy {
+                namespace: ns,
+                name: format!("np{n}"),
+                pod_selector: LabelSelector::from_labels([("app", app(*k).as_str())]),
+                ingress: rules.clone(),
+                egress: if m % 2 == 0 { rules } else { None },
+            };
+            c.policies.push(p.clone());
+            vec![policy(c, &p)]
+        }
+    }
+}
+
+fn patch(
+    rs: &mut Ruleset,
+    changes: Vec<(
+        String,
+        Vec<palisade_nft::Element>,
+        Vec<palisade_nft::Element>,
+    )>,
+) {
+    for (name, remove, add) in changes {
+        let set = rs
+            .sets
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no set {name}"));
+        let mut elems: BTreeSet<_> = set.elements.iter().cloned().collect();
+        for e in remove {
+            assert!(elems.remove(&e), "{name}: removes absent {e:?}");
+        }
+        for e in add {
+            assert!(elems.insert(e.clone()), "{name}: adds present {e:?}");
+        }
+        set.elements = elems.into_iter().collect();
+    }
+}
+
+/// What differs between two rulesets, element by element.
+fn difference(got: &Ruleset, want: &Ruleset) -> String {
+    let mut out = String::new();
+    if got.chains != want.chains {
+        out += "chains differ\n";
+    }
+    for (g, w) in got.sets.iter().zip(&want.sets) {
+        let gs: BTreeSet<_> = g.elements.iter().collect();
+        let ws: BTreeSet<_> = w.elements.iter().collect();
+        for e in gs.difference(&ws) {
+            out += &format!("{}: extra {:?}\n", g.name, e);
+        }
+        for e in ws.difference(&gs) {
+            out += &format!("{}: missing {:?}\n", g.name, e);
+        }
+    }
+    out
+}
+
+#[test]
+fn incremental_compile_equals_full_compile() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    let (applied, refused) = (Cell::new(0usize), Cell::new(0usize));
+    runner
+        .run(
+            &(1u64..10_000, prop::collection::vec(op(), 1..30)),
+            |(seed, ops)| {
+                let mut params = Params::small(seed);
+                params.pods = 12 + (seed % 20) as usize;
+                params.policies = 3 + (seed % 8) as usize;
+                params.nodes = 3;
+                let mut c = synth::cluster(&params);
+                let mut rs = full(&c);
+                let mut st = state(&c);
+                let mut n = 0;
+                for op in &ops {
+                    let changes = step(&mut c, &mut n, op);
+                    let want = full(&c);
+                    match st.as_mut().map(|s| s.apply(changes)) {
+                        Some(Ok(delta)) => {
+                            patch(&mut rs, delta.into_changes());
+                            let d = difference(&rs, &want);
+                            prop_assert!(d.is_empty(), "after {:?}:\n{}", op, d);
+                            applied.set(applied.get() + 1);
+                        }
+                        Some(Err(_)) | None => {
+                            refused.set(refused.get() + 1);
+                            rs = want;
+                            st = state(&c);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let (applied, refused) = (applied.get(), refused.get());
+    eprintln!("changes: {applied} incremental, {refused} refused");
+    assert!(
+        applied > 4 * refused,
+        "{refused} refused against {applied} applied"
+    );
+}
