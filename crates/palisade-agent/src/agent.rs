@@ -40,6 +40,11 @@ pub struct AgentConfig {
     /// 0.6 s for a 10,000-pod cluster's node). Additions are cheap (250
     /// into a 20,000-element set: 14 ms). `None`: always patch.
     pub replace_above_interval_removals: Option<usize>,
+    /// Interval elements that nothing can reach any more are removed when
+    /// the agent is idle, this many per transaction (see
+    /// [`palisade_nft::incr`]): an event arriving meanwhile waits for one
+    /// such transaction at most.
+    pub collect_batch: usize,
 }
 
 impl AgentConfig {
@@ -51,6 +56,7 @@ impl AgentConfig {
             scopes,
             max_backoff: Duration::from_secs(10),
             replace_above_interval_removals: Some(16),
+            collect_batch: 2,
         }
     }
 }
@@ -223,6 +229,58 @@ impl<B: Backend> Agent<B> {
     /// The table as last applied (or read from the kernel).
     pub fn applied(&self) -> Option<&Ruleset> {
         self.applied.as_ref()
+    }
+
+    /// Unreachable interval elements the table still holds, by set (see
+    /// [`Agent::collect_garbage`]).
+    pub fn garbage(&self) -> BTreeMap<String, BTreeSet<palisade_nft::Element>> {
+        self.incr
+            .as_ref()
+            .map(|i| i.garbage().clone())
+            .unwrap_or_default()
+    }
+
+    /// How many unreachable interval elements the table still holds.
+    pub fn garbage_len(&self) -> usize {
+        self.incr.as_ref().map_or(0, Incr::garbage_len)
+    }
+
+    /// Removes up to `collect_batch` unreachable interval elements in one
+    /// transaction; returns how many are left. On failure the incremental
+    /// state is dropped and the next sync is a full one.
+    pub fn collect_garbage(&mut self) -> Result<usize, SyncError> {
+        let batch = self.cfg.collect_batch.max(1);
+        let (Some(incr), Some(applied)) = (self.incr.as_mut(), self.applied.as_ref()) else {
+            return Ok(0);
+        };
+        let sets = match incr.collect(batch, applied) {
+            Ok(sets) => sets,
+            Err(e) => {
+                warn!(error = %e, "cannot collect unreachable elements; rebuilding");
+                self.incr = None;
+                self.pending_full = true;
+                return Err(SyncError::Compile(e));
+            }
+        };
+        if sets.is_empty() {
+            return Ok(0);
+        }
+        let delta = Delta::Elements(sets);
+        let text = delta.to_nft_text(self.applied.as_ref().expect("checked above"));
+        if let Err(e) = self.apply(&delta, &text) {
+            warn!(error = %e, "removing unreachable elements failed; rebuilding");
+            self.metrics.error("apply");
+            self.incr = None;
+            self.kernel_read = false;
+            self.pending_full = true;
+            return Err(SyncError::Apply(e.to_string()));
+        }
+        if let (Some(table), Delta::Elements(sets)) = (self.applied.as_mut(), &delta) {
+            fast::apply_in_place(table, sets);
+        }
+        let left = self.garbage_len();
+        self.metrics.garbage.set(left as i64);
+        Ok(left)
     }
 
     pub fn backend(&mut self) -> &mut B {
@@ -431,7 +489,10 @@ impl<B: Backend> Agent<B> {
         let (Some(incr), Some(applied)) = (self.incr.as_mut(), self.applied.as_ref()) else {
             return None;
         };
-        match incr.plan(&self.store, pending, applied) {
+        let t = Instant::now();
+        let planned = incr.plan(&self.store, pending, applied);
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "incremental plan");
+        match planned {
             Ok(sets) => self.patch(sets, t0, SyncPath::Incremental),
             Err(reason) => {
                 debug!(reason, "change needs a full rebuild");
@@ -460,7 +521,9 @@ impl<B: Backend> Agent<B> {
         } else {
             Delta::Elements(sets)
         };
+        let t = Instant::now();
         let text = delta.to_nft_text(applied);
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "rendered");
         if let Err(e) = self.apply(&delta, &text) {
             // The kernel is not what we thought: the full path reads it.
             warn!(error = %e, "element delta failed; re-reading the table");
@@ -597,6 +660,7 @@ impl<B: Backend> Agent<B> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         self.metrics.last_sync.set(now.as_secs_f64());
+        self.metrics.garbage.set(self.garbage_len() as i64);
         self.refresh_object_counts();
         self.never_synced = false;
         {
@@ -662,6 +726,9 @@ impl<B: Backend> Agent<B> {
             let deadline = if dirty && self.ready_to_sync() {
                 let settle = (last + self.cfg.debounce).min(first + self.cfg.max_delay);
                 retry_at.map_or(settle, |r| settle.max(r))
+            } else if self.garbage_len() > 0 {
+                // Idle with unreachable elements left: one batch now.
+                now
             } else {
                 now + idle
             };
@@ -681,6 +748,14 @@ impl<B: Backend> Agent<B> {
             let now = Instant::now();
             let settled = now >= last + self.cfg.debounce || now >= first + self.cfg.max_delay;
             let may_retry = retry_at.is_none_or(|r| now >= r);
+            if !dirty && self.garbage_len() > 0 {
+                if self.collect_garbage().is_err() {
+                    dirty = true;
+                    first = now;
+                    last = now;
+                }
+                continue;
+            }
             if dirty && self.ready_to_sync() && settled && may_retry {
                 match self.sync() {
                     Ok(_) | Err(SyncError::Compile(_)) => {

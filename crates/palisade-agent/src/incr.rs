@@ -5,12 +5,12 @@
 //! object that several origins define, any other kind of object).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use palisade_engine::Engine;
 use palisade_k8s::{Located, Object};
-use palisade_nft::incr::{Change, Incremental, Key};
-use palisade_nft::{interface_name, Ruleset};
+use palisade_nft::incr::{Change, ElementDelta, Incremental, Key};
+use palisade_nft::{interface_name, Element, Ruleset};
 
 use crate::delta::SetDelta;
 use crate::store::Store;
@@ -123,29 +123,51 @@ impl Incr {
             }
         }
         let delta = self.inner.apply(changes).map_err(|r| r.0)?;
-        let mut by_set = delta.into_changes();
-        let mut out = Vec::new();
-        // In the table's set order, and only what the table agrees with: a
-        // removal of an absent element or an addition of a present one
-        // means this state and the table disagree.
-        for s in &applied.sets {
-            let Some(i) = by_set.iter().position(|(name, _, _)| *name == s.name) else {
-                continue;
-            };
-            let (name, remove, add) = by_set.swap_remove(i);
-            let has = |e| s.elements.binary_search(e).is_ok();
-            if !remove.iter().all(has) || add.iter().any(has) {
-                return Err(format!("set {name} disagrees with the incremental state"));
-            }
-            out.push(SetDelta {
-                set: name,
-                remove,
-                add,
-            });
-        }
-        if let Some((name, _, _)) = by_set.first() {
-            return Err(format!("no set {name} in the table"));
-        }
-        Ok(out)
+        set_deltas(delta, applied)
     }
+
+    /// How many unreachable interval elements the table still holds.
+    pub(crate) fn garbage_len(&self) -> usize {
+        self.inner.garbage_len()
+    }
+
+    pub(crate) fn garbage(&self) -> &BTreeMap<String, BTreeSet<Element>> {
+        self.inner.garbage()
+    }
+
+    /// The removal of up to `max` of them.
+    pub(crate) fn collect(
+        &mut self,
+        max: usize,
+        applied: &Ruleset,
+    ) -> Result<Vec<SetDelta>, String> {
+        set_deltas(self.inner.collect(max), applied)
+    }
+}
+
+/// `delta` as set deltas in the table's set order, checked against the
+/// table: a removal of an absent element or an addition of a present one
+/// means the incremental state and the table disagree.
+fn set_deltas(delta: ElementDelta, applied: &Ruleset) -> Result<Vec<SetDelta>, String> {
+    let mut by_set = delta.into_changes();
+    let mut out = Vec::new();
+    for s in &applied.sets {
+        let Some(i) = by_set.iter().position(|(name, _, _)| *name == s.name) else {
+            continue;
+        };
+        let (name, remove, add) = by_set.swap_remove(i);
+        let has = |e| s.elements.binary_search(e).is_ok();
+        if !remove.iter().all(has) || add.iter().any(has) {
+            return Err(format!("set {name} disagrees with the incremental state"));
+        }
+        out.push(SetDelta {
+            set: name,
+            remove,
+            add,
+        });
+    }
+    if let Some((name, _, _)) = by_set.first() {
+        return Err(format!("no set {name} in the table"));
+    }
+    Ok(out)
 }

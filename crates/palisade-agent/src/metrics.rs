@@ -37,6 +37,8 @@ pub struct Metrics {
     pub degraded: Gauge,
     /// Origins whose last update was rejected.
     pub rejected_origins: Gauge,
+    /// Unreachable interval elements waiting to be removed while idle.
+    pub garbage: Gauge,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -65,6 +67,7 @@ impl Metrics {
             last_sync: Gauge::default(),
             degraded: Gauge::default(),
             rejected_origins: Gauge::default(),
+            garbage: Gauge::default(),
         };
         registry.register(
             "objects",
@@ -104,6 +107,11 @@ impl Metrics {
             "rejected_origins",
             "Origins whose last update was rejected",
             m.rejected_origins.clone(),
+        );
+        registry.register(
+            "unreachable_elements",
+            "Interval-set elements nothing can reach, removed while idle",
+            m.garbage.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -30,6 +30,26 @@ fn resync(c: &Cluster) -> Input {
     }
 }
 
+/// The table a fresh agent builds from `c` alone, plus what `a` defers
+/// removing (unreachable interval elements, removed when idle).
+fn full_rebuild_and_garbage(c: &Cluster, a: &Agent<Recording>) -> palisade_nft::Ruleset {
+    let mut rs = full_rebuild(c);
+    for (name, garbage) in a.garbage() {
+        let set = rs.sets.iter_mut().find(|s| s.name == name).unwrap();
+        for e in garbage {
+            assert!(!set.elements.contains(&e), "{name}: wanted and garbage");
+            set.elements.push(e);
+        }
+        set.elements.sort();
+    }
+    rs
+}
+
+/// Removes every unreachable element the agent deferred.
+fn collect_all(a: &mut Agent<Recording>) {
+    while a.collect_garbage().unwrap() > 0 {}
+}
+
 /// The table a fresh agent builds from `c` alone.
 fn full_rebuild(c: &Cluster) -> palisade_nft::Ruleset {
     let rec = Recording::new();
@@ -211,7 +231,7 @@ fn incremental_equals_full_rebuild() {
                 };
                 counter.set(counter.get() + 1);
                 let incremental = rec.state().table.clone().unwrap();
-                prop_assert_eq!(&incremental, &full_rebuild(c));
+                prop_assert_eq!(&incremental, &full_rebuild_and_garbage(c, a));
                 prop_assert_eq!(a.applied(), Some(&incremental));
                 let m = a.metrics().encode();
                 let failed = m.lines().find(|l| l.contains("reason=\"apply\""));
@@ -227,6 +247,9 @@ fn incremental_equals_full_rebuild() {
                 }
             }
             check(&mut a, &c)?;
+            collect_all(&mut a);
+            prop_assert!(a.garbage().is_empty());
+            prop_assert_eq!(rec.state().table.clone().unwrap(), full_rebuild(&c));
             let replaces = rec.state().deltas.iter().filter(|d| d.is_replace()).count();
             prop_assert_eq!(replaces, 1);
             Ok(())
@@ -271,7 +294,11 @@ fn replicas_and_relabels_take_the_fast_path() {
         let r = a.sync().unwrap();
         let took_fast = r.path == SyncPath::Fast;
         assert!(fast.is_none_or(|f| f == took_fast), "{op:?}: {r:?}");
-        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)), "{op:?}");
+        assert_eq!(
+            rec.state().table.as_ref(),
+            Some(&full_rebuild_and_garbage(c, a)),
+            "{op:?}"
+        );
     };
     // A replica of a local pod (fast if it already had a local sibling);
     // then it has one: further replicas and their removal are fast.
@@ -293,7 +320,10 @@ fn replicas_and_relabels_take_the_fast_path() {
         c.pods[i].labels = labels;
         a.handle(Input::Upsert(entry(Object::Pod(c.pods[i].clone()))));
         let r = a.sync().unwrap();
-        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(c)));
+        assert_eq!(
+            rec.state().table.as_ref(),
+            Some(&full_rebuild_and_garbage(c, a))
+        );
         r.path == SyncPath::Fast
     };
     let mut other = original.clone();
@@ -349,7 +379,10 @@ fn a_pod_relabel_changes_only_map_elements() {
     assert!(sets.iter().any(|d| d.set == "identity4"), "{sets:?}");
     assert!(text.contains(&ip), "{text}");
     drop(st);
-    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    assert_eq!(
+        rec.state().table.as_ref(),
+        Some(&full_rebuild_and_garbage(&c, &a))
+    );
 }
 
 /// The object-count gauges follow the store: set after the first sync, and
@@ -510,8 +543,13 @@ fn bursts_are_debounced_into_one_transaction() {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(rec.state().deltas.len(), 2, "one transaction for the burst");
-    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    // One transaction for the burst; after it, only the idle removal of
+    // unreachable elements (removals only), which leaves the full rebuild.
+    let st = rec.state();
+    let adding = st.deltas[1..].iter().filter(|d| d.counts().0 > 0).count();
+    assert_eq!(adding, 1, "one transaction for the burst");
+    assert_eq!(st.table.as_ref(), Some(&full_rebuild(&c)));
+    drop(st);
     drop(tx);
     h.join().unwrap();
 }
@@ -537,7 +575,10 @@ fn a_restarted_agent_patches_the_existing_table() {
     third.handle(resync(&c));
     let r = third.sync().unwrap();
     assert!(!r.replaced && r.removed > 0, "{r:?}");
-    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    assert_eq!(
+        rec.state().table.as_ref(),
+        Some(&full_rebuild_and_garbage(&c, &third))
+    );
     let _ = gone;
 
     // A failed element delta re-reads the table and converges.
@@ -545,7 +586,10 @@ fn a_restarted_agent_patches_the_existing_table() {
     c.pods[0].labels.insert("app".into(), "x".into());
     third.handle(Input::Upsert(entry(Object::Pod(c.pods[0].clone()))));
     third.sync().unwrap();
-    assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+    assert_eq!(
+        rec.state().table.as_ref(),
+        Some(&full_rebuild_and_garbage(&c, &third))
+    );
 }
 
 #[test]
@@ -581,7 +625,10 @@ fn a_large_interval_delta_replaces_the_table() {
         let input = step(&mut c, &mut n, &op).unwrap();
         a.handle(input);
         replaced += usize::from(a.sync().unwrap().replaced);
-        assert_eq!(rec.state().table.as_ref(), Some(&full_rebuild(&c)));
+        assert_eq!(
+            rec.state().table.as_ref(),
+            Some(&full_rebuild_and_garbage(&c, &a))
+        );
     }
     assert!(replaced > 0, "no policy change removed interval elements");
 }

@@ -186,7 +186,28 @@ pub struct Incremental {
     used_ingress: HashSet<u32>,
     /// Which pod holds each endpoint address.
     ip_owner: HashMap<IpAddr, Key>,
+    /// Interval elements the table still holds although the desired state
+    /// no longer does, because nothing can reach them: their group id or
+    /// identity mark is assigned to no pod. See [`Incremental::collect`].
+    garbage: BTreeMap<String, BTreeSet<Element>>,
 }
+
+/// Interval sets whose elements start with a policy group id; in the
+/// `*_peer*` ones the second field is the peer's identity mark.
+const DEFERRABLE: [(&str, Dir, bool); 12] = [
+    ("egress_peer_range", Dir::Egress, true),
+    ("egress_peer4", Dir::Egress, true),
+    ("egress_peer6", Dir::Egress, true),
+    ("egress_cidr4", Dir::Egress, false),
+    ("egress_cidr6", Dir::Egress, false),
+    ("egress_any", Dir::Egress, false),
+    ("ingress_peer_range", Dir::Ingress, true),
+    ("ingress_peer4", Dir::Ingress, true),
+    ("ingress_peer6", Dir::Ingress, true),
+    ("ingress_cidr4", Dir::Ingress, false),
+    ("ingress_cidr6", Dir::Ingress, false),
+    ("ingress_any", Dir::Ingress, false),
+];
 
 fn pod_key(p: &Pod) -> Key {
     (p.namespace.clone(), p.name.clone())
@@ -256,6 +277,7 @@ impl Incremental {
             used_egress: HashSet::new(),
             used_ingress: HashSet::new(),
             ip_owner: HashMap::new(),
+            garbage: BTreeMap::new(),
         };
         for p in &cluster.policies {
             for b in rule_blocks(p) {
@@ -685,7 +707,9 @@ impl Incremental {
     }
 
     /// Applies `changes` and returns the element changes that bring the
-    /// ruleset compiled before them to the one compiled after them.
+    /// table from the ruleset compiled before them to the one compiled
+    /// after them, except that removals from interval sets of elements
+    /// nothing can reach any more are deferred (see [`Incremental::collect`]).
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<ElementDelta, Refused> {
         let mut out = ElementDelta::default();
         for c in changes {
@@ -694,7 +718,96 @@ impl Incremental {
                 Change::Policy { key, new } => self.policy(key, new, &mut out)?,
             }
         }
+        self.defer(&mut out);
         Ok(out)
+    }
+
+    /// Whether a packet can reach an element of a [`DEFERRABLE`] set: its
+    /// group is some local pod's and, in a peer set, its mark some pod's.
+    fn reachable(&self, dir: Dir, peer: bool, e: &Element) -> bool {
+        let mark = |i: usize| match e.key.get(i) {
+            Some(Value::Mark(m)) => Some(*m),
+            _ => None,
+        };
+        let Some(g) = mark(0) else {
+            return true;
+        };
+        let group = match dir {
+            Dir::Egress => self.used_egress.contains(&g),
+            Dir::Ingress => self.used_ingress.contains(&g),
+        };
+        group && (!peer || mark(1).is_none_or(|m| self.used_marks.contains(&m)))
+    }
+
+    /// Removing an element from a large concatenated interval set costs the
+    /// kernel 20-50 ms, adding one a few microseconds. An element nothing
+    /// can reach allows nothing, so its removal waits (it becomes garbage);
+    /// garbage that a change makes reachable again is either wanted again
+    /// (kept) or removed in the same transaction, before anything can match
+    /// it.
+    fn defer(&mut self, out: &mut ElementDelta) {
+        for (set, dir, peer) in DEFERRABLE {
+            let Some((remove, add)) = out.sets.get_mut(set) else {
+                continue;
+            };
+            let garbage = self.garbage.entry(set.to_string()).or_default();
+            add.retain(|e| !garbage.remove(e));
+            let removed = std::mem::take(remove);
+            for e in removed {
+                if self.reachable(dir, peer, &e) {
+                    remove.insert(e);
+                } else {
+                    self.garbage
+                        .get_mut(set)
+                        .expect("entry made above")
+                        .insert(e);
+                }
+            }
+        }
+        for (set, dir, peer) in DEFERRABLE {
+            let Some(garbage) = self.garbage.get(set) else {
+                continue;
+            };
+            let live: Vec<Element> = garbage
+                .iter()
+                .filter(|e| self.reachable(dir, peer, e))
+                .cloned()
+                .collect();
+            for e in live {
+                self.garbage.get_mut(set).expect("present").remove(&e);
+                out.remove(set, e);
+            }
+        }
+        self.garbage.retain(|_, g| !g.is_empty());
+    }
+
+    /// How many unreachable interval elements the table still holds.
+    pub fn garbage_len(&self) -> usize {
+        self.garbage.values().map(BTreeSet::len).sum()
+    }
+
+    /// Unreachable interval elements the table still holds, by set.
+    pub fn garbage(&self) -> &BTreeMap<String, BTreeSet<Element>> {
+        &self.garbage
+    }
+
+    /// Up to `max` unreachable elements to remove now (the caller removes
+    /// them when idle, a few per transaction, so that no event waits long
+    /// behind a removal).
+    pub fn collect(&mut self, max: usize) -> ElementDelta {
+        let mut out = ElementDelta::default();
+        let mut n = 0;
+        for (set, garbage) in &mut self.garbage {
+            while n < max {
+                let Some(e) = garbage.pop_first() else {
+                    break;
+                };
+                out.remove(set, e);
+                n += 1;
+            }
+        }
+        self.garbage.retain(|_, g| !g.is_empty());
+        out
     }
 
     fn pod(&mut self, key: Key, new: Option<Pod>, out: &mut ElementDelta) -> Result<(), Refused> {

@@ -307,6 +307,7 @@ fn incremental_compile_equals_full_compile() {
         ..ProptestConfig::default()
     });
     let (applied, refused) = (Cell::new(0usize), Cell::new(0usize));
+    let deferred = Cell::new(0usize);
     runner
         .run(
             &(1u64..10_000, prop::collection::vec(op(), 1..30)),
@@ -325,9 +326,26 @@ fn incremental_compile_equals_full_compile() {
                     match st.as_mut().map(|s| s.apply(changes)) {
                         Some(Ok(delta)) => {
                             patch(&mut rs, delta.into_changes());
-                            let d = difference(&rs, &want);
+                            // The table holds what the full compilation
+                            // does, plus the garbage whose removal waits.
+                            let mut expect = want.clone();
+                            for (name, garbage) in st.as_ref().unwrap().garbage() {
+                                let set = expect.sets.iter_mut().find(|s| s.name == *name);
+                                let set = set.expect("garbage of a known set");
+                                for e in garbage {
+                                    prop_assert!(
+                                        !set.elements.contains(e),
+                                        "{} wanted and garbage",
+                                        name
+                                    );
+                                    set.elements.push(e.clone());
+                                }
+                                set.elements.sort();
+                            }
+                            let d = difference(&rs, &expect);
                             prop_assert!(d.is_empty(), "after {:?}:\n{}", op, d);
                             applied.set(applied.get() + 1);
+                            deferred.set(deferred.get() + st.as_ref().unwrap().garbage_len());
                         }
                         Some(Err(_)) | None => {
                             refused.set(refused.get() + 1);
@@ -336,12 +354,27 @@ fn incremental_compile_equals_full_compile() {
                         }
                     }
                 }
+                // Collecting the garbage, a few elements at a time, leaves
+                // exactly the full compilation.
+                if let Some(st) = st.as_mut() {
+                    while st.garbage_len() > 0 {
+                        let before = st.garbage_len();
+                        patch(&mut rs, st.collect(3).into_changes());
+                        prop_assert_eq!(st.garbage_len(), before.saturating_sub(3));
+                    }
+                }
+                let d = difference(&rs, &full(&c));
+                prop_assert!(d.is_empty(), "after collecting:\n{}", d);
                 Ok(())
             },
         )
         .unwrap();
     let (applied, refused) = (applied.get(), refused.get());
-    eprintln!("changes: {applied} incremental, {refused} refused");
+    eprintln!(
+        "changes: {applied} incremental, {refused} refused; garbage after a change, summed: {}",
+        deferred.get()
+    );
+    assert!(deferred.get() > 0, "no removal was ever deferred");
     assert!(
         applied > 4 * refused,
         "{refused} refused against {applied} applied"
