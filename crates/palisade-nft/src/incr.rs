@@ -177,6 +177,9 @@ pub struct Incremental {
     /// Endpoint pods (not host-network) to their identity key.
     pod_ident: HashMap<Key, MarkKey>,
     idents: HashMap<MarkKey, Ident>,
+    /// Identity keys by namespace: a group's peers are looked for only in
+    /// the namespaces its rules can reach.
+    by_ns: HashMap<String, HashSet<MarkKey>>,
     used_marks: HashSet<u32>,
     /// Local identities' groups.
     groups_of: HashMap<MarkKey, Groups>,
@@ -270,6 +273,7 @@ impl Incremental {
             pods: HashMap::new(),
             pod_ident: HashMap::new(),
             idents: HashMap::new(),
+            by_ns: HashMap::new(),
             used_marks: HashSet::new(),
             groups_of: HashMap::new(),
             egress: BTreeMap::new(),
@@ -289,15 +293,21 @@ impl Incremental {
         // its key's hash was probed past a collision. Host-network
         // identities only hold their mark: they are nobody's peer.
         let marks = numbering::identity_marks(engine, numbering::Numbering::Stable);
+        let mut keys = Vec::with_capacity(marks.len());
         for (ident, &mark) in idx.identities.iter().zip(&marks) {
             let rep = &cluster.pods[ident.members[0]];
             let key = st.key_of(rep);
             if mark != hash32(&key) || !st.used_marks.insert(mark) {
                 return None;
             }
+            keys.push(key.clone());
             if ident.host_network {
                 continue;
             }
+            st.by_ns
+                .entry(ident.namespace.clone())
+                .or_default()
+                .insert(key.clone());
             st.idents.insert(
                 key,
                 Ident {
@@ -309,7 +319,7 @@ impl Incremental {
                 },
             );
         }
-        for p in &cluster.pods {
+        for (i, p) in cluster.pods.iter().enumerate() {
             let key = pod_key(p);
             if p.is_endpoint() && !p.host_network {
                 if ambiguous_names(p) {
@@ -320,7 +330,7 @@ impl Incremental {
                         return None;
                     }
                 }
-                let ik = st.key_of(p);
+                let ik = keys.get(idx.pod_identity[i]? as usize)?.clone();
                 let ident = st.idents.get_mut(&ik)?;
                 ident.members.insert(key.clone());
                 if p.node.as_deref() == Some(node) {
@@ -524,10 +534,59 @@ impl Incremental {
                 }
             }
         }
-        for (ik, ident) in &self.idents {
-            self.peer_part(&mut a, dir, policies, g, ik, ident.mark);
+        let rules: Vec<&palisade_model::Rule> = self.rules(dir, policies).collect();
+        let mut part = |ik: &MarkKey| {
+            let ident = &self.idents[ik];
+            self.peer_part(&mut a, dir, &rules, g, ident, self.rep(ik));
+        };
+        match self.peer_namespaces(dir, policies) {
+            None => self.idents.keys().for_each(&mut part),
+            Some(namespaces) => {
+                for ns in namespaces {
+                    self.by_ns.get(ns).into_iter().flatten().for_each(&mut part);
+                }
+            }
         }
         emit(dir, a, out, add);
+    }
+
+    /// The namespaces whose identities the rules of `policies` can give a
+    /// peer part; `None`: any namespace (a named port without a selector).
+    fn peer_namespaces<'a>(&'a self, dir: Dir, policies: &'a [Key]) -> Option<BTreeSet<&'a str>> {
+        let mut out = BTreeSet::new();
+        for rule in self.rules(dir, policies) {
+            let named = dir == Dir::Egress && has_named(&rule.ports);
+            let Some(peers) = &rule.peers else {
+                if named {
+                    return None;
+                }
+                continue;
+            };
+            for peer in peers {
+                match peer {
+                    Peer::Pods {
+                        namespaces: NamespaceScope::Own(ns),
+                        ..
+                    } => {
+                        out.insert(ns.as_str());
+                    }
+                    Peer::Pods {
+                        namespaces: NamespaceScope::Selector(sel),
+                        ..
+                    } => {
+                        for ns in self.by_ns.keys() {
+                            let labels = self.ns_labels.get(ns);
+                            if sel.matches(labels.unwrap_or(&Labels::new())) {
+                                out.insert(ns.as_str());
+                            }
+                        }
+                    }
+                    Peer::IpBlock(_) if named => return None,
+                    Peer::IpBlock(_) => {}
+                }
+            }
+        }
+        Some(out)
     }
 
     fn rules<'a>(
@@ -546,18 +605,18 @@ impl Incremental {
 
     /// The allows of group `g` whose peer is identity `ik` (mark `mark`),
     /// exactly as the full compilation derives them.
+    #[allow(clippy::too_many_arguments)]
     fn peer_part(
         &self,
         a: &mut Allows,
         dir: Dir,
-        policies: &[Key],
+        rules: &[&palisade_model::Rule],
         g: &Group,
-        ik: &MarkKey,
-        mark: u32,
+        ident: &Ident,
+        rep: &Pod,
     ) {
-        let ident = &self.idents[ik];
-        let rep = self.rep(ik);
-        for rule in self.rules(dir, policies) {
+        let mark = ident.mark;
+        for rule in rules {
             let named = dir == Dir::Egress && has_named(&rule.ports);
             match &rule.peers {
                 None => {
@@ -621,15 +680,17 @@ impl Incremental {
 
     /// Adds or removes identity `ik`'s peer part in every group.
     fn peer_parts_everywhere(&self, ik: &MarkKey, out: &mut ElementDelta, add: bool) {
-        let mark = self.idents[ik].mark;
+        let (ident, rep) = (&self.idents[ik], self.rep(ik));
         let mut a = Allows::default();
         for (k, g) in &self.egress {
-            self.peer_part(&mut a, Dir::Egress, k, g, ik, mark);
+            let rules: Vec<_> = self.rules(Dir::Egress, k).collect();
+            self.peer_part(&mut a, Dir::Egress, &rules, g, ident, rep);
         }
         emit(Dir::Egress, a, out, add);
         let mut a = Allows::default();
         for ((k, _), g) in &self.ingress {
-            self.peer_part(&mut a, Dir::Ingress, k, g, ik, mark);
+            let rules: Vec<_> = self.rules(Dir::Ingress, k).collect();
+            self.peer_part(&mut a, Dir::Ingress, &rules, g, ident, rep);
         }
         emit(Dir::Ingress, a, out, add);
     }
@@ -851,6 +912,9 @@ impl Incremental {
                 }
                 if last {
                     let ident = self.idents.remove(&ik).expect("member");
+                    if let Some(set) = self.by_ns.get_mut(&ident.namespace) {
+                        set.remove(&ik);
+                    }
                     self.used_marks.remove(&ident.mark);
                 }
                 for ip in &old.ips {
@@ -881,6 +945,10 @@ impl Incremental {
                 if mark == 0 || !self.used_marks.insert(mark) {
                     return refuse("identity mark collision");
                 }
+                self.by_ns
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .insert(ik.clone());
                 self.idents.insert(
                     ik.clone(),
                     Ident {
