@@ -22,11 +22,13 @@
 //!   ([`palisade_nft::Numbering::Stable`]) and applies only the difference
 //!   ([`delta`]): element additions and removals when only elements differ,
 //!   an atomic `delete table` + re-add when chains or set definitions change.
-//! - **Fast path**: a pod added, deleted or relabelled into an identity that
-//!   already has a member on the same side of the node (and leaving one
-//!   that keeps a member) changes no rule; its elements are copied from that
-//!   sibling's, with the addresses and interface substituted, without
-//!   rebuilding the engine or compiling. Anything else takes the full path.
+//! - **Incremental path**: pod and NetworkPolicy changes are compiled
+//!   incrementally ([`palisade_nft::incr`]): only the contributions they
+//!   touch are recomputed, no engine is rebuilt; unreachable interval
+//!   elements are removed while idle. Clusters with admin policies, which
+//!   it refuses, keep the **fast path** for pod events that alter no rule
+//!   (a sibling pod's elements copied with addresses substituted).
+//!   Anything else takes the full path.
 //! - **Applying**: element deltas go to one long-lived `nft -i` in the
 //!   node's network namespace, one atomic transaction per sync
 //!   ([`backend::Nft`]): no process start and no netlink socket close per

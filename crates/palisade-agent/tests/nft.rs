@@ -78,6 +78,12 @@ fn the_kernel_takes_deltas_and_a_restart_patches() {
     });
     assert!(!a.sync().unwrap().replaced);
     reads_back(&ns, a.applied().unwrap());
+    // What the idle agent does: remove the unreachable interval elements
+    // it deferred, in small transactions.
+    while a.collect_garbage().unwrap() > 0 {
+        reads_back(&ns, a.applied().unwrap());
+    }
+    reads_back(&ns, a.applied().unwrap());
     drop(a);
 
     let mut b = agent(&ns);
