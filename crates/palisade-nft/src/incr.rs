@@ -50,7 +50,7 @@ use palisade_model::{
 
 use crate::numbering::{self, hash32, MarkKey};
 use crate::{
-    allow_sets, block_ranges, has_named, ip_value, named_items, port_items, Allows, Element,
+    allow_sets, block_ranges, has_named, ip_value, named_items, port_items, Allows, Dir, Element,
     InterfaceNamer, PortItem, Value,
 };
 
@@ -146,21 +146,6 @@ struct Group {
     users: usize,
     /// A member pod: ingress named ports resolve on it.
     holder: Pod,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Egress,
-    Ingress,
-}
-
-impl Dir {
-    fn name(self) -> &'static str {
-        match self {
-            Dir::Egress => "egress",
-            Dir::Ingress => "ingress",
-        }
-    }
 }
 
 /// The incremental state of one node's ruleset.
