@@ -29,6 +29,11 @@ fn main() {
         let d = st.apply(vec![Change::Pod { key, new: Some(p) }]).unwrap();
         let n: usize = d.sets.values().map(|(a, b)| a.len() + b.len()).sum();
         let new_pod = t.elapsed();
+        if k == 0 {
+            for (set, (a, b)) in &d.sets {
+                println!("  {set}: {}", a.len() + b.len());
+            }
+        }
         let mut q = c.pods[r.below(c.pods.len())].clone();
         q.name = format!("incr-rep{k}");
         q.ips = vec![synth::pod_ipv4(310_000 + k), synth::pod_ipv6(310_000 + k)];

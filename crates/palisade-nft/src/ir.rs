@@ -183,6 +183,8 @@ pub enum Expr {
     /// `established,related`
     Flags(Vec<&'static str>),
     Prefix(String, u8),
+    /// An anonymous set of symbols: `{ tcp, udp, sctp }`.
+    AnonSet(Vec<&'static str>),
 }
 
 impl Expr {
@@ -204,6 +206,7 @@ impl Expr {
             Expr::Symbol(s) => s.to_string(),
             Expr::Flags(f) => f.join(","),
             Expr::Prefix(a, l) => format!("{a}/{l}"),
+            Expr::AnonSet(v) => format!("{{ {} }}", v.join(", ")),
         }
     }
 
@@ -224,6 +227,7 @@ impl Expr {
             Expr::Symbol(s) => json!(s),
             Expr::Flags(f) => json!(f),
             Expr::Prefix(a, l) => json!({"prefix": {"addr": a, "len": l}}),
+            Expr::AnonSet(v) => json!({ "set": v }),
         }
     }
 }

@@ -56,6 +56,8 @@
 //!   ordered list of tier rules that select the pod (and, for ingress, the
 //!   named ports they use, resolved on it).
 //! - **NetworkPolicy allow sets** (allows are a union: order never matters):
+//!   - `*_peer_all` (hash): `group . peer mark` where every TCP, UDP and
+//!     SCTP port is allowed (a rule without ports): one element, not three;
 //!   - `*_peer_port` (hash): `group . peer mark . l4proto . port`, for peers
 //!     given by selectors (and named ports, resolved per identity: only a
 //!     pod destination can match one); `*_peer_proto` (hash): `group . peer
@@ -429,11 +431,37 @@ fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
     let key = |g: u32, mark: u32, p: u8| vec![Value::Mark(g), Value::Mark(mark), proto_value(p)];
     let (mut by_port, mut by_proto, mut by_range) = (Vec::new(), Vec::new(), Vec::new());
     let mut fam_only = [Vec::new(), Vec::new()];
+    let mut by_peer = Vec::new();
     let keys: BTreeSet<(u32, u32, u8)> = peer[0].keys().chain(peer[1].keys()).copied().collect();
-    for k @ (g, mark, p) in keys {
-        let [r4, r6] = [0, 1].map(|f| merge_ranges(peer[f].get(&k).cloned().unwrap_or_default()));
+    let merged: BTreeMap<(u32, u32, u8), [Vec<Span>; 2]> = keys
+        .iter()
+        .map(|k| {
+            let r = [0, 1].map(|f| merge_ranges(peer[f].get(k).cloned().unwrap_or_default()));
+            (*k, r)
+        })
+        .collect();
+    // Peers allowed every port of every protocol (a rule without ports):
+    // one element instead of one per protocol.
+    let every = vec![(0, u128::from(u16::MAX))];
+    let all_protocols = |g: u32, mark: u32| {
+        ALL_PROTOCOLS.iter().all(|p| {
+            merged
+                .get(&(g, mark, p.number()))
+                .is_some_and(|[r4, r6]| *r4 == every && *r6 == every)
+        })
+    };
+    for (&(g, mark, p), [r4, r6]) in &merged {
+        if all_protocols(g, mark) {
+            if p == ALL_PROTOCOLS[0].number() {
+                by_peer.push(Element {
+                    key: vec![Value::Mark(g), Value::Mark(mark)],
+                    data: None,
+                });
+            }
+            continue;
+        }
         if r4 == r6 {
-            for (lo, hi) in r4 {
+            for &(lo, hi) in r4 {
                 let mut e = key(g, mark, p);
                 if lo == 0 && hi == u128::from(u16::MAX) {
                     by_proto.push(Element { key: e, data: None });
@@ -447,7 +475,7 @@ fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
             }
         } else {
             for (fam, ranges) in [r4, r6].into_iter().enumerate() {
-                for (lo, hi) in ranges {
+                for &(lo, hi) in ranges {
                     let mut e = key(g, mark, p);
                     e.push(port_value(lo, hi));
                     fam_only[fam].push(Element { key: e, data: None });
@@ -458,6 +486,13 @@ fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
     let [only4, only6] = fam_only;
     let full = [Type::Mark, Type::Mark, Type::Proto, Type::Port];
     vec![
+        set(
+            &format!("{dir}_peer_all"),
+            &[Type::Mark, Type::Mark],
+            None,
+            false,
+            by_peer,
+        ),
         set(&format!("{dir}_peer_port"), &full, None, false, by_port),
         set(
             &format!("{dir}_peer_proto"),
@@ -1225,6 +1260,14 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
 
     let mut pod = Vec::new();
     let peer_port = || Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]);
+    pod.push(rule(vec![
+        Stmt::is(l4(), Expr::AnonSet(vec!["tcp", "udp", "sctp"])),
+        Stmt::is(
+            Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark)]),
+            Expr::SetRef(format!("{name}_peer_all")),
+        ),
+        Stmt::Return,
+    ]));
     pod.push(rule(vec![
         Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_port"))),
         Stmt::Return,
