@@ -18,7 +18,11 @@ fn main() {
     let mut st = Incremental::new(&engine, "node0", interface_name).expect("supported");
     println!("state: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut r = synth::Rng::new(7);
-    for k in 0..10 {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    for k in 0..rounds {
         let mut p = c.pods[r.below(c.pods.len())].clone();
         p.name = format!("incr-new{k}");
         p.labels.insert("app".into(), format!("incr-new{k}"));

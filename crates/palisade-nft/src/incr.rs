@@ -127,6 +127,8 @@ struct Ident {
     /// Its members; the first one is the representative named ports and
     /// address families are resolved on, as in the full compilation.
     members: BTreeSet<Key>,
+    /// The first member: named ports and address families resolve on it.
+    rep: Option<Pod>,
     local: usize,
 }
 
@@ -300,6 +302,7 @@ impl Incremental {
                     namespace: ident.namespace.clone(),
                     labels: ident.labels.clone(),
                     members: BTreeSet::new(),
+                    rep: None,
                     local: 0,
                 },
             );
@@ -318,6 +321,9 @@ impl Incremental {
                 let ik = keys.get(idx.pod_identity[i]? as usize)?.clone();
                 let ident = st.idents.get_mut(&ik)?;
                 ident.members.insert(key.clone());
+                if ident.members.first() == Some(&key) {
+                    ident.rep = Some(p.clone());
+                }
                 if p.node.as_deref() == Some(node) {
                     ident.local += 1;
                 }
@@ -354,11 +360,10 @@ impl Incremental {
     }
 
     fn rep(&self, ik: &MarkKey) -> &Pod {
-        let first = self.idents[ik]
-            .members
-            .first()
-            .expect("identities have members");
-        &self.pods[first]
+        self.idents[ik]
+            .rep
+            .as_ref()
+            .expect("identities have members")
     }
 
     fn is_local(&self, p: &Pod) -> bool {
@@ -520,17 +525,16 @@ impl Incremental {
             }
         }
         let rules: Vec<&palisade_model::Rule> = self.rules(dir, policies).collect();
-        let mut part = |ik: &MarkKey| {
-            let ident = &self.idents[ik];
-            self.peer_part(&mut a, dir, &rules, g, ident, self.rep(ik));
-        };
-        match self.peer_namespaces(dir, policies) {
-            None => self.idents.keys().for_each(&mut part),
-            Some(namespaces) => {
-                for ns in namespaces {
-                    self.by_ns.get(ns).into_iter().flatten().for_each(&mut part);
-                }
+        let namespaces = self.peer_namespaces(dir, policies);
+        for ident in self.idents.values() {
+            if namespaces
+                .as_ref()
+                .is_some_and(|n| !n.contains(ident.namespace.as_str()))
+            {
+                continue;
             }
+            let rep = ident.rep.as_ref().expect("identities have members");
+            self.peer_part(&mut a, dir, &rules, g, ident, rep);
         }
         emit(dir, a, out, add);
     }
@@ -895,6 +899,11 @@ impl Incremental {
                 if local {
                     ident.local -= 1;
                 }
+                if let Some(first) = ident.members.first() {
+                    if ident.rep.as_ref().is_some_and(|r| pod_key(r) == key) {
+                        ident.rep = Some(self.pods[first].clone());
+                    }
+                }
                 if last {
                     let ident = self.idents.remove(&ik).expect("member");
                     if let Some(set) = self.by_ns.get_mut(&ident.namespace) {
@@ -941,6 +950,7 @@ impl Incremental {
                         namespace: p.namespace.clone(),
                         labels: p.labels.clone(),
                         members: BTreeSet::new(),
+                        rep: None,
                         local: 0,
                     },
                 );
@@ -948,6 +958,9 @@ impl Incremental {
             self.pods.insert(key.clone(), p.clone());
             let ident = self.idents.get_mut(&ik).expect("inserted");
             ident.members.insert(key.clone());
+            if ident.members.first() == Some(&key) {
+                ident.rep = Some(p.clone());
+            }
             if local {
                 ident.local += 1;
             }
