@@ -15,6 +15,24 @@ use crate::input::{Entry, Input};
 pub struct Store {
     good: BTreeMap<String, Vec<Located<Object>>>,
     rejected: BTreeMap<String, Vec<String>>,
+    /// Good objects by kind, kept as `good` changes (counting 10,000
+    /// objects on every event would cost more than the event).
+    counts: BTreeMap<&'static str, usize>,
+}
+
+fn kind_of(o: &Object) -> &'static str {
+    match o {
+        Object::Namespace(_) => "Namespace",
+        Object::Pod(_) => "Pod",
+        Object::Node(_) => "Node",
+        Object::NetworkPolicy(_) => "NetworkPolicy",
+        Object::AdminPolicy(p) => match p.kind.as_str() {
+            "AdminNetworkPolicy" => "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy" => "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy" => "ClusterNetworkPolicy",
+            _ => "AdminPolicy",
+        },
+    }
 }
 
 /// What applying one input did.
@@ -45,7 +63,7 @@ impl Store {
             Input::Delete { origin } => {
                 self.rejected.remove(&origin);
                 Applied {
-                    changed: self.good.remove(&origin).is_some(),
+                    changed: self.remove(&origin).is_some(),
                     rejected: Vec::new(),
                 }
             }
@@ -56,7 +74,9 @@ impl Store {
                     .filter(|(k, _)| k.starts_with(&scope))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                self.good.retain(|k, _| !k.starts_with(&scope));
+                for k in old.keys() {
+                    self.remove(k);
+                }
                 self.rejected.retain(|k, _| !k.starts_with(&scope));
                 let mut rejected = Vec::new();
                 for e in entries {
@@ -120,10 +140,27 @@ impl Store {
     }
 
     fn put(&mut self, origin: String, objects: Vec<Located<Object>>) {
-        if objects.is_empty() {
-            self.good.remove(&origin);
-        } else {
+        self.remove(&origin);
+        if !objects.is_empty() {
+            self.count(&objects, true);
             self.good.insert(origin, objects);
+        }
+    }
+
+    fn remove(&mut self, origin: &str) -> Option<Vec<Located<Object>>> {
+        let old = self.good.remove(origin)?;
+        self.count(&old, false);
+        Some(old)
+    }
+
+    fn count(&mut self, objects: &[Located<Object>], add: bool) {
+        for o in objects {
+            let n = self.counts.entry(kind_of(&o.value)).or_insert(0);
+            if add {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
         }
     }
 
@@ -152,20 +189,10 @@ impl Store {
 
     /// Object counts by kind.
     pub fn counts(&self) -> BTreeMap<String, usize> {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for o in self.objects() {
-            let kind = match &o.value {
-                Object::Namespace(_) => "Namespace",
-                Object::Pod(_) => "Pod",
-                Object::Node(_) => "Node",
-                Object::NetworkPolicy(_) => "NetworkPolicy",
-                Object::AdminPolicy(p) => p.kind.as_str(),
-            };
-            *counts.entry(kind).or_insert(0) += 1;
-        }
-        counts
-            .into_iter()
-            .map(|(k, n)| (k.to_string(), n))
+        self.counts
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, &n)| (k.to_string(), n))
             .collect()
     }
 
@@ -205,5 +232,52 @@ mod tests {
         let kept = store.get(&origin).expect("previous version kept");
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].value.key().to_string(), "Pod shop/web");
+    }
+
+    /// The counts kept on the way equal a recount after upserts, an
+    /// invalid update, a delete and a resync that drops origins.
+    #[test]
+    fn counts_follow_every_change() {
+        let recount = |store: &Store| {
+            let mut m: BTreeMap<String, usize> = BTreeMap::new();
+            for o in store.objects() {
+                *m.entry(kind_of(&o.value).to_string()).or_default() += 1;
+            }
+            m
+        };
+        let pod = |name: &str, ip: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\nstatus: {{phase: Running, podIP: {ip}}}\n")
+        };
+        let mut store = Store::new();
+        let ns = b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n".to_vec();
+        for (origin, body) in [
+            (
+                "dir:a",
+                [ns.clone(), pod("a", "10.9.0.1").into_bytes()].concat(),
+            ),
+            ("dir:b", pod("b", "10.9.0.2").into_bytes()),
+            ("dir:c", pod("c", "10.9.0.3").into_bytes()),
+            ("dir:b", b"kind: Pod\nmetadata: [".to_vec()),
+        ] {
+            store.apply(Input::Upsert(Entry::decode_bytes(
+                origin.into(),
+                "x.yaml",
+                &body,
+            )));
+            assert_eq!(store.counts(), recount(&store));
+        }
+        assert_eq!(store.counts()["Pod"], 3);
+        store.apply(Input::Delete {
+            origin: "dir:c".into(),
+        });
+        assert_eq!(store.counts(), recount(&store));
+        let keep = Entry::decode_bytes("dir:b".into(), "b.yaml", pod("b", "10.9.0.2").as_bytes());
+        store.apply(Input::Resync {
+            scope: "dir:".into(),
+            entries: vec![keep],
+        });
+        assert_eq!(store.counts(), recount(&store));
+        assert_eq!(store.counts().get("Pod"), Some(&1));
+        assert_eq!(store.counts().get("Namespace"), None);
     }
 }
