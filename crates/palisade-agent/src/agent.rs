@@ -130,7 +130,8 @@ pub enum SyncPath {
     /// (clusters the incremental compiler refuses, such as those with admin
     /// policies).
     Fast,
-    /// Pod and NetworkPolicy changes compiled incrementally.
+    /// Pod, NetworkPolicy, Namespace and Node changes compiled
+    /// incrementally.
     Incremental,
 }
 

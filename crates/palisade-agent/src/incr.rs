@@ -1,8 +1,8 @@
-//! The incremental path: pod and NetworkPolicy changes become element
-//! changes through [`palisade_nft::incr::Incremental`], without rebuilding
-//! the engine or compiling the node. This module only maps the store's
-//! origins onto it and refuses what would make the mapping ambiguous (an
-//! object that several origins define, any other kind of object).
+//! The incremental path: pod, NetworkPolicy, Namespace and Node changes
+//! become element changes through [`palisade_nft::incr::Incremental`],
+//! without rebuilding the engine or compiling the node. This module only
+//! maps the store's origins onto it and refuses what would make the mapping
+//! ambiguous (an object that several origins define) and admin policies.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -15,14 +15,25 @@ use palisade_nft::{interface_name, Element, Ruleset};
 use crate::delta::SetDelta;
 use crate::store::Store;
 
-/// Pods and NetworkPolicies, by kind and `(namespace, name)`.
-type ObjectKey = (bool, Key);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Pod,
+    Policy,
+    Namespace,
+    Node,
+}
+
+/// The objects the incremental path takes, by kind and `(namespace,
+/// name)` (cluster-scoped ones with an empty namespace).
+type ObjectKey = (Kind, Key);
 
 fn key_of(o: &Object) -> Option<ObjectKey> {
     match o {
-        Object::Pod(p) => Some((true, (p.namespace.clone(), p.name.clone()))),
-        Object::NetworkPolicy(p) => Some((false, (p.namespace.clone(), p.name.clone()))),
-        _ => None,
+        Object::Pod(p) => Some((Kind::Pod, (p.namespace.clone(), p.name.clone()))),
+        Object::NetworkPolicy(p) => Some((Kind::Policy, (p.namespace.clone(), p.name.clone()))),
+        Object::Namespace(n) => Some((Kind::Namespace, (String::new(), n.name.clone()))),
+        Object::Node(n) => Some((Kind::Node, (String::new(), n.name.clone()))),
+        Object::AdminPolicy(_) => None,
     }
 }
 
@@ -78,7 +89,7 @@ impl Incr {
             }
             let mut keys = Vec::new();
             for o in before.iter().chain(after) {
-                let k = key_of(&o.value).ok_or("not a pod or NetworkPolicy")?;
+                let k = key_of(&o.value).ok_or("an admin policy")?;
                 if !keys.contains(&k) {
                     keys.push(k);
                 }
@@ -102,21 +113,28 @@ impl Incr {
                         self.origin_of.remove(&k);
                     }
                 }
-                changes.push(match (k.0, new) {
-                    (true, Some(Object::Pod(p))) => Change::Pod {
-                        key: k.1,
-                        new: Some(p),
+                let (kind, key) = k;
+                changes.push(match (kind, new) {
+                    (Kind::Pod, Some(Object::Pod(p))) => Change::Pod { key, new: Some(p) },
+                    (Kind::Pod, _) => Change::Pod { key, new: None },
+                    (Kind::Policy, Some(Object::NetworkPolicy(p))) => {
+                        Change::Policy { key, new: Some(p) }
+                    }
+                    (Kind::Policy, _) => Change::Policy { key, new: None },
+                    (Kind::Namespace, Some(Object::Namespace(n))) => Change::Namespace {
+                        name: key.1,
+                        new: Some(n),
                     },
-                    (true, _) => Change::Pod {
-                        key: k.1,
+                    (Kind::Namespace, _) => Change::Namespace {
+                        name: key.1,
                         new: None,
                     },
-                    (false, Some(Object::NetworkPolicy(p))) => Change::Policy {
-                        key: k.1,
-                        new: Some(p),
+                    (Kind::Node, Some(Object::Node(n))) => Change::Node {
+                        name: key.1,
+                        new: Some(n),
                     },
-                    (false, _) => Change::Policy {
-                        key: k.1,
+                    (Kind::Node, _) => Change::Node {
+                        name: key.1,
                         new: None,
                     },
                 });

@@ -22,7 +22,7 @@
 //!   ([`palisade_nft::Numbering::Stable`]) and applies only the difference
 //!   ([`delta`]): element additions and removals when only elements differ,
 //!   an atomic `delete table` + re-add when chains or set definitions change.
-//! - **Incremental path**: pod and NetworkPolicy changes are compiled
+//! - **Incremental path**: pod, policy, namespace and node changes are compiled
 //!   incrementally ([`palisade_nft::incr`]): only the contributions they
 //!   touch are recomputed, no engine is rebuilt; unreachable interval
 //!   elements are removed while idle. Clusters with admin policies, which

@@ -1,6 +1,6 @@
-//! Incremental compilation: pod and NetworkPolicy changes turned straight
-//! into element changes, without rebuilding the engine or compiling the
-//! whole node.
+//! Incremental compilation: Pod, NetworkPolicy, Namespace and Node changes
+//! turned straight into element changes, without rebuilding the engine or
+//! compiling the whole node.
 //!
 //! The node's ruleset (with [`Numbering::Stable`]) is a disjoint union of
 //! *contributions*, each a pure function of a few objects:
@@ -26,16 +26,18 @@
 //!
 //! Costs: a pod of an existing identity touches its own elements only; a
 //! new or vanishing identity touches its peer part in every group of the
-//! node; a policy change recompiles the groups of its namespace's local
-//! identities. Nothing is proportional to the cluster size except a new
-//! group, which evaluates its rules against every identity.
+//! node; a policy change recompiles the groups of the local identities its
+//! old or new version selects; a namespace relabel recomputes the peer
+//! parts of that namespace's identities; a Node object changes only this
+//! node's `own_node` elements. Nothing is proportional to the cluster size
+//! except a new group, which evaluates its rules against the identities of
+//! the namespaces its rules can reach.
 //!
 //! What this module does not handle is refused ([`Refused`]); the caller then
 //! compiles in full and builds a new [`Incremental`] from that engine:
 //! admin-tier policies (first-match verdict maps resolved across rules),
-//! host-network pods, changes to the set of `ipBlock`s (they split
-//! identities), a pod in a namespace the last build did not know, an
-//! address shared by two pods, a pod naming one port twice, and the rare
+//! host-network pod changes, changes to the set of `ipBlock`s (they split
+//! identities), an address shared by two pods, a pod naming one port twice, and the rare
 //! hash collision of a mark or group id (the full numbering probes past
 //! it; an incremental one could not agree).
 
@@ -45,7 +47,8 @@ use std::net::IpAddr;
 use palisade_engine::index::AddressMatcher;
 use palisade_engine::Engine;
 use palisade_model::{
-    ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortSpec,
+    ContainerPort, IpBlock, Labels, Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod,
+    PortSpec,
 };
 
 use crate::numbering::{self, hash32, MarkKey};
@@ -67,6 +70,17 @@ pub enum Change {
     Policy {
         key: Key,
         new: Option<NetworkPolicy>,
+    },
+    /// A Namespace object; `None`: deleted (its pods, if any, keep an
+    /// implicit namespace with only the name label).
+    Namespace {
+        name: String,
+        new: Option<Namespace>,
+    },
+    /// A Node object; `None`: deleted.
+    Node {
+        name: String,
+        new: Option<Node>,
     },
 }
 
@@ -176,6 +190,9 @@ pub struct Incremental {
     used_ingress: HashSet<u32>,
     /// Which pod holds each endpoint address.
     ip_owner: HashMap<IpAddr, Key>,
+    /// This node's addresses (its Node object's), which with its
+    /// host-network pods' make the `own_node` sets.
+    node_addresses: Vec<IpAddr>,
     /// Interval elements the table still holds although the desired state
     /// no longer does, because nothing can reach them: their group id or
     /// identity mark is assigned to no pod. See [`Incremental::collect`].
@@ -268,6 +285,7 @@ impl Incremental {
             used_egress: HashSet::new(),
             used_ingress: HashSet::new(),
             ip_owner: HashMap::new(),
+            node_addresses: idx.node_addresses.get(node).cloned().unwrap_or_default(),
             garbage: BTreeMap::new(),
         };
         for p in &cluster.policies {
@@ -766,6 +784,8 @@ impl Incremental {
             match c {
                 Change::Pod { key, new } => self.pod(key, new, &mut out)?,
                 Change::Policy { key, new } => self.policy(key, new, &mut out)?,
+                Change::Namespace { name, new } => self.namespace(name, new, &mut out),
+                Change::Node { name, new } => self.node_change(&name, new, &mut out),
             }
         }
         self.defer(&mut out);
@@ -869,7 +889,12 @@ impl Incremental {
                 return refuse("host-network pod");
             }
             if !self.ns_labels.contains_key(&p.namespace) {
-                return refuse("pod in a namespace the last build did not know");
+                // As decoding does: a namespace without an object has
+                // only its name label.
+                self.ns_labels.insert(
+                    p.namespace.clone(),
+                    Namespace::implicit(&p.namespace).labels,
+                );
             }
             if p.is_endpoint() && ambiguous_names(p) {
                 return refuse("pod names one port twice");
@@ -980,6 +1005,66 @@ impl Incremental {
             self.pods.insert(key, p);
         }
         Ok(())
+    }
+
+    fn namespace(&mut self, name: String, new: Option<Namespace>, out: &mut ElementDelta) {
+        let labels = new.map_or_else(|| Namespace::implicit(&name).labels, |n| n.labels);
+        if self.ns_labels.get(&name) == Some(&labels) {
+            return;
+        }
+        // Namespace labels only decide which peers a namespaceSelector
+        // reaches: the peer parts of this namespace's identities.
+        let here: Vec<MarkKey> = self
+            .by_ns
+            .get(&name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for ik in &here {
+            self.peer_parts_everywhere(ik, out, false);
+        }
+        self.ns_labels.insert(name, labels);
+        for ik in &here {
+            self.peer_parts_everywhere(ik, out, true);
+        }
+    }
+
+    /// The `own_node` elements: this node's addresses and its
+    /// host-network endpoint pods' (which this module never changes).
+    fn own_node(&self) -> BTreeSet<IpAddr> {
+        let mut own: BTreeSet<IpAddr> = self.node_addresses.iter().copied().collect();
+        for p in self.pods.values() {
+            if p.host_network && p.is_endpoint() && self.is_local(p) {
+                own.extend(p.ips.iter().copied());
+            }
+        }
+        own
+    }
+
+    fn node_change(&mut self, name: &str, new: Option<Node>, out: &mut ElementDelta) {
+        // Other nodes' objects matter only to admin `nodes` peers, which
+        // this module refuses.
+        if name != self.node {
+            return;
+        }
+        let before = self.own_node();
+        self.node_addresses = new.map(|n| n.addresses).unwrap_or_default();
+        let after = self.own_node();
+        for (set, add) in [
+            (before.difference(&after), false),
+            (after.difference(&before), true),
+        ] {
+            for ip in set {
+                let (fam, v) = ip_value(*ip);
+                out.put(
+                    ["own_node4", "own_node6"][fam],
+                    Element {
+                        key: vec![v],
+                        data: None,
+                    },
+                    add,
+                );
+            }
+        }
     }
 
     fn policy(

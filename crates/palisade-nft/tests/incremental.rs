@@ -24,6 +24,7 @@ const NODE: &str = "node0";
 /// namespace and name (group ids and representatives depend on it).
 fn assembled(c: &Cluster) -> Cluster {
     let mut c = c.clone();
+    c.complete_namespaces();
     c.pods
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     c.policies
@@ -64,6 +65,14 @@ enum Op {
     /// A new policy whose rules use selectors, named ports and ranges but
     /// no ipBlock.
     NewPolicy(usize, usize, usize),
+    /// Namespace `a` gets label `team: t<b>`.
+    RelabelNamespace(usize, usize),
+    /// Namespace object `a` deleted (its pods keep an implicit one).
+    DeleteNamespace(usize),
+    /// A copy of pod `a` in a namespace that has no object.
+    PodInNewNamespace(usize, usize),
+    /// This node's addresses change.
+    NodeAddresses(usize),
     /// Several of the above before one sync.
     Burst(Vec<Op>),
 }
@@ -79,6 +88,10 @@ fn leaf() -> impl Strategy<Value = Op> {
         2 => (0..1000usize).prop_map(Op::DeletePolicy),
         1 => (0..1000usize, 0..1000usize, 0..3usize).prop_map(|(a, b, c)| Op::SwapRules(a, b, c)),
         2 => (0..1000usize, 0..6usize, 0..1000usize).prop_map(|(a, b, c)| Op::NewPolicy(a, b, c)),
+        1 => (0..1000usize, 0..3usize).prop_map(|(a, b)| Op::RelabelNamespace(a, b)),
+        1 => (0..1000usize).prop_map(Op::DeleteNamespace),
+        1 => (0..1000usize, 0..2usize).prop_map(|(a, b)| Op::PodInNewNamespace(a, b)),
+        1 => (0..4usize).prop_map(Op::NodeAddresses),
     ]
 }
 
@@ -112,6 +125,62 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
     let npol = c.policies.len().max(1);
     match op {
         Op::Burst(ops) => ops.iter().flat_map(|o| step(c, n, o)).collect(),
+        Op::RelabelNamespace(a, t) => {
+            let Some(name) = c
+                .namespaces
+                .keys()
+                .nth(a % c.namespaces.len().max(1))
+                .cloned()
+            else {
+                return vec![];
+            };
+            let ns = c.namespaces.get_mut(&name).unwrap();
+            ns.labels.insert("team".into(), format!("t{t}"));
+            vec![Change::Namespace {
+                name,
+                new: Some(ns.clone()),
+            }]
+        }
+        Op::DeleteNamespace(a) => {
+            let Some(name) = c
+                .namespaces
+                .keys()
+                .nth(a % c.namespaces.len().max(1))
+                .cloned()
+            else {
+                return vec![];
+            };
+            c.namespaces.remove(&name);
+            vec![Change::Namespace { name, new: None }]
+        }
+        Op::PodInNewNamespace(a, k) => {
+            let Some(mut p) = c.pods.get(a % np).cloned() else {
+                return vec![];
+            };
+            p.namespace = format!("extra{k}");
+            p.name = format!("new{n}");
+            p.ips = vec![synth::pod_ipv4(5000 + *n), synth::pod_ipv6(5000 + *n)];
+            c.pods.push(p.clone());
+            vec![pod(c, &p)]
+        }
+        Op::NodeAddresses(k) => {
+            let Some(node) = c.nodes.iter_mut().find(|x| x.name == NODE) else {
+                return vec![];
+            };
+            node.addresses = match k {
+                0 => vec![],
+                1 => vec!["192.168.0.1".parse().unwrap()],
+                2 => vec![
+                    "192.168.7.7".parse().unwrap(),
+                    "fd00:ff::7".parse().unwrap(),
+                ],
+                _ => vec!["fd00:ff::8".parse().unwrap()],
+            };
+            vec![Change::Node {
+                name: NODE.into(),
+                new: Some(node.clone()),
+            }]
+        }
         Op::AddPod(a, b, node) => {
             let Some(mut p) = c.pods.get(a % np).cloned() else {
                 return vec![];
@@ -162,12 +231,14 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
             let Some(mut p) = c.policies.get(a % npol).cloned() else {
                 return vec![];
             };
-            let ns = c
+            let Some(ns) = c
                 .namespaces
                 .keys()
-                .nth(b % c.namespaces.len())
+                .nth(b % c.namespaces.len().max(1))
                 .cloned()
-                .unwrap();
+            else {
+                return vec![];
+            };
             p.namespace = ns;
             p.name = format!("copy{n}");
             p.pod_selector = LabelSelector::from_labels([("app", app(*k).as_str())]);
@@ -197,12 +268,14 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
             vec![policy(c, &p)]
         }
         Op::NewPolicy(a, k, m) => {
-            let ns = c
+            let Some(ns) = c
                 .namespaces
                 .keys()
-                .nth(a % c.namespaces.len())
+                .nth(a % c.namespaces.len().max(1))
                 .cloned()
-                .unwrap();
+            else {
+                return vec![];
+            };
             let peer = match m % 3 {
                 0 => Peer::Pods {
                     namespaces: NamespaceScope::Own(ns.clone()),
