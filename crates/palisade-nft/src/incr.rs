@@ -36,8 +36,9 @@
 //! What this module does not handle is refused ([`Refused`]); the caller then
 //! compiles in full and builds a new [`Incremental`] from that engine:
 //! admin-tier policies (first-match verdict maps resolved across rules),
-//! host-network pod changes, changes to the set of `ipBlock`s (they split
-//! identities), an address shared by two pods, a pod naming one port twice, and the rare
+//! changes to the set of `ipBlock`s (they split identities), a pod turning
+//! host networking on or off, an address shared by two pods, a pod naming
+//! one port twice, and the rare
 //! hash collision of a mark or group id (the full numbering probes past
 //! it; an incremental one could not agree).
 
@@ -193,6 +194,9 @@ pub struct Incremental {
     /// This node's addresses (its Node object's), which with its
     /// host-network pods' make the `own_node` sets.
     node_addresses: Vec<IpAddr>,
+    /// Host-network identities: nobody's peer nor subject, but their marks
+    /// take part in the numbering. Key → (mark, endpoint members).
+    host_idents: HashMap<MarkKey, (u32, usize)>,
     /// Interval elements the table still holds although the desired state
     /// no longer does, because nothing can reach them: their group id or
     /// identity mark is assigned to no pod. See [`Incremental::collect`].
@@ -286,6 +290,7 @@ impl Incremental {
             used_ingress: HashSet::new(),
             ip_owner: HashMap::new(),
             node_addresses: idx.node_addresses.get(node).cloned().unwrap_or_default(),
+            host_idents: HashMap::new(),
             garbage: BTreeMap::new(),
         };
         for p in &cluster.policies {
@@ -307,6 +312,7 @@ impl Incremental {
             }
             keys.push(key.clone());
             if ident.host_network {
+                st.host_idents.insert(key, (mark, ident.members.len()));
                 continue;
             }
             st.by_ns
@@ -885,9 +891,6 @@ impl Incremental {
             if pod_key(p) != key {
                 return refuse("pod key mismatch");
             }
-            if p.host_network {
-                return refuse("host-network pod");
-            }
             if !self.ns_labels.contains_key(&p.namespace) {
                 // As decoding does: a namespace without an object has
                 // only its name label.
@@ -903,11 +906,12 @@ impl Incremental {
         if self.pods.get(&key) == new.as_ref() {
             return Ok(());
         }
+        let old = self.pods.get(&key);
+        if old.is_some_and(|p| p.host_network) || new.as_ref().is_some_and(|p| p.host_network) {
+            return self.host_pod(key, new, out);
+        }
         // Out with the old version.
         if let Some(old) = self.pods.get(&key).cloned() {
-            if old.host_network {
-                return refuse("host-network pod");
-            }
             if let Some(ik) = self.pod_ident.get(&key).cloned() {
                 self.pod_elements(&old, &ik, out, false);
                 let local = self.is_local(&old);
@@ -1007,6 +1011,54 @@ impl Incremental {
         Ok(())
     }
 
+    /// A host-network pod (before or after the change) is node traffic: it
+    /// is in no identity map, no group and no selector. It only adds its
+    /// addresses to `own_node` when local, and its identity's mark to the
+    /// numbering.
+    fn host_pod(
+        &mut self,
+        key: Key,
+        new: Option<Pod>,
+        out: &mut ElementDelta,
+    ) -> Result<(), Refused> {
+        if self.pods.get(&key).is_some_and(|p| !p.host_network)
+            || new.as_ref().is_some_and(|p| !p.host_network)
+        {
+            return refuse("a pod changing host networking");
+        }
+        let before = self.own_node();
+        if let Some(old) = self.pods.remove(&key) {
+            if old.is_endpoint() {
+                let ik = self.key_of(&old);
+                let Some(entry) = self.host_idents.get_mut(&ik) else {
+                    return refuse("host-network identity unknown");
+                };
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    let (mark, _) = self.host_idents.remove(&ik).expect("present");
+                    self.used_marks.remove(&mark);
+                }
+            }
+        }
+        if let Some(p) = new {
+            if p.is_endpoint() {
+                let ik = self.key_of(&p);
+                if let Some(entry) = self.host_idents.get_mut(&ik) {
+                    entry.1 += 1;
+                } else {
+                    let mark = hash32(&ik);
+                    if mark == 0 || !self.used_marks.insert(mark) {
+                        return refuse("identity mark collision");
+                    }
+                    self.host_idents.insert(ik, (mark, 1));
+                }
+            }
+            self.pods.insert(key, p);
+        }
+        self.own_node_delta(&before, out);
+        Ok(())
+    }
+
     fn namespace(&mut self, name: String, new: Option<Namespace>, out: &mut ElementDelta) {
         let labels = new.map_or_else(|| Namespace::implicit(&name).labels, |n| n.labels);
         if self.ns_labels.get(&name) == Some(&labels) {
@@ -1048,10 +1100,15 @@ impl Incremental {
         }
         let before = self.own_node();
         self.node_addresses = new.map(|n| n.addresses).unwrap_or_default();
+        self.own_node_delta(&before, out);
+    }
+
+    /// The `own_node` changes from `before` to now.
+    fn own_node_delta(&self, before: &BTreeSet<IpAddr>, out: &mut ElementDelta) {
         let after = self.own_node();
         for (set, add) in [
             (before.difference(&after), false),
-            (after.difference(&before), true),
+            (after.difference(before), true),
         ] {
             for ip in set {
                 let (fam, v) = ip_value(*ip);

@@ -73,6 +73,9 @@ enum Op {
     PodInNewNamespace(usize, usize),
     /// This node's addresses change.
     NodeAddresses(usize),
+    /// A host-network copy of pod `a` on node `b`, with that node's
+    /// addresses.
+    AddHostPod(usize, usize),
     /// Several of the above before one sync.
     Burst(Vec<Op>),
 }
@@ -92,6 +95,7 @@ fn leaf() -> impl Strategy<Value = Op> {
         1 => (0..1000usize).prop_map(Op::DeleteNamespace),
         1 => (0..1000usize, 0..2usize).prop_map(|(a, b)| Op::PodInNewNamespace(a, b)),
         1 => (0..4usize).prop_map(Op::NodeAddresses),
+        1 => (0..1000usize, 0..3usize).prop_map(|(a, b)| Op::AddHostPod(a, b)),
     ]
 }
 
@@ -160,6 +164,27 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
             p.namespace = format!("extra{k}");
             p.name = format!("new{n}");
             p.ips = vec![synth::pod_ipv4(5000 + *n), synth::pod_ipv6(5000 + *n)];
+            c.pods.push(p.clone());
+            vec![pod(c, &p)]
+        }
+        Op::AddHostPod(a, node) => {
+            let Some(mut p) = c.pods.get(a % np).cloned() else {
+                return vec![];
+            };
+            let name = format!("node{node}");
+            p.name = format!("host{n}");
+            p.host_network = true;
+            p.ips = c
+                .nodes
+                .iter()
+                .find(|x| x.name == name)
+                .map(|x| x.addresses.clone())
+                .unwrap_or_default();
+            if p.ips.is_empty() || a % 2 == 1 {
+                // An address of its own (several host pods may share it).
+                p.ips = vec![format!("192.168.9.{}", a % 5).parse().unwrap()];
+            }
+            p.node = Some(name);
             c.pods.push(p.clone());
             vec![pod(c, &p)]
         }
