@@ -127,8 +127,7 @@ pub enum SyncPath {
     /// Engine rebuilt, node compiled, diffed against the table.
     Full,
     /// Pod changes that alter no rule: a sibling pod's elements copied
-    /// (clusters the incremental compiler refuses, such as those with admin
-    /// policies).
+    /// (clusters the incremental compiler cannot start from).
     Fast,
     /// Pod, NetworkPolicy, Namespace and Node changes compiled
     /// incrementally.

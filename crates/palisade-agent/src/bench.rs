@@ -141,9 +141,10 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
     let mut cluster = synth::cluster(&params);
     let node = "node0".to_string();
     println!(
-        "cluster: {} pods, {} policies, {} namespaces, {} nodes; agent for {node}; {events} events per kind",
+        "cluster: {} pods, {} policies, {} admin policies, {} namespaces, {} nodes; agent for {node}; {events} events per kind",
         cluster.pods.len(),
         cluster.policies.len(),
+        cluster.admin_policies.len(),
         cluster.namespaces.len(),
         cluster.nodes.len()
     );

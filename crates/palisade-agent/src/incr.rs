@@ -2,7 +2,8 @@
 //! become element changes through [`palisade_nft::incr::Incremental`],
 //! without rebuilding the engine or compiling the node. This module only
 //! maps the store's origins onto it and refuses what would make the mapping
-//! ambiguous (an object that several origins define) and admin policies.
+//! ambiguous (an object that several origins define) and admin policy
+//! changes.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -25,9 +25,9 @@
 //! - **Incremental path**: pod, policy, namespace and node changes are compiled
 //!   incrementally ([`palisade_nft::incr`]): only the contributions they
 //!   touch are recomputed, no engine is rebuilt; unreachable interval
-//!   elements are removed while idle. Clusters with admin policies, which
-//!   it refuses, keep the **fast path** for pod events that alter no rule
-//!   (a sibling pod's elements copied with addresses substituted).
+//!   elements are removed while idle. Clusters it cannot start from keep
+//!   the **fast path** for pod events that alter no rule (a sibling pod's
+//!   elements copied with addresses substituted).
 //!   Anything else takes the full path.
 //! - **Applying**: element deltas go to one long-lived `nft -i` in the
 //!   node's network namespace, one atomic transaction per sync

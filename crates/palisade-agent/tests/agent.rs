@@ -209,14 +209,17 @@ fn incremental_equals_full_rebuild() {
     );
     runner
         .run(&strategy, |(seed, ops)| {
-            // A third of the clusters have admin policies, which the
-            // incremental compiler refuses: their pod events take the
-            // fast path.
+            // A third of the clusters have admin policies; in a third a
+            // pod lists one port name twice, which the incremental
+            // compiler refuses: their pod events take the fast path.
             let mut params = Params::small(seed);
             if seed % 3 == 0 {
                 params.admin_policies = 1;
             }
             let mut c = synth::cluster(&params);
+            if seed % 3 == 1 {
+                ambiguous_ports(&mut c);
+            }
             let rec = Recording::new();
             let mut a = agent(&rec);
             a.handle(resync(&c));
@@ -265,14 +268,28 @@ fn incremental_equals_full_rebuild() {
     assert!(full >= 10, "the full path was taken {full} times");
 }
 
-/// In a cluster with admin policies (which the incremental compiler
-/// refuses), pod events that alter no rule patch elements without a
-/// rebuild, and agree with one.
+/// A pod that lists one container port name twice (which named port it
+/// means depends on the order): the incremental compiler refuses such a
+/// cluster, the fast path takes it.
+fn ambiguous_ports(c: &mut Cluster) {
+    let p = c.pods.last_mut().unwrap();
+    for port in [1, 2] {
+        p.ports.push(palisade_model::ContainerPort {
+            name: Some("twice".into()),
+            port,
+            protocol: palisade_model::Protocol::Tcp,
+        });
+    }
+}
+
+/// In a cluster the incremental compiler refuses, pod events that alter no
+/// rule patch elements without a rebuild, and agree with one.
 #[test]
 fn replicas_and_relabels_take_the_fast_path() {
     let mut params = Params::small(7);
     params.admin_policies = 1;
     let mut c = synth::cluster(&params);
+    ambiguous_ports(&mut c);
     let rec = Recording::new();
     let mut a = agent(&rec);
     a.handle(resync(&c));

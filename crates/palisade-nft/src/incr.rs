@@ -33,14 +33,20 @@
 //! except a new group, which evaluates its rules against the identities of
 //! the namespaces its rules can reach.
 //!
+//! Admin tiers follow the same scheme: a tier group (the ordered admin
+//! rules that select a local identity, and for ingress how their named
+//! ports resolve on it) has a static part (its `networks`/`nodes` address
+//! ranges resolved to first-match verdicts) and a peer part per identity
+//! (the rules whose peers match it, resolved to first-match port ranges).
+//!
 //! What this module does not handle is refused ([`Refused`]); the caller then
 //! compiles in full and builds a new [`Incremental`] from that engine:
-//! admin-tier policies (first-match verdict maps resolved across rules),
-//! changes to the set of `ipBlock`s (they split identities), a pod turning
-//! host networking on or off, an address shared by two pods, a pod naming
-//! one port twice, and the rare
-//! hash collision of a mark or group id (the full numbering probes past
-//! it; an incremental one could not agree).
+//! admin policy changes, and with admin policies present namespace and node
+//! changes (admin subjects and peers select by them); changes to the set of
+//! `ipBlock`s (they split identities), a pod turning host networking on or
+//! off, an address shared by two pods, a pod naming one port twice, and the
+//! rare hash collision of a mark or group id (the full numbering probes
+//! past it; an incremental one could not agree).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -48,14 +54,15 @@ use std::net::IpAddr;
 use palisade_engine::index::AddressMatcher;
 use palisade_engine::Engine;
 use palisade_model::{
-    ContainerPort, IpBlock, Labels, Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod,
-    PortSpec,
+    AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminSubject, AdminTier, ContainerPort,
+    IpBlock, Labels, Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod, PortSpec,
 };
 
 use crate::numbering::{self, hash32, MarkKey};
+use crate::tier::{first_match, first_match_2d, verdict, AddrBox};
 use crate::{
-    allow_sets, block_ranges, has_named, ip_value, named_items, port_items, Allows, Dir, Element,
-    InterfaceNamer, PortItem, Value,
+    addr_value, allow_sets, block_ranges, block_ranges_of, has_named, ip_value, named_items,
+    port_items, proto_value, Allows, Dir, Element, InterfaceNamer, PortItem, Value,
 };
 
 /// `(namespace, name)`, ordered as the cluster orders pods and policies.
@@ -152,6 +159,32 @@ struct Ident {
 struct Groups {
     egress: Option<Vec<Key>>,
     ingress: Option<IngressKey>,
+    /// Per [`TierState`]: the admin-tier group.
+    tiers: Vec<Option<TierKey>>,
+}
+
+/// An admin-tier group: the ordered (policy, rule) pairs that select a
+/// local identity and, for ingress, how the named ports they use resolve
+/// on it (name, protocol, port).
+type TierKey = (Vec<(usize, usize)>, Vec<(String, u8, u16)>);
+
+/// One admin tier of one direction (present when the cluster has a policy
+/// of that tier): its groups, numbered as the full compilation numbers them.
+#[derive(Clone, Debug)]
+struct TierState {
+    dir: Dir,
+    tier: AdminTier,
+    /// `egress_admin`, `ingress_baseline`...
+    prefix: String,
+    groups: BTreeMap<TierKey, Group>,
+    used: HashSet<u32>,
+}
+
+/// Whose group ids an element of a deferrable set starts with.
+#[derive(Clone, Copy, Debug)]
+enum Domain {
+    Np(Dir),
+    Tier(usize),
 }
 
 type IngressKey = (Vec<Key>, Vec<Option<u16>>);
@@ -197,6 +230,12 @@ pub struct Incremental {
     /// Host-network identities: nobody's peer nor subject, but their marks
     /// take part in the numbering. Key → (mark, endpoint members).
     host_idents: HashMap<MarkKey, (u32, usize)>,
+    /// Admin policies in evaluation order (tier, priority, name); changes
+    /// to them are refused, so they, the nodes and the namespace labels
+    /// they select by stay as the last full build saw them.
+    admin: Vec<AdminPolicy>,
+    nodes: Vec<Node>,
+    tiers: Vec<TierState>,
     /// Interval elements the table still holds although the desired state
     /// no longer does, because nothing can reach them: their group id or
     /// identity mark is assigned to no pod. See [`Incremental::collect`].
@@ -260,13 +299,11 @@ fn rule_blocks(p: &NetworkPolicy) -> impl Iterator<Item = &IpBlock> {
 impl Incremental {
     /// The state of `engine`'s cluster as compiled for `node` with stable
     /// numbering; `None` when the cluster holds what this module refuses
-    /// (admin policies, host-network pods, numbers that had to be probed).
+    /// (shared addresses, a port name listed twice, numbers that had to be
+    /// probed).
     pub fn new(engine: &Engine, node: &str, interface: InterfaceNamer) -> Option<Incremental> {
         let idx = engine.index();
         let cluster = engine.cluster();
-        if !idx.admin.is_empty() {
-            return None;
-        }
         let mut st = Incremental {
             node: node.to_string(),
             interface,
@@ -291,8 +328,28 @@ impl Incremental {
             ip_owner: HashMap::new(),
             node_addresses: idx.node_addresses.get(node).cloned().unwrap_or_default(),
             host_idents: HashMap::new(),
+            admin: idx.admin.iter().map(|a| a.policy.clone()).collect(),
+            nodes: cluster.nodes.clone(),
+            tiers: Vec::new(),
             garbage: BTreeMap::new(),
         };
+        for dir in [Dir::Egress, Dir::Ingress] {
+            for tier in [AdminTier::Admin, AdminTier::Baseline] {
+                if st.admin.iter().any(|a| a.tier == tier) {
+                    let t = match tier {
+                        AdminTier::Admin => "admin",
+                        AdminTier::Baseline => "baseline",
+                    };
+                    st.tiers.push(TierState {
+                        dir,
+                        tier,
+                        prefix: format!("{}_{t}", dir.name()),
+                        groups: BTreeMap::new(),
+                        used: HashSet::new(),
+                    });
+                }
+            }
+        }
         for p in &cluster.policies {
             for b in rule_blocks(p) {
                 *st.blocks.entry(b.clone()).or_default() += 1;
@@ -424,6 +481,235 @@ impl Incremental {
         Groups {
             egress: (!egress.is_empty()).then_some(egress),
             ingress: (!ingress.is_empty()).then_some((ingress, named)),
+            tiers: (0..self.tiers.len())
+                .map(|i| self.tier_key(i, ik))
+                .collect(),
+        }
+    }
+
+    fn ns_labels_of(&self, ns: &str) -> &Labels {
+        static EMPTY: std::sync::OnceLock<Labels> = std::sync::OnceLock::new();
+        self.ns_labels
+            .get(ns)
+            .unwrap_or_else(|| EMPTY.get_or_init(Labels::new))
+    }
+
+    fn admin_rules(&self, ai: usize, dir: Dir) -> &[palisade_model::AdminRule] {
+        match dir {
+            Dir::Egress => &self.admin[ai].egress,
+            Dir::Ingress => &self.admin[ai].ingress,
+        }
+    }
+
+    /// The admin-tier group of a local identity in tier `t`, if any rule
+    /// of that tier selects it.
+    fn tier_key(&self, t: usize, ik: &MarkKey) -> Option<TierKey> {
+        let ts = &self.tiers[t];
+        let ident = &self.idents[ik];
+        let nsl = self.ns_labels_of(&ident.namespace);
+        let mut rules = Vec::new();
+        for (ai, a) in self.admin.iter().enumerate() {
+            let selects = match &a.subject {
+                AdminSubject::Namespaces(ns) => ns.matches(nsl),
+                AdminSubject::Pods { namespaces, pods } => {
+                    namespaces.matches(nsl) && pods.matches(&ident.labels)
+                }
+            };
+            if a.tier == ts.tier && selects {
+                rules.extend((0..self.admin_rules(ai, ts.dir).len()).map(|ri| (ai, ri)));
+            }
+        }
+        if rules.is_empty() {
+            return None;
+        }
+        let named = match ts.dir {
+            Dir::Ingress => {
+                let names: BTreeSet<&str> = rules
+                    .iter()
+                    .flat_map(|&(ai, ri)| self.admin_rules(ai, ts.dir)[ri].ports.iter().flatten())
+                    .filter_map(|p| match p {
+                        AdminPort::Named(n) => Some(n.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                named_ports(ident.rep.as_ref().expect("identities have members"))
+                    .into_iter()
+                    .filter(|(n, _, _)| names.contains(n.as_str()))
+                    .collect()
+            }
+            Dir::Egress => Vec::new(),
+        };
+        Some((rules, named))
+    }
+
+    /// A tier group's id: a hash of its rules (policy kind, name, rule
+    /// position) and named ports, as the full numbering hashes them.
+    fn tier_id(&self, k: &TierKey) -> u32 {
+        let rules: Vec<(&str, &str, usize)> =
+            k.0.iter()
+                .map(|&(ai, ri)| {
+                    (
+                        self.admin[ai].kind.as_str(),
+                        self.admin[ai].name.as_str(),
+                        ri,
+                    )
+                })
+                .collect();
+        let named: Vec<(&str, u8, u16)> =
+            k.1.iter().map(|(n, q, v)| (n.as_str(), *q, *v)).collect();
+        hash32(&(rules, named))
+    }
+
+    /// The address matcher of an admin `nodes` or `networks` peer.
+    fn admin_matcher(&self, peer: &AdminPeer) -> Option<AddressMatcher> {
+        match peer {
+            AdminPeer::Nodes(sel) => {
+                let mut a: Vec<IpAddr> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| sel.matches(&n.labels))
+                    .flat_map(|n| n.addresses.iter().copied())
+                    .collect();
+                a.sort();
+                a.dedup();
+                Some(AddressMatcher::Nodes(a))
+            }
+            AdminPeer::Networks(n) => {
+                let mut n = n.clone();
+                n.sort();
+                n.dedup();
+                Some(AddressMatcher::Networks(n))
+            }
+            _ => None,
+        }
+    }
+
+    /// Tier group `k`'s elements for peer identity `ident` (its first
+    /// address of each family decides the address matchers).
+    fn tier_peer_part(
+        &self,
+        t: usize,
+        k: &TierKey,
+        g: &Group,
+        ident: &Ident,
+        out: &mut ElementDelta,
+        add: bool,
+    ) {
+        let ts = &self.tiers[t];
+        let rep = ident.rep.as_ref().expect("identities have members");
+        let nsl = self.ns_labels_of(&ident.namespace);
+        let peer_named;
+        let named: &[(String, u8, u16)] = match ts.dir {
+            Dir::Egress => {
+                peer_named = named_ports(rep);
+                &peer_named
+            }
+            Dir::Ingress => &k.1,
+        };
+        for v4 in [true, false] {
+            let Some(addr) = rep.ips.iter().copied().find(|ip| ip.is_ipv4() == v4) else {
+                continue;
+            };
+            let list: Vec<(AdminAction, Vec<PortItem>)> =
+                k.0.iter()
+                    .map(|&(ai, ri)| &self.admin_rules(ai, ts.dir)[ri])
+                    .filter(|r| {
+                        r.peers.iter().any(|p| match p {
+                            AdminPeer::Namespaces(sel) => sel.matches(nsl),
+                            AdminPeer::Pods { namespaces, pods } => {
+                                namespaces.matches(nsl) && pods.matches(&ident.labels)
+                            }
+                            _ => self.admin_matcher(p).is_some_and(|m| m.contains(&addr)),
+                        })
+                    })
+                    .map(|r| (r.action, admin_ports(&r.ports, named)))
+                    .collect();
+            if list.is_empty() {
+                continue;
+            }
+            for (p, lo, hi, action) in first_match(&list) {
+                let Some(v) = verdict(action) else { continue };
+                out.put(
+                    &format!("{}_peer{}", ts.prefix, if v4 { 4 } else { 6 }),
+                    Element {
+                        key: vec![
+                            Value::Mark(g.id),
+                            Value::Mark(ident.mark),
+                            proto_value(p),
+                            Value::PortRange(lo, hi),
+                        ],
+                        data: Some(v),
+                    },
+                    add,
+                );
+            }
+        }
+    }
+
+    /// Tier group `k`'s elements for addresses that are not pods.
+    fn tier_static(&self, t: usize, k: &TierKey, g: &Group, out: &mut ElementDelta, add: bool) {
+        let ts = &self.tiers[t];
+        let dest_named: &[(String, u8, u16)] = match ts.dir {
+            Dir::Ingress => &k.1,
+            Dir::Egress => &[],
+        };
+        let rules: Vec<&palisade_model::AdminRule> =
+            k.0.iter()
+                .map(|&(ai, ri)| &self.admin_rules(ai, ts.dir)[ri])
+                .collect();
+        let resolved: Vec<(AdminAction, Vec<PortItem>)> = rules
+            .iter()
+            .map(|r| (r.action, admin_ports(&r.ports, dest_named)))
+            .collect();
+        for (fam, v4) in [(0usize, true), (1, false)] {
+            let mut boxes = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                for p in &r.peers {
+                    if let Some(m) = self.admin_matcher(p) {
+                        boxes.extend(block_ranges_of(&m, v4).into_iter().map(|(lo, hi)| AddrBox {
+                            lo,
+                            hi,
+                            rule: i,
+                        }));
+                    }
+                }
+            }
+            if boxes.is_empty() {
+                continue;
+            }
+            for (lo, hi, ports) in first_match_2d(&boxes, &resolved) {
+                for (p, plo, phi, action) in ports {
+                    let Some(v) = verdict(action) else { continue };
+                    out.put(
+                        &format!("{}_cidr{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                        Element {
+                            key: vec![
+                                Value::Mark(g.id),
+                                addr_value(v4, lo, hi),
+                                proto_value(p),
+                                Value::PortRange(plo, phi),
+                            ],
+                            data: Some(v),
+                        },
+                        add,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every element of one tier group.
+    fn tier_group_elements(
+        &self,
+        t: usize,
+        k: &TierKey,
+        g: &Group,
+        out: &mut ElementDelta,
+        add: bool,
+    ) {
+        self.tier_static(t, k, g, out, add);
+        for ident in self.idents.values() {
+            self.tier_peer_part(t, k, g, ident, out, add);
         }
     }
 
@@ -468,11 +754,31 @@ impl Incremental {
                     users: 1,
                     holder,
                 };
-                if let Some(out) = out {
+                if let Some(out) = out.as_deref_mut() {
                     self.group_elements(Dir::Ingress, &k.0, &g, out, true);
                 }
                 self.ingress.insert(k.clone(), g);
             }
+        }
+        for (t, k) in groups.tiers.iter().enumerate() {
+            let Some(k) = k else { continue };
+            if let Some(g) = self.tiers[t].groups.get_mut(k) {
+                g.users += 1;
+                continue;
+            }
+            let id = self.tier_id(k);
+            if id == 0 || !self.tiers[t].used.insert(id) {
+                return false;
+            }
+            let g = Group {
+                id,
+                users: 1,
+                holder: self.rep(ik).clone(),
+            };
+            if let Some(out) = out.as_deref_mut() {
+                self.tier_group_elements(t, k, &g, out, true);
+            }
+            self.tiers[t].groups.insert(k.clone(), g);
         }
         self.groups_of.insert(ik.clone(), groups);
         true
@@ -499,6 +805,16 @@ impl Incremental {
                 let g = self.ingress.remove(k).expect("acquired");
                 self.group_elements(Dir::Ingress, &k.0, &g, out, false);
                 self.used_ingress.remove(&g.id);
+            }
+        }
+        for (t, k) in groups.tiers.iter().enumerate() {
+            let Some(k) = k else { continue };
+            let g = self.tiers[t].groups.get_mut(k).expect("acquired");
+            g.users -= 1;
+            if g.users == 0 {
+                let g = self.tiers[t].groups.remove(k).expect("acquired");
+                self.tier_group_elements(t, k, &g, out, false);
+                self.tiers[t].used.remove(&g.id);
             }
         }
     }
@@ -706,6 +1022,11 @@ impl Incremental {
             self.peer_part(&mut a, Dir::Ingress, &rules, g, ident, rep);
         }
         emit(Dir::Ingress, a, out, add);
+        for t in 0..self.tiers.len() {
+            for (k, g) in &self.tiers[t].groups {
+                self.tier_peer_part(t, k, g, ident, out, add);
+            }
+        }
     }
 
     /// The per-pod elements of an endpoint pod of identity `ik`.
@@ -766,6 +1087,19 @@ impl Incremental {
                     );
                 }
             }
+            for (t, ts) in self.tiers.iter().enumerate() {
+                let Some(k) = groups.and_then(|g| g.tiers.get(t)).and_then(Option::as_ref) else {
+                    continue;
+                };
+                out.put(
+                    &format!("{}_group{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                    Element {
+                        key: vec![v.clone()],
+                        data: Some(Value::Mark(ts.groups[k].id)),
+                    },
+                    add,
+                );
+            }
         }
     }
 
@@ -790,6 +1124,12 @@ impl Incremental {
             match c {
                 Change::Pod { key, new } => self.pod(key, new, &mut out)?,
                 Change::Policy { key, new } => self.policy(key, new, &mut out)?,
+                // Admin subjects and peers select by namespace labels and
+                // by nodes: with admin policies, those changes take the
+                // full path.
+                Change::Namespace { .. } | Change::Node { .. } if !self.admin.is_empty() => {
+                    return refuse("namespace or node change with admin policies");
+                }
                 Change::Namespace { name, new } => self.namespace(name, new, &mut out),
                 Change::Node { name, new } => self.node_change(&name, new, &mut out),
             }
@@ -798,9 +1138,29 @@ impl Incremental {
         Ok(out)
     }
 
-    /// Whether a packet can reach an element of a [`DEFERRABLE`] set: its
+    /// The interval sets whose removals may wait: [`DEFERRABLE`] and each
+    /// admin tier's peer and address maps.
+    fn deferrable(&self) -> Vec<(String, Domain, bool)> {
+        let mut out: Vec<(String, Domain, bool)> = DEFERRABLE
+            .iter()
+            .map(|&(s, d, p)| (s.to_string(), Domain::Np(d), p))
+            .collect();
+        for (t, ts) in self.tiers.iter().enumerate() {
+            for (suffix, peer) in [
+                ("peer4", true),
+                ("peer6", true),
+                ("cidr4", false),
+                ("cidr6", false),
+            ] {
+                out.push((format!("{}_{suffix}", ts.prefix), Domain::Tier(t), peer));
+            }
+        }
+        out
+    }
+
+    /// Whether a packet can reach an element of a deferrable set: its
     /// group is some local pod's and, in a peer set, its mark some pod's.
-    fn reachable(&self, dir: Dir, peer: bool, e: &Element) -> bool {
+    fn reachable(&self, domain: Domain, peer: bool, e: &Element) -> bool {
         let mark = |i: usize| match e.key.get(i) {
             Some(Value::Mark(m)) => Some(*m),
             _ => None,
@@ -808,9 +1168,10 @@ impl Incremental {
         let Some(g) = mark(0) else {
             return true;
         };
-        let group = match dir {
-            Dir::Egress => self.used_egress.contains(&g),
-            Dir::Ingress => self.used_ingress.contains(&g),
+        let group = match domain {
+            Domain::Np(Dir::Egress) => self.used_egress.contains(&g),
+            Domain::Np(Dir::Ingress) => self.used_ingress.contains(&g),
+            Domain::Tier(t) => self.tiers[t].used.contains(&g),
         };
         group && (!peer || mark(1).is_none_or(|m| self.used_marks.contains(&m)))
     }
@@ -822,15 +1183,16 @@ impl Incremental {
     /// (kept) or removed in the same transaction, before anything can match
     /// it.
     fn defer(&mut self, out: &mut ElementDelta) {
-        for (set, dir, peer) in DEFERRABLE {
+        let sets = self.deferrable();
+        for (set, domain, peer) in &sets {
             let Some((remove, add)) = out.sets.get_mut(set) else {
                 continue;
             };
-            let garbage = self.garbage.entry(set.to_string()).or_default();
+            let garbage = self.garbage.entry(set.clone()).or_default();
             add.retain(|e| !garbage.remove(e));
             let removed = std::mem::take(remove);
             for e in removed {
-                if self.reachable(dir, peer, &e) {
+                if self.reachable(*domain, *peer, &e) {
                     remove.insert(e);
                 } else {
                     self.garbage
@@ -840,13 +1202,13 @@ impl Incremental {
                 }
             }
         }
-        for (set, dir, peer) in DEFERRABLE {
+        for (set, domain, peer) in &sets {
             let Some(garbage) = self.garbage.get(set) else {
                 continue;
             };
             let live: Vec<Element> = garbage
                 .iter()
-                .filter(|e| self.reachable(dir, peer, e))
+                .filter(|e| self.reachable(*domain, *peer, e))
                 .cloned()
                 .collect();
             for e in live {
@@ -1200,6 +1562,42 @@ impl Incremental {
             }
         }
         Ok(())
+    }
+}
+
+/// A pod's named container ports as an identity holds them (sorted,
+/// deduplicated): name, protocol, port.
+fn named_ports(p: &Pod) -> Vec<(String, u8, u16)> {
+    sorted_ports(p)
+        .into_iter()
+        .filter_map(|c| Some((c.name?, c.protocol.number(), c.port)))
+        .collect()
+}
+
+/// An admin rule's ports, named ones resolved on the destination's named
+/// ports (an admin named port matches whatever the protocol).
+fn admin_ports(ports: &Option<Vec<AdminPort>>, named: &[(String, u8, u16)]) -> Vec<PortItem> {
+    match ports {
+        None => crate::ALL_PROTOCOLS
+            .iter()
+            .map(|p| (p.number(), 0, u16::MAX))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .flat_map(|p| match p {
+                AdminPort::Number { protocol, port } => vec![(protocol.number(), *port, *port)],
+                AdminPort::Range {
+                    protocol,
+                    start,
+                    end,
+                } => vec![(protocol.number(), *start, *end)],
+                AdminPort::Named(n) => named
+                    .iter()
+                    .filter(|(m, _, _)| m == n)
+                    .map(|&(_, q, v)| (q, v, v))
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

@@ -602,7 +602,7 @@ fn tier_sets(
     ]
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
     Egress,
     Ingress,

@@ -45,7 +45,7 @@ pub(crate) struct Compiled {
 }
 
 /// An action over a disjoint port range of one protocol.
-type PortVerdict = (u8, u16, u16, AdminAction);
+pub(crate) type PortVerdict = (u8, u16, u16, AdminAction);
 
 /// Named container ports as the engine interns them: (name, protocol, port).
 type Named = Vec<(u32, u8, u16)>;
@@ -132,16 +132,16 @@ pub(crate) fn first_match(rules: &[(AdminAction, Vec<PortItem>)]) -> Vec<PortVer
 }
 
 /// A box of the address × port space claimed by rule `rule`.
-struct AddrBox {
-    lo: u128,
-    hi: u128,
-    rule: usize,
+pub(crate) struct AddrBox {
+    pub(crate) lo: u128,
+    pub(crate) hi: u128,
+    pub(crate) rule: usize,
 }
 
 /// First match over addresses and ports: cut the address axis at every box
 /// edge, resolve the ports of each slice by the rules covering it, and join
 /// adjacent slices that resolve alike.
-fn first_match_2d(
+pub(crate) fn first_match_2d(
     boxes: &[AddrBox],
     rules: &[(AdminAction, Vec<PortItem>)],
 ) -> Vec<(u128, u128, Vec<PortVerdict>)> {
@@ -183,7 +183,7 @@ fn first_match_2d(
     out
 }
 
-fn verdict(a: AdminAction) -> Option<Value> {
+pub(crate) fn verdict(a: AdminAction) -> Option<Value> {
     match a {
         AdminAction::Allow => Some(Value::Verdict(Verdict::Return)),
         AdminAction::Deny => Some(Value::Verdict(Verdict::Drop)),

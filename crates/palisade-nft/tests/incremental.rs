@@ -414,6 +414,10 @@ fn incremental_compile_equals_full_compile() {
                 params.pods = 12 + (seed % 20) as usize;
                 params.policies = 3 + (seed % 8) as usize;
                 params.nodes = 3;
+                // A third of the clusters carry admin-tier policies.
+                if seed % 3 == 0 {
+                    params.admin_policies = 1 + (seed % 4) as usize;
+                }
                 let mut c = synth::cluster(&params);
                 let mut rs = full(&c);
                 let mut st = state(&c);

@@ -54,6 +54,10 @@ enum AgentCommand {
         /// Events measured per kind.
         #[arg(long, default_value_t = 50)]
         events: usize,
+        /// AdminNetworkPolicies in the cluster (plus a baseline policy
+        /// when more than zero).
+        #[arg(long, default_value_t = 0)]
+        admin_policies: usize,
     },
 }
 
@@ -97,11 +101,13 @@ pub fn agent(args: AgentArgs) -> Result<ExitCode> {
         pods,
         policies,
         events,
+        admin_policies,
     }) = args.command
     {
         let mut p = palisade_engine::synth::Params::large();
         p.pods = pods;
         p.policies = policies;
+        p.admin_policies = admin_policies;
         palisade_agent::bench::run(p, events).map_err(anyhow::Error::msg)?;
         return Ok(ExitCode::SUCCESS);
     }
