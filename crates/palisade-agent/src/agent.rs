@@ -268,7 +268,7 @@ impl<B: Backend> Agent<B> {
         let delta = Delta::Elements(sets);
         let text = delta.to_nft_text(self.applied.as_ref().expect("checked above"));
         if let Err(e) = self.apply(&delta, &text) {
-            warn!(error = %e, "removing unreachable elements failed; rebuilding");
+            warn!(error = %e, transaction = %text, "removing unreachable elements failed; rebuilding");
             self.metrics.error("apply");
             self.incr = None;
             self.kernel_read = false;

@@ -22,7 +22,9 @@ use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
-use palisade_nft::{Element, Ruleset, Set, Value, Verdict, FAMILY, TABLE};
+use palisade_nft::{
+    element_lines, Element, Ruleset, Set, Value, Verdict, ELEMENT_CHUNK, FAMILY, TABLE,
+};
 
 /// Element changes of one set or map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,37 +187,6 @@ fn key_lines(template: &Set, elements: &[Element]) -> String {
     s
 }
 
-/// The element list of `elements` as nft prints it inside `{ ... }`,
-/// rendered by the compiler's own printer (a one-set table).
-fn element_lines(template: &Set, elements: &[Element]) -> String {
-    let set = Set {
-        name: template.name.clone(),
-        key: template.key.clone(),
-        data: template.data,
-        interval: template.interval,
-        comment: String::new(),
-        elements: elements
-            .iter()
-            .map(|e| Element {
-                key: e.key.clone(),
-                data: e.data.clone(),
-            })
-            .collect(),
-    };
-    let text = Ruleset {
-        sets: vec![set],
-        chains: Vec::new(),
-    }
-    .to_nft_text();
-    let start = text
-        .find("elements = {\n")
-        .map_or(0, |i| i + "elements = {\n".len());
-    let end = text[start..]
-        .find("\t\t}")
-        .map_or(text.len(), |i| start + i);
-    text[start..end].to_string()
-}
-
 impl Delta {
     /// The transaction for `nft -f`; `new` is the desired ruleset (for the
     /// set types).
@@ -225,25 +196,29 @@ impl Delta {
             Delta::Replace(rs) => replace_text(rs),
             Delta::Elements(sets) => {
                 let mut s = String::new();
+                // In statements of at most ELEMENT_CHUNK elements (see
+                // there), all in this one transaction.
                 for d in sets {
                     let Some(t) = new.set(&d.set) else { continue };
-                    if !d.remove.is_empty() {
+                    for chunk in d.remove.chunks(ELEMENT_CHUNK) {
                         let _ = write!(
                             s,
                             "delete element {FAMILY} {TABLE} {} {{\n{}}}\n",
                             d.set,
-                            key_lines(t, &d.remove)
+                            key_lines(t, chunk)
                         );
                     }
                 }
                 for d in sets {
-                    let Some(t) = new.set(&d.set) else { continue };
-                    if !d.add.is_empty() {
+                    if new.set(&d.set).is_none() {
+                        continue;
+                    }
+                    for chunk in d.add.chunks(ELEMENT_CHUNK) {
                         let _ = write!(
                             s,
                             "add element {FAMILY} {TABLE} {} {{\n{}}}\n",
                             d.set,
-                            element_lines(t, &d.add)
+                            element_lines(chunk)
                         );
                     }
                 }

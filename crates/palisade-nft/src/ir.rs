@@ -359,6 +359,38 @@ fn priority_text(p: i32) -> String {
     }
 }
 
+/// The most elements written in one `elements = { }` block or one `add
+/// element` / `delete element` statement. nft 1.0.6 splits a statement's
+/// elements into netlink messages of about 64 KiB; in a concatenated
+/// interval map, the element that starts each further message (every 963rd
+/// of the admin tiers' maps) reached the kernel with its host-endian `mark`
+/// fields byte-swapped: another key than the one written, so the intended
+/// one was missing and a removal of it failed. Statements small enough for
+/// one message avoid it; they stay in the same transaction.
+pub const ELEMENT_CHUNK: usize = 200;
+
+/// Elements as the lines of an `elements = { }` block.
+pub fn element_lines(elements: &[Element]) -> String {
+    let mut s = String::new();
+    let n = elements.len();
+    for (i, e) in elements.iter().enumerate() {
+        let key = e
+            .key
+            .iter()
+            .map(Value::text)
+            .collect::<Vec<_>>()
+            .join(" . ");
+        let data = e
+            .data
+            .as_ref()
+            .map(|d| format!(" : {}", d.text()))
+            .unwrap_or_default();
+        let sep = if i + 1 < n { "," } else { "" };
+        let _ = writeln!(s, "\t\t\t{key}{data}{sep}");
+    }
+    s
+}
+
 impl Ruleset {
     pub fn set(&self, name: &str) -> Option<&Set> {
         self.sets.iter().find(|s| s.name == name)
@@ -391,24 +423,9 @@ impl Ruleset {
             if !set.comment.is_empty() {
                 let _ = writeln!(s, "\t\tcomment \"{}\"", set.comment);
             }
-            if !set.elements.is_empty() {
+            if !set.elements.is_empty() && set.elements.len() <= ELEMENT_CHUNK {
                 let _ = writeln!(s, "\t\telements = {{");
-                let n = set.elements.len();
-                for (i, e) in set.elements.iter().enumerate() {
-                    let key = e
-                        .key
-                        .iter()
-                        .map(Value::text)
-                        .collect::<Vec<_>>()
-                        .join(" . ");
-                    let data = e
-                        .data
-                        .as_ref()
-                        .map(|d| format!(" : {}", d.text()))
-                        .unwrap_or_default();
-                    let sep = if i + 1 < n { "," } else { "" };
-                    let _ = writeln!(s, "\t\t\t{key}{data}{sep}");
-                }
+                s.push_str(&element_lines(&set.elements));
                 let _ = writeln!(s, "\t\t}}");
             }
             let _ = writeln!(s, "\t}}");
@@ -437,6 +454,21 @@ impl Ruleset {
             let _ = writeln!(s, "\t}}");
         }
         s.push_str("}\n");
+        // Large sets get their elements in chunks (see ELEMENT_CHUNK).
+        for set in self
+            .sets
+            .iter()
+            .filter(|x| x.elements.len() > ELEMENT_CHUNK)
+        {
+            for chunk in set.elements.chunks(ELEMENT_CHUNK) {
+                let _ = write!(
+                    s,
+                    "add element {FAMILY} {TABLE} {} {{\n{}}}\n",
+                    set.name,
+                    element_lines(chunk)
+                );
+            }
+        }
         s
     }
 

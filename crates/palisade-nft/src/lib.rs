@@ -124,8 +124,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use ir::{
-    Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value, Verdict,
-    FAMILY, TABLE,
+    element_lines, Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value,
+    Verdict, ELEMENT_CHUNK, FAMILY, TABLE,
 };
 
 pub use numbering::{Fnv, Numbering};
