@@ -45,6 +45,10 @@ pub struct AgentConfig {
     /// [`palisade_nft::incr`]): an event arriving meanwhile waits for one
     /// such transaction at most.
     pub collect_batch: usize,
+    /// With more unreachable elements than this, the idle agent replaces
+    /// the table once instead (a 10,000-pod node's table loads in about
+    /// 0.5 s; 750 removals take about 9 s of kernel time).
+    pub collect_replace_above: usize,
 }
 
 impl AgentConfig {
@@ -57,6 +61,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(10),
             replace_above_interval_removals: Some(16),
             collect_batch: 2,
+            collect_replace_above: 64,
         }
     }
 }
@@ -250,6 +255,9 @@ impl<B: Backend> Agent<B> {
     /// state is dropped and the next sync is a full one.
     pub fn collect_garbage(&mut self) -> Result<usize, SyncError> {
         let batch = self.cfg.collect_batch.max(1);
+        if self.garbage_len() > self.cfg.collect_replace_above {
+            return self.replace_without_garbage();
+        }
         let (Some(incr), Some(applied)) = (self.incr.as_mut(), self.applied.as_ref()) else {
             return Ok(0);
         };
@@ -281,6 +289,35 @@ impl<B: Backend> Agent<B> {
         let left = self.garbage_len();
         self.metrics.garbage.set(left as i64);
         Ok(left)
+    }
+
+    /// Many unreachable elements: one table replacement (about 16 µs per
+    /// element of the whole table) costs less than removing them (20-50 ms
+    /// each).
+    fn replace_without_garbage(&mut self) -> Result<usize, SyncError> {
+        let (Some(incr), Some(applied)) = (self.incr.as_mut(), self.applied.as_ref()) else {
+            return Ok(0);
+        };
+        let mut rs = applied.clone();
+        let garbage = incr.take_garbage();
+        for s in &mut rs.sets {
+            if let Some(g) = garbage.get(&s.name) {
+                s.elements.retain(|e| !g.contains(e));
+            }
+        }
+        let delta = Delta::Replace(Box::new(rs.clone()));
+        let text = delta.to_nft_text(&rs);
+        if let Err(e) = self.apply(&delta, &text) {
+            warn!(error = %e, "replacing the table without unreachable elements failed; rebuilding");
+            self.metrics.error("apply");
+            self.incr = None;
+            self.kernel_read = false;
+            self.pending_full = true;
+            return Err(SyncError::Apply(e.to_string()));
+        }
+        self.applied = Some(rs);
+        self.metrics.garbage.set(0);
+        Ok(0)
     }
 
     pub fn backend(&mut self) -> &mut B {

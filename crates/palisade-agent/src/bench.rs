@@ -380,10 +380,10 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
         );
     }
     println!(
-        "unreachable interval elements removed while idle: {collected}, in {:.0} ms ({:.1} ms each, {} per transaction)",
+        "unreachable interval elements removed while idle: {collected}, in {:.0} ms ({} per transaction, or one table replacement above {})",
         ms(collect_time),
-        ms(collect_time) / collected.max(1) as f64,
-        AgentConfig::new("", vec![]).collect_batch
+        AgentConfig::new("", vec![]).collect_batch,
+        AgentConfig::new("", vec![]).collect_replace_above
     );
     println!();
     println!(

@@ -154,6 +154,11 @@ impl Incr {
         self.inner.garbage()
     }
 
+    /// Forgets them all (the table is being replaced without them).
+    pub(crate) fn take_garbage(&mut self) -> BTreeMap<String, BTreeSet<Element>> {
+        self.inner.take_garbage()
+    }
+
     /// The removal of up to `max` of them.
     pub(crate) fn collect(
         &mut self,

@@ -352,6 +352,8 @@ fn random_events_keep_the_kernel_equal_to_the_agent() {
         let mut cfg = AgentConfig::new("node0", vec![SCOPE.to_string()]);
         // Sometimes patch whatever the size, sometimes replace above 4.
         cfg.replace_above_interval_removals = (seed % 3 == 0).then_some(4);
+        // Collect by removals, or by one replacement.
+        cfg.collect_replace_above = if seed % 4 < 2 { 0 } else { 10_000 };
         let mut a = Agent::new(cfg, Nft::new(Some(ns.0.clone())));
         a.handle(Input::Resync {
             scope: SCOPE.into(),

@@ -1229,6 +1229,12 @@ impl Incremental {
         &self.garbage
     }
 
+    /// Forgets every unreachable element (the caller replaces the table
+    /// with one without them) and returns them.
+    pub fn take_garbage(&mut self) -> BTreeMap<String, BTreeSet<Element>> {
+        std::mem::take(&mut self.garbage)
+    }
+
     /// Up to `max` unreachable elements to remove now (the caller removes
     /// them when idle, a few per transaction, so that no event waits long
     /// behind a removal).
