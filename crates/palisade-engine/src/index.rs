@@ -325,19 +325,6 @@ impl Builder<'_> {
         id
     }
 
-    fn node_addresses(&self, sel: &LabelSelector) -> Vec<IpAddr> {
-        let mut a: Vec<IpAddr> = self
-            .cluster
-            .nodes
-            .iter()
-            .filter(|n| sel.matches(&n.labels))
-            .flat_map(|n| n.addresses.iter().copied())
-            .collect();
-        a.sort();
-        a.dedup();
-        a
-    }
-
     fn np_peer(&mut self, p: &Peer) -> PeerMatch {
         match p {
             Peer::Pods { namespaces, pods } => {
@@ -357,17 +344,36 @@ impl Builder<'_> {
                 NamespaceScope::Selector(namespaces.clone()),
                 pods.clone(),
             ))),
-            AdminPeer::Nodes(sel) => {
-                let addrs = self.node_addresses(sel);
-                PeerMatch::Addr(self.matcher(AddressMatcher::Nodes(addrs)))
-            }
-            AdminPeer::Networks(n) => {
-                let mut n = n.clone();
-                n.sort();
-                n.dedup();
-                PeerMatch::Addr(self.matcher(AddressMatcher::Networks(n)))
+            AdminPeer::Nodes(_) | AdminPeer::Networks(_) => {
+                let m = admin_matcher(p, &self.cluster.nodes).expect("an address peer");
+                PeerMatch::Addr(self.matcher(m))
             }
         }
+    }
+}
+
+/// The address matcher of an admin `nodes` or `networks` peer (`None` for
+/// the selector peers): the matching nodes' addresses, or the networks,
+/// sorted and deduplicated so that equal peers share one matcher.
+pub fn admin_matcher(peer: &AdminPeer, nodes: &[palisade_model::Node]) -> Option<AddressMatcher> {
+    match peer {
+        AdminPeer::Nodes(sel) => {
+            let mut a: Vec<IpAddr> = nodes
+                .iter()
+                .filter(|n| sel.matches(&n.labels))
+                .flat_map(|n| n.addresses.iter().copied())
+                .collect();
+            a.sort();
+            a.dedup();
+            Some(AddressMatcher::Nodes(a))
+        }
+        AdminPeer::Networks(n) => {
+            let mut n = n.clone();
+            n.sort();
+            n.dedup();
+            Some(AddressMatcher::Networks(n))
+        }
+        AdminPeer::Namespaces(_) | AdminPeer::Pods { .. } => None,
     }
 }
 

@@ -562,26 +562,7 @@ impl Incremental {
 
     /// The address matcher of an admin `nodes` or `networks` peer.
     fn admin_matcher(&self, peer: &AdminPeer) -> Option<AddressMatcher> {
-        match peer {
-            AdminPeer::Nodes(sel) => {
-                let mut a: Vec<IpAddr> = self
-                    .nodes
-                    .iter()
-                    .filter(|n| sel.matches(&n.labels))
-                    .flat_map(|n| n.addresses.iter().copied())
-                    .collect();
-                a.sort();
-                a.dedup();
-                Some(AddressMatcher::Nodes(a))
-            }
-            AdminPeer::Networks(n) => {
-                let mut n = n.clone();
-                n.sort();
-                n.dedup();
-                Some(AddressMatcher::Networks(n))
-            }
-            _ => None,
-        }
+        palisade_engine::index::admin_matcher(peer, &self.nodes)
     }
 
     /// Tier group `k`'s elements for peer identity `ident` (its first
