@@ -395,7 +395,9 @@ fn resolve_rules(
     })
 }
 
-fn subject_selects(subject: &AdminSubject, ns_labels: &Labels, pod_labels: &Labels) -> bool {
+/// Whether an admin policy's subject selects pods with these labels in a
+/// namespace with these labels.
+pub fn subject_selects(subject: &AdminSubject, ns_labels: &Labels, pod_labels: &Labels) -> bool {
     match subject {
         AdminSubject::Namespaces(ns) => ns.matches(ns_labels),
         AdminSubject::Pods { namespaces, pods } => {
@@ -551,11 +553,7 @@ impl Index {
                     if id.host_network || !pods.matches(&id.labels) {
                         continue;
                     }
-                    let ns_ok = match scope {
-                        NamespaceScope::Own(ns) => *ns == id.namespace,
-                        NamespaceScope::Selector(sel) => sel.matches(ns_labels(&id.namespace)),
-                    };
-                    if ns_ok {
+                    if scope.contains(&id.namespace, || ns_labels(&id.namespace)) {
                         s.insert(i);
                     }
                 }

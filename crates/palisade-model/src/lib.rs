@@ -180,6 +180,17 @@ pub enum NamespaceScope {
     Selector(LabelSelector),
 }
 
+impl NamespaceScope {
+    /// Whether namespace `ns` is in scope; its labels are asked for only
+    /// when a selector needs them.
+    pub fn contains<'a>(&self, ns: &str, ns_labels: impl FnOnce() -> &'a Labels) -> bool {
+        match self {
+            NamespaceScope::Own(own) => own == ns,
+            NamespaceScope::Selector(sel) => sel.matches(ns_labels()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Peer {
     /// Pods in `namespaces` matching `pods` (`namespaceSelector` alone

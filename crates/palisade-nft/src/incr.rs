@@ -51,11 +51,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use palisade_engine::index::AddressMatcher;
+use palisade_engine::index::{subject_selects, AddressMatcher};
 use palisade_engine::Engine;
 use palisade_model::{
-    AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminSubject, AdminTier, ContainerPort,
-    IpBlock, Labels, Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod, PortSpec,
+    AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminTier, ContainerPort, IpBlock, Labels,
+    Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod, PortSpec,
 };
 
 use crate::numbering::{self, hash32, MarkKey};
@@ -359,15 +359,15 @@ impl Incremental {
         // Identities as the full numbering sees them: a mark that is not
         // its key's hash was probed past a collision. Host-network
         // identities only hold their mark: they are nobody's peer.
-        let marks = numbering::identity_marks(engine, numbering::Numbering::Stable);
-        let mut keys = Vec::with_capacity(marks.len());
-        for (ident, &mark) in idx.identities.iter().zip(&marks) {
-            let rep = &cluster.pods[ident.members[0]];
-            let key = st.key_of(rep);
+        let keys = numbering::identity_keys(engine);
+        let marks = numbering::assign(numbering::Numbering::Stable, keys.len(), |i| {
+            keys[i].clone()
+        });
+        for ((ident, &mark), key) in idx.identities.iter().zip(&marks).zip(&keys) {
+            let key = key.clone();
             if mark != hash32(&key) || !st.used_marks.insert(mark) {
                 return None;
             }
-            keys.push(key.clone());
             if ident.host_network {
                 st.host_idents.insert(key, (mark, ident.members.len()));
                 continue;
@@ -509,13 +509,7 @@ impl Incremental {
         let nsl = self.ns_labels_of(&ident.namespace);
         let mut rules = Vec::new();
         for (ai, a) in self.admin.iter().enumerate() {
-            let selects = match &a.subject {
-                AdminSubject::Namespaces(ns) => ns.matches(nsl),
-                AdminSubject::Pods { namespaces, pods } => {
-                    namespaces.matches(nsl) && pods.matches(&ident.labels)
-                }
-            };
-            if a.tier == ts.tier && selects {
+            if a.tier == ts.tier && subject_selects(&a.subject, nsl, &ident.labels) {
                 rules.extend((0..self.admin_rules(ai, ts.dir).len()).map(|ri| (ai, ri)));
             }
         }
@@ -532,7 +526,7 @@ impl Incremental {
                         _ => None,
                     })
                     .collect();
-                named_ports(ident.rep.as_ref().expect("identities have members"))
+                named_ports(self.rep(ik))
                     .into_iter()
                     .filter(|(n, _, _)| names.contains(n.as_str()))
                     .collect()
@@ -979,13 +973,7 @@ impl Incremental {
     }
 
     fn in_scope(&self, scope: &NamespaceScope, ident: &Ident) -> bool {
-        match scope {
-            NamespaceScope::Own(ns) => *ns == ident.namespace,
-            NamespaceScope::Selector(sel) => match self.ns_labels.get(&ident.namespace) {
-                Some(l) => sel.matches(l),
-                None => sel.matches(&Labels::new()),
-            },
-        }
+        scope.contains(&ident.namespace, || self.ns_labels_of(&ident.namespace))
     }
 
     /// Adds or removes identity `ik`'s peer part in every group.

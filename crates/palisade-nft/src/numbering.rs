@@ -157,14 +157,20 @@ pub(crate) fn mark_key(
 /// The mark of every identity of the engine's index (`Index::identities`
 /// order).
 pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> {
+    if numbering == Numbering::Dense {
+        return assign(numbering, engine.index().identities.len(), |_| ());
+    }
+    let keys = identity_keys(engine);
+    assign(numbering, keys.len(), |i| keys[i].clone())
+}
+
+/// The content key of every identity of the engine's index
+/// (`Index::identities` order), from its first member.
+pub(crate) fn identity_keys(engine: &Engine) -> Vec<MarkKey> {
     let idx = engine.index();
     let cluster = engine.cluster();
-    if numbering == Numbering::Dense {
-        return assign(numbering, idx.identities.len(), |_| ());
-    }
     let matchers = matcher_hashes(engine);
-    let keys: Vec<MarkKey> = idx
-        .identities
+    idx.identities
         .iter()
         .map(|ident| {
             let ips = ident
@@ -181,8 +187,7 @@ pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> 
                 &matchers,
             )
         })
-        .collect();
-    assign(numbering, keys.len(), |i| keys[i].clone())
+        .collect()
 }
 
 /// The `namespace/name` of NetworkPolicies given by index.
