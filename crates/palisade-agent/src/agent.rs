@@ -11,8 +11,7 @@ use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, 
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError};
-use crate::delta::SetDelta;
-use crate::delta::{self, Delta};
+use crate::delta::{self, Delta, SetDelta};
 use crate::fast::{self, Change, Fast};
 use crate::incr::Incr;
 use crate::input::{Entry, Input};
@@ -277,11 +276,7 @@ impl<B: Backend> Agent<B> {
         let text = delta.to_nft_text(self.applied.as_ref().expect("checked above"));
         if let Err(e) = self.apply(&delta, &text) {
             warn!(error = %e, transaction = %text, "removing unreachable elements failed; rebuilding");
-            self.metrics.error("apply");
-            self.incr = None;
-            self.kernel_read = false;
-            self.pending_full = true;
-            return Err(SyncError::Apply(e.to_string()));
+            return Err(self.collection_failed(e));
         }
         if let (Some(table), Delta::Elements(sets)) = (self.applied.as_mut(), &delta) {
             fast::apply_in_place(table, sets);
@@ -309,15 +304,21 @@ impl<B: Backend> Agent<B> {
         let text = delta.to_nft_text(&rs);
         if let Err(e) = self.apply(&delta, &text) {
             warn!(error = %e, "replacing the table without unreachable elements failed; rebuilding");
-            self.metrics.error("apply");
-            self.incr = None;
-            self.kernel_read = false;
-            self.pending_full = true;
-            return Err(SyncError::Apply(e.to_string()));
+            return Err(self.collection_failed(e));
         }
         self.applied = Some(rs);
         self.metrics.garbage.set(0);
         Ok(0)
+    }
+
+    /// A collection transaction failed: what the kernel holds is unknown,
+    /// so the next sync reads it and rebuilds in full.
+    fn collection_failed(&mut self, e: BackendError) -> SyncError {
+        self.metrics.error("apply");
+        self.incr = None;
+        self.kernel_read = false;
+        self.pending_full = true;
+        SyncError::Apply(e.to_string())
     }
 
     pub fn backend(&mut self) -> &mut B {
@@ -543,15 +544,12 @@ impl<B: Backend> Agent<B> {
     /// the kernel refuses them.
     fn patch(&mut self, sets: Vec<SetDelta>, t0: Instant, path: SyncPath) -> Option<SyncReport> {
         let applied = self.applied.as_ref()?;
-        if let Some(max) = self.cfg.replace_above_interval_removals {
-            let interval_removals: usize = sets
-                .iter()
-                .filter(|d| applied.set(&d.set).is_some_and(|s| s.interval))
-                .map(|d| d.remove.len())
-                .sum();
-            if interval_removals > max {
-                return None;
-            }
+        if self
+            .cfg
+            .replace_above_interval_removals
+            .is_some_and(|max| delta::interval_removals(&sets, applied) > max)
+        {
+            return None;
         }
         let delta = if sets.is_empty() {
             Delta::Noop
@@ -598,11 +596,7 @@ impl<B: Backend> Agent<B> {
         if let (Delta::Elements(sets), Some(max)) =
             (&delta, self.cfg.replace_above_interval_removals)
         {
-            let interval_removals: usize = sets
-                .iter()
-                .filter(|d| rs.set(&d.set).is_some_and(|s| s.interval))
-                .map(|d| d.remove.len())
-                .sum();
+            let interval_removals = delta::interval_removals(sets, &rs);
             if interval_removals > max {
                 debug!(
                     interval_removals,

@@ -117,6 +117,15 @@ fn diff_elements(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element
     (remove, add)
 }
 
+/// How many elements `sets` remove from interval sets of `table` (each
+/// costs the kernel far more than an addition).
+pub fn interval_removals(sets: &[SetDelta], table: &Ruleset) -> usize {
+    sets.iter()
+        .filter(|d| table.set(&d.set).is_some_and(|s| s.interval))
+        .map(|d| d.remove.len())
+        .sum()
+}
+
 /// The delta from `old` (what the kernel has, if known) to `new`.
 pub fn diff(old: Option<&Ruleset>, new: &Ruleset) -> Delta {
     let Some(old) = old else {
