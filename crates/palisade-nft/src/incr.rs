@@ -234,7 +234,9 @@ pub struct Incremental {
     /// to them are refused, so they, the nodes and the namespace labels
     /// they select by stay as the last full build saw them.
     admin: Vec<AdminPolicy>,
-    nodes: Vec<Node>,
+    /// The address matcher of every admin `nodes` / `networks` peer,
+    /// resolved once (they and the nodes do not change here).
+    admin_matchers: HashMap<AdminPeer, AddressMatcher>,
     tiers: Vec<TierState>,
     /// Interval elements the table still holds although the desired state
     /// no longer does, because nothing can reach them: their group id or
@@ -329,7 +331,16 @@ impl Incremental {
             node_addresses: idx.node_addresses.get(node).cloned().unwrap_or_default(),
             host_idents: HashMap::new(),
             admin: idx.admin.iter().map(|a| a.policy.clone()).collect(),
-            nodes: cluster.nodes.clone(),
+            admin_matchers: idx
+                .admin
+                .iter()
+                .flat_map(|a| a.policy.ingress.iter().chain(&a.policy.egress))
+                .flat_map(|r| &r.peers)
+                .filter_map(|p| {
+                    let m = palisade_engine::index::admin_matcher(p, &cluster.nodes)?;
+                    Some((p.clone(), m))
+                })
+                .collect(),
             tiers: Vec::new(),
             garbage: BTreeMap::new(),
         };
@@ -555,8 +566,8 @@ impl Incremental {
     }
 
     /// The address matcher of an admin `nodes` or `networks` peer.
-    fn admin_matcher(&self, peer: &AdminPeer) -> Option<AddressMatcher> {
-        palisade_engine::index::admin_matcher(peer, &self.nodes)
+    fn admin_matcher(&self, peer: &AdminPeer) -> Option<&AddressMatcher> {
+        self.admin_matchers.get(peer)
     }
 
     /// Tier group `k`'s elements for peer identity `ident` (its first
@@ -641,7 +652,7 @@ impl Incremental {
             for (i, r) in rules.iter().enumerate() {
                 for p in &r.peers {
                     if let Some(m) = self.admin_matcher(p) {
-                        boxes.extend(block_ranges_of(&m, v4).into_iter().map(|(lo, hi)| AddrBox {
+                        boxes.extend(block_ranges_of(m, v4).into_iter().map(|(lo, hi)| AddrBox {
                             lo,
                             hi,
                             rule: i,
