@@ -175,6 +175,42 @@ struct Classified<'a> {
     matches: crate::classify::Matches,
 }
 
+/// A flow seen from one direction: the subject whose policies decide it
+/// and the peer they are matched against.
+struct Sides {
+    subject: Endpoint,
+    subject_id: Option<u32>,
+    peer: Endpoint,
+    peer_id: Option<u32>,
+    peer_ip: IpAddr,
+    /// Whether `peer_ip` is the peer pod's first address of its family.
+    peer_primary: bool,
+}
+
+impl Sides {
+    #[inline(always)]
+    fn of(dir: Direction, flow: &Flow, (src_id, dst_id): (Option<u32>, Option<u32>)) -> Sides {
+        match dir {
+            Direction::Ingress => Sides {
+                subject: flow.dst,
+                subject_id: dst_id,
+                peer: flow.src,
+                peer_id: src_id,
+                peer_ip: flow.src_ip,
+                peer_primary: flow.primary.0,
+            },
+            Direction::Egress => Sides {
+                subject: flow.src,
+                subject_id: src_id,
+                peer: flow.dst,
+                peer_id: dst_id,
+                peer_ip: flow.dst_ip,
+                peer_primary: flow.primary.1,
+            },
+        }
+    }
+}
+
 /// The fixed facts of one direction's evaluation.
 struct Ctx<'a> {
     /// The peer's identity, when the peer is an endpoint pod.
@@ -408,6 +444,31 @@ impl Engine {
 
     #[inline(always)]
     fn allowed_with(&self, dir: Direction, flow: &Flow, ids: (Option<u32>, Option<u32>)) -> bool {
+        let s = Sides::of(dir, flow, ids);
+        let (Endpoint::Pod(sp), Some(idn)) = (s.subject, s.subject_id) else {
+            return true;
+        };
+        let cls = self.classifier(dir);
+        let flags = cls.flags(idn as usize);
+        if flags.host_network {
+            return true;
+        }
+        // Without admin tiers, only whether some rule matches counts.
+        if flags.np_only {
+            return !flags.isolated
+                || cls.any_match(
+                    idn as usize,
+                    crate::classify::Peer {
+                        identity: s.peer_id.map(|i| i as usize),
+                        primary: s.peer_primary,
+                        ip: &s.peer_ip,
+                    },
+                    flow.protocol,
+                    flow.port,
+                    ids.1.map(|i| i as usize),
+                )
+                || (dir == Direction::Ingress && self.is_from_own_node(sp, s.peer, s.peer_ip));
+        }
         let Some(c) = self.classified_with(dir, flow, ids) else {
             return true;
         };
@@ -480,49 +541,37 @@ impl Engine {
     }
 
     #[inline(always)]
+    fn classifier(&self, dir: Direction) -> &crate::classify::DirClassifier {
+        &self.index.classifiers[match dir {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }]
+    }
+
+    #[inline(always)]
     fn classified_with(
         &self,
         dir: Direction,
         flow: &Flow,
-        (src_id, dst_id): (Option<u32>, Option<u32>),
+        ids: (Option<u32>, Option<u32>),
     ) -> Option<Classified<'_>> {
-        let (subject, subject_id, peer, peer_id, peer_ip, peer_primary) = match dir {
-            Direction::Ingress => (
-                flow.dst,
-                dst_id,
-                flow.src,
-                src_id,
-                flow.src_ip,
-                flow.primary.0,
-            ),
-            Direction::Egress => (
-                flow.src,
-                src_id,
-                flow.dst,
-                dst_id,
-                flow.dst_ip,
-                flow.primary.1,
-            ),
-        };
-        let Endpoint::Pod(sp) = subject else {
+        let s = Sides::of(dir, flow, ids);
+        let Endpoint::Pod(sp) = s.subject else {
             return None;
         };
-        let idn = subject_id?;
-        let cls = &self.index.classifiers[match dir {
-            Direction::Ingress => 0,
-            Direction::Egress => 1,
-        }];
+        let idn = s.subject_id?;
+        let cls = self.classifier(dir);
         let flags = cls.flags(idn as usize);
         if flags.host_network {
             return None;
         }
-        let holder = dst_id;
+        let holder = ids.1;
         let matches = cls.classify(
             idn as usize,
             crate::classify::Peer {
-                identity: peer_id.map(|i| i as usize),
-                primary: peer_primary,
-                ip: &peer_ip,
+                identity: s.peer_id.map(|i| i as usize),
+                primary: s.peer_primary,
+                ip: &s.peer_ip,
             },
             flow.protocol,
             flow.port,
@@ -530,9 +579,9 @@ impl Engine {
         );
         Some(Classified {
             subject: sp,
-            peer,
-            peer_ip,
-            peer_id,
+            peer: s.peer,
+            peer_ip: s.peer_ip,
+            peer_id: s.peer_id,
             holder,
             cls,
             flags,

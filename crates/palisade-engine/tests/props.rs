@@ -332,6 +332,46 @@ proptest! {
         }
     }
 
+    /// Pods that give one port number several names (up to more than the
+    /// engine's branch-free scan of a destination's named ports holds),
+    /// with rules naming each of them: the engine still agrees with the
+    /// oracle.
+    #[test]
+    fn several_names_for_one_port_match_naive_oracle(seed in any::<u64>(), pods in 2usize..25, policies in 1usize..12) {
+        const ALIASES: [&str; 6] = ["web", "alt", "svc", "main", "app", "api"];
+        let mut c = synth::cluster(&params(seed, 0, pods, policies));
+        let mut r = Rng::new(seed ^ 0x3c);
+        for p in c.pods.iter_mut() {
+            let base = p.ports[0].clone();
+            for name in ALIASES.iter().take(r.below(ALIASES.len() + 1)) {
+                p.ports.push(palisade_model::ContainerPort {
+                    name: Some((*name).into()),
+                    port: base.port,
+                    protocol: base.protocol,
+                });
+            }
+        }
+        for np in c.policies.iter_mut() {
+            for rule in np.ingress.iter_mut().chain(np.egress.iter_mut()).flatten() {
+                if let Some(ports) = rule.ports.as_mut() {
+                    if r.chance(60) {
+                        *ports = (0..1 + r.below(3))
+                            .map(|_| PortSpec::Named {
+                                protocol: Protocol::Tcp,
+                                name: ALIASES[r.below(ALIASES.len())].into(),
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
+        let engine = Engine::new(c.clone());
+        for f in flows(&engine, seed ^ 0x77, 300) {
+            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
+            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+        }
+    }
+
     /// Adding a NetworkPolicy never removes an allowed ingress to a pod that
     /// was already isolated for ingress (policies only add allows).
     #[test]
