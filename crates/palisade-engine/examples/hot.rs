@@ -1,13 +1,19 @@
 //! Profiling aid: the verdict loop alone, for `perf record` or
 //! `valgrind --tool=callgrind --toggle-collect=hot::run`.
-//! `cargo run --release -p palisade-engine --example hot [allowed|explain|text]`
+//! `cargo run --release -p palisade-engine --example hot [allowed|explain|text] [ADMIN_POLICIES]`
 use palisade_engine::synth::{self, Params};
 use palisade_engine::{Engine, Flow};
 use std::hint::black_box;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    let engine = Engine::new(synth::cluster(&Params::large()));
+    let admin = std::env::args()
+        .nth(2)
+        .map_or(0, |a| a.parse().expect("a number"));
+    let engine = Engine::new(synth::cluster(&Params {
+        admin_policies: admin,
+        ..Params::large()
+    }));
     let fl = synth::pod_flows(&engine, 200_000, 7);
     // One pass first: fills what is built on first use.
     run(&engine, &fl, &mode);

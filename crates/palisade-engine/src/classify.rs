@@ -134,10 +134,6 @@ pub struct Flags {
     needs_named: bool,
     /// Whether any of the identity's rules has an address peer.
     needs_addr: bool,
-    /// Whether all of the identity's rules are NetworkPolicy rules, whose
-    /// order never matters: [`DirClassifier::any_match`] is its whole
-    /// classification.
-    pub np_only: bool,
 }
 
 /// The classifier of one direction.
@@ -174,7 +170,7 @@ pub struct DirClassifier {
     /// some rule names.
     named_masks: Vec<u64>,
     named: Vec<Vec<(Protocol, u16, u32)>>,
-    /// The same per identity for [`DirClassifier::any_match`]: per
+    /// The same per identity for [`DirClassifier::first_of_each_tier`]: per
     /// distinct `(protocol, port)` of its named ports, the key
     /// `protocol index << 16 | port` and the offset in `named_fast_masks`
     /// of the OR of that port's rows; padded to [`NAMED_FAST`] entries that
@@ -194,17 +190,20 @@ pub struct DirClassifier {
     words: Vec<SubjectWord>,
     /// `width` zero words: the row of a mask that does not apply.
     zero: Vec<u64>,
-    /// The subject words again for [`DirClassifier::any_match`]: per
-    /// identity, `fast[fast_start[id]..fast_start[id + 1]]`, padded.
+    /// The subject words again for [`DirClassifier::first_of_each_tier`],
+    /// split by tier: per identity, its admin words are
+    /// `fast[fast_at[id][0]..fast_at[id][1]]`, its NetworkPolicy words (padded
+    /// to steps) up to `fast_at[id][2]`, its baseline words up to
+    /// `fast_at[id][3]`.
     fast: Vec<FastWord>,
-    fast_start: Vec<u32>,
+    fast_at: Vec<[u32; 4]>,
 }
 
-/// Named-port entries per identity that [`DirClassifier::any_match`]
+/// Named-port entries per identity that [`DirClassifier::first_of_each_tier`]
 /// scans without a branch; more than that take the general path.
 const NAMED_FAST: usize = 4;
 
-/// A subject word as [`DirClassifier::any_match`] reads it: only the
+/// A subject word as [`DirClassifier::first_of_each_tier`] reads it: only the
 /// masks it needs, two words to a cache line.
 #[derive(Clone, Copy, Debug, Default)]
 struct FastWord {
@@ -214,7 +213,7 @@ struct FastWord {
     index: u64,
 }
 
-/// Subject words per step of [`DirClassifier::any_match`]: each subject's
+/// Subject words per step of [`DirClassifier::first_of_each_tier`]: each subject's
 /// list is padded with empty words to a multiple of this, so that the loop
 /// runs a number of times that is the same for most subjects (mispredicted
 /// loop exits cost more than the padding).
@@ -224,6 +223,13 @@ const FAST_STEP: usize = 4;
 struct NamedFast {
     keys: [u32; NAMED_FAST],
     offsets: [u32; NAMED_FAST],
+}
+
+/// The bits of word `i` that stand for rules `[start, end)`.
+fn bits_in(i: usize, start: usize, end: usize) -> u64 {
+    (0..64)
+        .filter(|b| (start..end).contains(&(i * 64 + b)))
+        .fold(0, |m, b| m | 1 << b)
 }
 
 fn set_bit(m: &mut [u64], bit: usize) {
@@ -508,7 +514,6 @@ impl DirClassifier {
                     isolated: p.isolated,
                     needs_named: any(&named_bits),
                     needs_addr: any(&addr_bits),
-                    np_only: p.admin.is_empty() && p.baseline.is_empty(),
                 }
             })
             .collect();
@@ -557,28 +562,46 @@ impl DirClassifier {
             })
             .collect();
 
+        // Per identity its words split by tier: admin, NetworkPolicy
+        // (padded to steps), baseline.
+        let tier_bits = [(0, admin_end), (admin_end, np_end), (np_end, rules.len())];
         let mut fast = Vec::new();
-        let mut fast_start = Vec::with_capacity(n + 1);
+        let mut fast_at = Vec::with_capacity(n);
         for id in 0..n {
-            fast_start.push(fast.len() as u32);
             let ws: &[SubjectWord] =
                 &words[subject_start[id] as usize..subject_start[id + 1] as usize];
-            fast.extend(ws.iter().map(|sw| FastWord {
-                bits: sw.bits,
-                any_peer: sw.meta.any_peer,
-                all_ports: sw.meta.all_ports,
-                index: sw.index as u64,
-            }));
-            let padded = ws.len().div_ceil(FAST_STEP) * FAST_STEP;
-            fast.resize(fast.len() + padded - ws.len(), FastWord::default());
+            let mut at = [0u32; 4];
+            for (t, &(start, end)) in tier_bits.iter().enumerate() {
+                at[t] = fast.len() as u32;
+                let before = fast.len();
+                for sw in ws {
+                    let i = sw.index as usize;
+                    let bits = sw.bits & bits_in(i, start, end);
+                    if bits != 0 {
+                        fast.push(FastWord {
+                            bits,
+                            any_peer: sw.meta.any_peer & bits,
+                            all_ports: sw.meta.all_ports & bits,
+                            index: sw.index as u64,
+                        });
+                    }
+                }
+                if t == 1 {
+                    let len = fast.len() - before;
+                    let padded = len.div_ceil(FAST_STEP) * FAST_STEP;
+                    fast.resize(before + padded, FastWord::default());
+                }
+            }
+            at[3] = fast.len() as u32;
+            fast_at.push(at);
         }
-        fast_start.push(fast.len() as u32);
 
         DirClassifier {
             words,
             fast,
-            fast_start,
+            fast_at,
             zero: vec![0; width],
+
             peer_full,
             port_row,
             flags,
@@ -676,21 +699,25 @@ impl DirClassifier {
         m
     }
 
-    /// Whether any of the subject's rules matches the flow: the whole
-    /// classification of a subject whose rules are all NetworkPolicy rules
-    /// (`Flags::np_only`). Unlike [`DirClassifier::classify`] it has no
-    /// branch on the flow inside the loop: every mask that does not apply
-    /// is a row of zeros. Mispredicted branches on random flows, not
+    /// What a verdict without explanation needs of the classification: the
+    /// first admin match, whether any NetworkPolicy rule matches (`np` is
+    /// then some NetworkPolicy bit, not necessarily the first), and the
+    /// first baseline match, each found regardless of the other tiers
+    /// (unlike [`DirClassifier::classify`], which stops at the match that
+    /// settles the verdict), except that an admin match that allows or
+    /// denies ends the scan. The NetworkPolicy words, most of a subject's,
+    /// are scanned with no branch on the flow: every mask that does not
+    /// apply is a row of zeros. Mispredicted branches on random flows, not
     /// loads, were most of a verdict's cost.
     #[inline(always)]
-    pub fn any_match(
+    pub fn first_of_each_tier(
         &self,
         subject: usize,
         peer: Peer<'_>,
         protocol: Protocol,
         port: u16,
         named_holder: Option<usize>,
-    ) -> bool {
+    ) -> Matches {
         let w = self.width;
         let f = self.flags[subject];
         let zero = &self.zero[..w];
@@ -716,33 +743,54 @@ impl DirClassifier {
             _ => self.named_fast.len() - 1,
         };
         let Some(entries) = &self.named_fast[holder] else {
-            return self
-                .classify(subject, peer, protocol, port, named_holder)
-                .np
-                .is_some();
+            return self.classify(subject, peer, protocol, port, named_holder);
         };
         let want = (pi as u32) << 16 | port as u32;
+        // Keys are distinct: at most one entry hits. Masks, not `if`: the
+        // compiler turns selects here into branches.
         let mut at = 0;
         for j in 0..NAMED_FAST {
-            at = if entries.keys[j] == want {
-                entries.offsets[j]
-            } else {
-                at
-            };
+            at |= entries.offsets[j] & u32::from(entries.keys[j] == want).wrapping_neg();
         }
         let named = &self.named_fast_masks[at as usize..at as usize + w];
-        let mut acc = 0;
-        let fast =
-            &self.fast[self.fast_start[subject] as usize..self.fast_start[subject + 1] as usize];
-        for step in fast.chunks_exact(FAST_STEP) {
-            for fw in step {
-                let i = fw.index as usize;
-                let peers = fw.any_peer | peer_row[i] | addr_row[i];
-                let ports = fw.all_ports | port_row[i] | named[i];
-                acc |= fw.bits & peers & ports;
+        let at = self.fast_at[subject].map(|x| x as usize);
+        let matches = |fw: &FastWord| {
+            let i = fw.index as usize;
+            let peers = fw.any_peer | peer_row[i] | addr_row[i];
+            let ports = fw.all_ports | port_row[i] | named[i];
+            fw.bits & peers & ports
+        };
+        let mut m = Matches::default();
+        // Admin rules: the first match settles it unless it passes (few
+        // subjects have admin rules, and their first match ends the scan).
+        for fw in &self.fast[at[0]..at[1]] {
+            let c = matches(fw);
+            if c != 0 {
+                let bit = fw.index as usize * 64 + c.trailing_zeros() as usize;
+                m.admin = Some(bit);
+                if self.rules[bit].rule.action != AdminAction::Pass {
+                    return m;
+                }
+                break;
             }
         }
-        acc != 0
+        let mut np = 0;
+        for step in self.fast[at[1]..at[2]].chunks_exact(FAST_STEP) {
+            for fw in step {
+                np |= matches(fw);
+            }
+        }
+        // Any bit stands for "some NetworkPolicy rule matches": all that
+        // counts for a verdict without explanation.
+        m.np = (np != 0).then_some(self.admin_end);
+        for fw in &self.fast[at[2]..at[3]] {
+            let c = matches(fw);
+            if c != 0 {
+                m.baseline = Some(fw.index as usize * 64 + c.trailing_zeros() as usize);
+                break;
+            }
+        }
+        m
     }
 
     /// Records a matching rule bit (bits arrive in evaluation order);

@@ -453,26 +453,17 @@ impl Engine {
         if flags.host_network {
             return true;
         }
-        // Without admin tiers, only whether some rule matches counts.
-        if flags.np_only {
-            return !flags.isolated
-                || cls.any_match(
-                    idn as usize,
-                    crate::classify::Peer {
-                        identity: s.peer_id.map(|i| i as usize),
-                        primary: s.peer_primary,
-                        ip: &s.peer_ip,
-                    },
-                    flow.protocol,
-                    flow.port,
-                    ids.1.map(|i| i as usize),
-                )
-                || (dir == Direction::Ingress && self.is_from_own_node(sp, s.peer, s.peer_ip));
-        }
-        let Some(c) = self.classified_with(dir, flow, ids) else {
-            return true;
-        };
-        let (cls, m) = (c.cls, c.matches);
+        let m = cls.first_of_each_tier(
+            idn as usize,
+            crate::classify::Peer {
+                identity: s.peer_id.map(|i| i as usize),
+                primary: s.peer_primary,
+                ip: &s.peer_ip,
+            },
+            flow.protocol,
+            flow.port,
+            ids.1.map(|i| i as usize),
+        );
         if let Some(bit) = m.admin {
             match cls.action(bit) {
                 AdminAction::Allow => return true,
@@ -480,10 +471,9 @@ impl Engine {
                 AdminAction::Pass => {}
             }
         }
-        if c.flags.isolated {
+        if flags.isolated {
             return m.np.is_some()
-                || (dir == Direction::Ingress
-                    && self.is_from_own_node(c.subject, c.peer, c.peer_ip));
+                || (dir == Direction::Ingress && self.is_from_own_node(sp, s.peer, s.peer_ip));
         }
         m.baseline
             .is_none_or(|bit| cls.action(bit) != AdminAction::Deny)

@@ -332,6 +332,21 @@ proptest! {
         }
     }
 
+    /// Enough admin policies that their rules take several 64-rule words
+    /// of the classifier, and enough NetworkPolicies that the baseline's
+    /// rules fall anywhere in a word, also across two: the first admin
+    /// match (a Pass among them) and the first baseline match are still
+    /// found in evaluation order.
+    #[test]
+    fn many_admin_rules_match_naive_oracle(seed in any::<u64>(), admin in 30usize..50, pods in 2usize..16, policies in 0usize..60) {
+        let c = synth::cluster(&params(seed, admin, pods, policies));
+        let engine = Engine::new(c.clone());
+        for f in flows(&engine, seed ^ 0x99, 200) {
+            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
+            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+        }
+    }
+
     /// Pods that give one port number several names (up to more than the
     /// engine's branch-free scan of a destination's named ports holds),
     /// with rules naming each of them: the engine still agrees with the

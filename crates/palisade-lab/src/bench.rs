@@ -11,6 +11,12 @@
 //!
 //! - the new-connection rate: sequential connect and close (RST, no
 //!   TIME_WAIT) from the client pod to a listener in the server pod;
+//! - the same with one request and response per connection (connect, send
+//!   one byte, receive the server's one byte, close), as netperf's TCP_CRR
+//!   and the CNI benchmarks built on it measure it: the handshake alone is
+//!   the cheapest connection there is, so it shows the per-connection cost
+//!   of tracking at its largest, and this shows it for a connection that
+//!   carries something;
 //! - TCP throughput: one bulk stream client → server across both nodes and
 //!   the fabric.
 //!
@@ -77,6 +83,10 @@ pub struct Measure {
     pub connections: u64,
     pub failed: u64,
     pub conn_seconds: f64,
+    /// Connections with one request and response (TCP_CRR).
+    pub crr_connections: u64,
+    pub crr_failed: u64,
+    pub crr_seconds: f64,
     pub bytes: u64,
     pub bulk_seconds: f64,
 }
@@ -85,10 +95,22 @@ impl Measure {
     pub fn conn_rate(&self) -> f64 {
         self.connections as f64 / self.conn_seconds.max(1e-9)
     }
+    pub fn crr_rate(&self) -> f64 {
+        self.crr_connections as f64 / self.crr_seconds.max(1e-9)
+    }
     pub fn gbits(&self) -> f64 {
         self.bytes as f64 * 8.0 / self.bulk_seconds.max(1e-9) / 1e9
     }
 }
+
+/// One reported figure: its title, its value and failed attempts in one
+/// measure, and the decimals it is printed with.
+type Metric = (
+    &'static str,
+    fn(&Measure) -> f64,
+    fn(&Measure) -> u64,
+    usize,
+);
 
 /// The three dataplane states (measured in [`round_order`] within a round).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,22 +219,6 @@ impl Report {
             .map_or(&[], |(_, m)| m.as_slice())
     }
 
-    /// Connection rate (connections/s) over the rounds of one setup.
-    pub fn conn_rate(&self, s: Setup) -> Summary {
-        Summary::of(
-            &self
-                .of(s)
-                .iter()
-                .map(Measure::conn_rate)
-                .collect::<Vec<_>>(),
-        )
-    }
-
-    /// TCP throughput (Gbit/s) over the rounds of one setup.
-    pub fn gbits(&self, s: Setup) -> Summary {
-        Summary::of(&self.of(s).iter().map(Measure::gbits).collect::<Vec<_>>())
-    }
-
     /// Per-round ratios `s / (a)` of one metric (same round, so the same
     /// background load), summarised.
     fn paired(&self, s: Setup, f: fn(&Measure) -> f64) -> Summary {
@@ -279,45 +285,50 @@ impl Report {
                 if blocked { "blocked" } else { "NOT blocked" }
             );
         }
-        let (r0, t0) = (
-            self.conn_rate(Setup::NoTable).median,
-            self.gbits(Setup::NoTable).median,
-        );
-        let _ = writeln!(
-            s,
-            "{:<26} {:>24} {:>7} {:>8} {:>22} {:>7} {:>8}",
-            "setup",
-            "connections/s (min-max)",
-            "ratio",
-            "paired",
-            "TCP Gbit/s (min-max)",
-            "ratio",
-            "paired"
-        );
-        for setup in Setup::ALL {
-            let r = self.conn_rate(setup);
-            let t = self.gbits(setup);
-            let (pr, pt) = (
-                self.paired(setup, Measure::conn_rate),
-                self.paired(setup, Measure::gbits),
-            );
-            let failed: u64 = self.of(setup).iter().map(|x| x.failed).sum();
+        let metrics: [Metric; 3] = [
+            (
+                "connections/s, connect + close",
+                Measure::conn_rate,
+                |m| m.failed,
+                0,
+            ),
+            (
+                "connections/s, connect + request/response + close (TCP_CRR)",
+                Measure::crr_rate,
+                |m| m.crr_failed,
+                0,
+            ),
+            ("TCP throughput, Gbit/s", Measure::gbits, |_| 0, 2),
+        ];
+        for (name, f, failed_of, digits) in metrics {
+            let values = |setup| Summary::of(&self.of(setup).iter().map(f).collect::<Vec<_>>());
+            let base = values(Setup::NoTable).median;
+            let _ = writeln!(s, "{name}:");
             let _ = writeln!(
                 s,
-                "{:<26} {:>24} {:>6.1}% {:>7.1}% {:>22} {:>6.1}% {:>7.1}%{}",
-                setup.label(),
-                format!("{:.0} ({:.0}-{:.0})", r.median, r.min, r.max),
-                100.0 * r.median / r0.max(1e-9),
-                100.0 * pr.median,
-                format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max),
-                100.0 * t.median / t0.max(1e-9),
-                100.0 * pt.median,
-                if failed > 0 {
-                    format!("  ({failed} failed connects)")
-                } else {
-                    String::new()
-                }
+                "  {:<26} {:>24} {:>7} {:>8}",
+                "setup", "median (min-max)", "ratio", "paired"
             );
+            for setup in Setup::ALL {
+                let v = values(setup);
+                let failed: u64 = self.of(setup).iter().map(failed_of).sum();
+                let _ = writeln!(
+                    s,
+                    "  {:<26} {:>24} {:>6.1}% {:>7.1}%{}",
+                    setup.label(),
+                    format!(
+                        "{:.digits$} ({:.digits$}-{:.digits$})",
+                        v.median, v.min, v.max
+                    ),
+                    100.0 * v.median / base.max(1e-9),
+                    100.0 * self.paired(setup, f).median,
+                    if failed > 0 {
+                        format!("  ({failed} failed connects)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -331,11 +342,18 @@ impl Report {
         for setup in Setup::ALL {
             let _ = writeln!(
                 s,
-                "  {:<26} per round (conn/s; Gbit/s): {}",
+                "  {:<26} per round (conn/s; CRR conn/s; Gbit/s): {}",
                 setup.label(),
                 self.of(setup)
                     .iter()
-                    .map(|x| format!("{:.0}; {:.2}", x.conn_rate(), x.gbits()))
+                    .map(|x| {
+                        format!(
+                            "{:.0}; {:.0}; {:.2}",
+                            x.conn_rate(),
+                            x.crr_rate(),
+                            x.gbits()
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" | ")
             );
@@ -406,6 +424,8 @@ fn pick_pair(engine: &Engine) -> Option<(usize, usize, u16, u8)> {
 /// What the bench listener does with an accepted connection.
 const MODE_DROP: u8 = 0;
 const MODE_SINK: u8 = 1;
+/// Read the one-byte request, answer one byte, close.
+const MODE_ECHO: u8 = 2;
 
 struct Listener {
     stop: Arc<AtomicBool>,
@@ -458,8 +478,14 @@ impl Listener {
                     continue;
                 }
                 while let Ok((s, _)) = l.accept() {
-                    if md.load(Ordering::Relaxed) == MODE_SINK {
-                        std::thread::spawn(move || sink(s));
+                    match md.load(Ordering::Relaxed) {
+                        MODE_SINK => {
+                            std::thread::spawn(move || sink(s));
+                        }
+                        // Inline: the client waits for the answer before
+                        // it opens the next connection.
+                        MODE_ECHO => echo(s),
+                        _ => {}
                     }
                 }
             }
@@ -498,6 +524,17 @@ fn sink(mut s: TcpStream) {
     }
 }
 
+/// Answers a one-byte request with one byte. A client that never sends
+/// costs the listener at most the timeout.
+fn echo(mut s: TcpStream) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut b = [0u8; 1];
+    if matches!(s.read(&mut b), Ok(1)) {
+        let _ = s.write_all(&b);
+    }
+}
+
 /// Close with RST: no TIME_WAIT, so the client never runs out of ports.
 fn abort(s: TcpStream) {
     let l = libc::linger {
@@ -525,6 +562,28 @@ fn connect_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
                 abort(s);
                 ok += 1;
             }
+            Err(_) => failed += 1,
+        }
+    }
+    Ok((ok, failed, start.elapsed().as_secs_f64()))
+}
+
+/// Connect, one-byte request, one-byte response, close with RST.
+fn request_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    let exchange = |mut s: TcpStream| -> io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(b"q")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        abort(s);
+        Ok(())
+    };
+    while start.elapsed() < d {
+        match TcpStream::connect_timeout(&dst, Duration::from_secs(1)).and_then(exchange) {
+            Ok(()) => ok += 1,
             Err(_) => failed += 1,
         }
     }
@@ -567,6 +626,11 @@ fn measure(
         connect_loop(dst, warm)?;
         connect_loop(dst, d)
     })?;
+    listener.mode.store(MODE_ECHO, Ordering::Relaxed);
+    let (crr_connections, crr_failed, crr_seconds) = in_netns(&ns, move || {
+        request_loop(dst, warm)?;
+        request_loop(dst, d)
+    })?;
     listener.mode.store(MODE_SINK, Ordering::Relaxed);
     let (bytes, bulk_seconds) = in_netns(&ns, move || bulk(dst, d))?;
     listener.mode.store(MODE_DROP, Ordering::Relaxed);
@@ -574,6 +638,9 @@ fn measure(
         connections,
         failed,
         conn_seconds,
+        crr_connections,
+        crr_failed,
+        crr_seconds,
         bytes,
         bulk_seconds,
     })
