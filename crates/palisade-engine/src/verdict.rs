@@ -188,6 +188,16 @@ struct Sides {
 }
 
 impl Sides {
+    /// The peer as the classifier sees it.
+    #[inline(always)]
+    fn peer(&self) -> crate::classify::Peer<'_> {
+        crate::classify::Peer {
+            identity: self.peer_id.map(|i| i as usize),
+            primary: self.peer_primary,
+            ip: &self.peer_ip,
+        }
+    }
+
     #[inline(always)]
     fn of(dir: Direction, flow: &Flow, (src_id, dst_id): (Option<u32>, Option<u32>)) -> Sides {
         match dir {
@@ -455,11 +465,7 @@ impl Engine {
         }
         let m = cls.first_of_each_tier(
             idn as usize,
-            crate::classify::Peer {
-                identity: s.peer_id.map(|i| i as usize),
-                primary: s.peer_primary,
-                ip: &s.peer_ip,
-            },
+            s.peer(),
             flow.protocol,
             flow.port,
             ids.1.map(|i| i as usize),
@@ -558,11 +564,7 @@ impl Engine {
         let holder = ids.1;
         let matches = cls.classify(
             idn as usize,
-            crate::classify::Peer {
-                identity: s.peer_id.map(|i| i as usize),
-                primary: s.peer_primary,
-                ip: &s.peer_ip,
-            },
+            s.peer(),
             flow.protocol,
             flow.port,
             holder.map(|i| i as usize),
