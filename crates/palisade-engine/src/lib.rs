@@ -25,6 +25,8 @@ pub struct Engine {
     index: Index,
     /// Tells this engine's flows from other engines' (see `Resolved`).
     stamp: u32,
+    /// The fixed pieces of reasons, made when the first is rendered.
+    parts: std::sync::OnceLock<verdict::ReasonParts>,
 }
 
 static STAMPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -37,6 +39,7 @@ impl Engine {
             cluster,
             index,
             stamp,
+            parts: Default::default(),
         }
     }
 
