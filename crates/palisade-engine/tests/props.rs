@@ -347,17 +347,35 @@ proptest! {
         }
     }
 
-    /// Pods that give one port number several names (up to more than the
-    /// engine's branch-free scan of a destination's named ports holds),
-    /// with rules naming each of them: the engine still agrees with the
-    /// oracle.
+    /// Pods that give one port number several names, and some pods named
+    /// ports on more distinct numbers than the engine's branch-free scan of
+    /// a destination's named ports holds, with rules naming each of them:
+    /// the engine still agrees with the oracle.
     #[test]
     fn several_names_for_one_port_match_naive_oracle(seed in any::<u64>(), pods in 2usize..25, policies in 1usize..12) {
         const ALIASES: [&str; 6] = ["web", "alt", "svc", "main", "app", "api"];
+        // Names on other numbers the flows use: with `http` and `dns`, up
+        // to six distinct named port numbers on one pod.
+        const OTHERS: [(&str, u16, Protocol); 4] = [
+            ("main", 443, Protocol::Tcp),
+            ("app", 8050, Protocol::Tcp),
+            ("api", 80, Protocol::Udp),
+            ("svc", 80, Protocol::Sctp),
+        ];
         let mut c = synth::cluster(&params(seed, 0, pods, policies));
         let mut r = Rng::new(seed ^ 0x3c);
         for p in c.pods.iter_mut() {
             let base = p.ports[0].clone();
+            if r.chance(30) {
+                for &(name, port, protocol) in OTHERS.iter().skip(r.below(2)) {
+                    p.ports.push(palisade_model::ContainerPort {
+                        name: Some(name.into()),
+                        port,
+                        protocol,
+                    });
+                }
+                continue;
+            }
             for name in ALIASES.iter().take(r.below(ALIASES.len() + 1)) {
                 p.ports.push(palisade_model::ContainerPort {
                     name: Some((*name).into()),
@@ -372,13 +390,38 @@ proptest! {
                     if r.chance(60) {
                         *ports = (0..1 + r.below(3))
                             .map(|_| PortSpec::Named {
-                                protocol: Protocol::Tcp,
-                                name: ALIASES[r.below(ALIASES.len())].into(),
+                                protocol: [Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                                    [r.below(4)],
+                                name: ALIASES[r.below(ALIASES.len())]
+                                    .replace("web", "dns")
+                                    .replace("alt", "http"),
                             })
                             .collect();
                     }
                 }
             }
+        }
+        // One policy that names every one of those ports, so that pods
+        // with all of them overflow the branch-free scan.
+        if let Some(ns) = c.pods.first().map(|p| p.namespace.clone()) {
+            let named = |name: &str, protocol| PortSpec::Named { protocol, name: name.into() };
+            c.policies.push(palisade_model::NetworkPolicy {
+                namespace: ns,
+                name: "all-named-ports".into(),
+                pod_selector: palisade_model::LabelSelector::everything(),
+                ingress: Some(vec![Rule {
+                    peers: None,
+                    ports: Some(vec![
+                        named("http", Protocol::Tcp),
+                        named("dns", Protocol::Udp),
+                        named("main", Protocol::Tcp),
+                        named("app", Protocol::Tcp),
+                        named("api", Protocol::Udp),
+                        named("svc", Protocol::Sctp),
+                    ]),
+                }]),
+                egress: None,
+            });
         }
         let engine = Engine::new(c.clone());
         for f in flows(&engine, seed ^ 0x77, 300) {
