@@ -553,25 +553,28 @@ fn abort(s: TcpStream) {
     }
 }
 
-fn connect_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
+/// Runs `attempt` back to back for `d`: (successes, failures, seconds).
+fn attempts_for(d: Duration, mut attempt: impl FnMut() -> io::Result<()>) -> (u64, u64, f64) {
     let start = Instant::now();
     let (mut ok, mut failed) = (0, 0);
     while start.elapsed() < d {
-        match TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
-            Ok(s) => {
-                abort(s);
-                ok += 1;
-            }
+        match attempt() {
+            Ok(()) => ok += 1,
             Err(_) => failed += 1,
         }
     }
-    Ok((ok, failed, start.elapsed().as_secs_f64()))
+    (ok, failed, start.elapsed().as_secs_f64())
+}
+
+/// Connect, close with RST.
+fn connect_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
+    Ok(attempts_for(d, || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(1)).map(abort)
+    }))
 }
 
 /// Connect, one-byte request, one-byte response, close with RST.
 fn request_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0, 0);
     let exchange = |mut s: TcpStream| -> io::Result<()> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -581,13 +584,9 @@ fn request_loop(dst: SocketAddr, d: Duration) -> io::Result<(u64, u64, f64)> {
         abort(s);
         Ok(())
     };
-    while start.elapsed() < d {
-        match TcpStream::connect_timeout(&dst, Duration::from_secs(1)).and_then(exchange) {
-            Ok(()) => ok += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    Ok((ok, failed, start.elapsed().as_secs_f64()))
+    Ok(attempts_for(d, || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(1)).and_then(exchange)
+    }))
 }
 
 fn bulk(dst: SocketAddr, d: Duration) -> io::Result<(u64, f64)> {
