@@ -601,7 +601,6 @@ impl DirClassifier {
             fast,
             fast_at,
             zero: vec![0; width],
-
             peer_full,
             port_row,
             flags,
@@ -651,18 +650,14 @@ impl DirClassifier {
         // candidate rule needs them: most flows are settled by the
         // subject and peer masks alone.
         let fam = usize::from(peer.ip.is_ipv6());
-        let (peer_row, addr_known) = match peer.identity {
-            Some(p) if peer.primary => (Some(&self.peer_full[fam][p * w..(p + 1) * w]), true),
-            Some(p) => (Some(&self.peer[p * w..(p + 1) * w]), false),
-            None => (None, false),
-        };
+        let (peer_row, addr_known) = self.peer_row(&peer);
         let mut addr_at = usize::MAX;
         let mut port_at = usize::MAX;
         let pi = proto_index(protocol);
 
         for sw in words {
             let (i, s, meta) = (sw.index as usize, sw.bits, &sw.meta);
-            let mut peers = meta.any_peer | peer_row.map_or(0, |r| r[i]);
+            let mut peers = meta.any_peer | peer_row[i];
             if !addr_known && meta.addr != 0 {
                 if addr_at == usize::MAX {
                     addr_at = w * self.addr[fam].find(key(peer.ip).1);
@@ -699,6 +694,21 @@ impl DirClassifier {
         m
     }
 
+    /// The rules whose selector peers contain the peer, and whether that
+    /// row already holds its address's rules too (a pod at its first
+    /// address of the family); the zero row for a peer that is no endpoint
+    /// pod.
+    #[inline(always)]
+    fn peer_row(&self, peer: &Peer<'_>) -> (&[u64], bool) {
+        let w = self.width;
+        let fam = usize::from(peer.ip.is_ipv6());
+        match peer.identity {
+            Some(p) if peer.primary => (&self.peer_full[fam][p * w..(p + 1) * w], true),
+            Some(p) => (&self.peer[p * w..(p + 1) * w], false),
+            None => (&self.zero[..w], false),
+        }
+    }
+
     /// What a verdict without explanation needs of the classification: the
     /// first admin match, whether any NetworkPolicy rule matches (`np` is
     /// then some NetworkPolicy bit, not necessarily the first), and the
@@ -722,11 +732,7 @@ impl DirClassifier {
         let f = self.flags[subject];
         let zero = &self.zero[..w];
         let fam = usize::from(peer.ip.is_ipv6());
-        let (peer_row, addr_known) = match peer.identity {
-            Some(p) if peer.primary => (&self.peer_full[fam][p * w..(p + 1) * w], true),
-            Some(p) => (&self.peer[p * w..(p + 1) * w], false),
-            None => (zero, false),
-        };
+        let (peer_row, addr_known) = self.peer_row(&peer);
         let addr_row = if addr_known || !f.needs_addr {
             zero
         } else {

@@ -221,6 +221,15 @@ impl Sides {
     }
 }
 
+/// A policy subject of one direction, with what deciding it needs.
+struct Subject<'a> {
+    sides: Sides,
+    pod: usize,
+    identity: usize,
+    cls: &'a crate::classify::DirClassifier,
+    flags: crate::classify::Flags,
+}
+
 /// The fixed facts of one direction's evaluation.
 struct Ctx<'a> {
     /// The peer's identity, when the peer is an endpoint pod.
@@ -454,17 +463,18 @@ impl Engine {
 
     #[inline(always)]
     fn allowed_with(&self, dir: Direction, flow: &Flow, ids: (Option<u32>, Option<u32>)) -> bool {
-        let s = Sides::of(dir, flow, ids);
-        let (Endpoint::Pod(sp), Some(idn)) = (s.subject, s.subject_id) else {
+        let Some(Subject {
+            sides: s,
+            pod: sp,
+            identity,
+            cls,
+            flags,
+        }) = self.subject(dir, flow, ids)
+        else {
             return true;
         };
-        let cls = self.classifier(dir);
-        let flags = cls.flags(idn as usize);
-        if flags.host_network {
-            return true;
-        }
         let m = cls.first_of_each_tier(
-            idn as usize,
+            identity,
             s.peer(),
             flow.protocol,
             flow.port,
@@ -544,6 +554,33 @@ impl Engine {
         }]
     }
 
+    /// One direction's subject, when it is a policy subject: an endpoint
+    /// pod on the pod network.
+    #[inline(always)]
+    fn subject(
+        &self,
+        dir: Direction,
+        flow: &Flow,
+        ids: (Option<u32>, Option<u32>),
+    ) -> Option<Subject<'_>> {
+        let sides = Sides::of(dir, flow, ids);
+        let (Endpoint::Pod(pod), Some(id)) = (sides.subject, sides.subject_id) else {
+            return None;
+        };
+        let cls = self.classifier(dir);
+        let flags = cls.flags(id as usize);
+        if flags.host_network {
+            return None;
+        }
+        Some(Subject {
+            sides,
+            pod,
+            identity: id as usize,
+            cls,
+            flags,
+        })
+    }
+
     #[inline(always)]
     fn classified_with(
         &self,
@@ -551,19 +588,16 @@ impl Engine {
         flow: &Flow,
         ids: (Option<u32>, Option<u32>),
     ) -> Option<Classified<'_>> {
-        let s = Sides::of(dir, flow, ids);
-        let Endpoint::Pod(sp) = s.subject else {
-            return None;
-        };
-        let idn = s.subject_id?;
-        let cls = self.classifier(dir);
-        let flags = cls.flags(idn as usize);
-        if flags.host_network {
-            return None;
-        }
+        let Subject {
+            sides: s,
+            pod: sp,
+            identity,
+            cls,
+            flags,
+        } = self.subject(dir, flow, ids)?;
         let holder = ids.1;
         let matches = cls.classify(
-            idn as usize,
+            identity,
             s.peer(),
             flow.protocol,
             flow.port,
