@@ -1564,10 +1564,7 @@ fn named_ports(p: &Pod) -> Vec<(String, u8, u16)> {
 /// ports (an admin named port matches whatever the protocol).
 fn admin_ports(ports: &Option<Vec<AdminPort>>, named: &[(String, u8, u16)]) -> Vec<PortItem> {
     match ports {
-        None => crate::ALL_PROTOCOLS
-            .iter()
-            .map(|p| (p.number(), 0, u16::MAX))
-            .collect(),
+        None => crate::every_port(),
         Some(list) => list
             .iter()
             .flat_map(|p| match p {

@@ -214,12 +214,17 @@ const ALL_PROTOCOLS: [Protocol; 3] = Protocol::ALL;
 /// A port item after resolution: protocol and inclusive range.
 type PortItem = (u8, u16, u16);
 
+/// Every port of every protocol: what a rule without ports allows.
+fn every_port() -> Vec<PortItem> {
+    ALL_PROTOCOLS
+        .iter()
+        .map(|p| (p.number(), 0, u16::MAX))
+        .collect()
+}
+
 fn port_items(ports: &Option<Vec<PortSpec>>, holder: Option<&Pod>) -> Vec<PortItem> {
     match ports {
-        None => ALL_PROTOCOLS
-            .iter()
-            .map(|p| (p.number(), 0, u16::MAX))
-            .collect(),
+        None => every_port(),
         Some(list) => list
             .iter()
             .filter_map(|s| match s {

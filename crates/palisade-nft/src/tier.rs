@@ -50,12 +50,10 @@ pub(crate) type PortVerdict = (u8, u16, u16, AdminAction);
 /// Named container ports as the engine interns them: (name, protocol, port).
 type Named = Vec<(u32, u8, u16)>;
 
-const PROTOCOLS: [u8; 3] = [6, 17, 132];
-
 /// The ports of a rule, resolved on the destination's named ports.
 fn rule_ports(ports: &Option<Vec<FlatPort>>, named: &[(u32, u8, u16)]) -> Vec<PortItem> {
     match ports {
-        None => PROTOCOLS.iter().map(|&p| (p, 0, u16::MAX)).collect(),
+        None => crate::every_port(),
         Some(list) => {
             let mut out = Vec::new();
             for p in list {
@@ -97,7 +95,7 @@ fn port_names(rules: &[FlatRule]) -> BTreeSet<u32> {
 /// into disjoint ranges labelled with the earliest covering rule's action.
 pub(crate) fn first_match(rules: &[(AdminAction, Vec<PortItem>)]) -> Vec<PortVerdict> {
     let mut out: Vec<PortVerdict> = Vec::new();
-    for proto in PROTOCOLS {
+    for proto in crate::ALL_PROTOCOLS.map(|p| p.number()) {
         let mut cuts: BTreeSet<u32> = BTreeSet::new();
         for (_, items) in rules {
             for &(p, a, b) in items {
