@@ -127,6 +127,19 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
     };
     let np = c.pods.len().max(1);
     let npol = c.policies.len().max(1);
+    // Changes pod `a` in place with what `f` takes from pod `b`.
+    let edit_pod = |c: &mut Cluster,
+                    a: usize,
+                    b: usize,
+                    f: &dyn Fn(&mut palisade_model::Pod, &palisade_model::Pod)| {
+        if c.pods.is_empty() {
+            return vec![];
+        }
+        let from = c.pods[b % np].clone();
+        f(&mut c.pods[a % np], &from);
+        let p = c.pods[a % np].clone();
+        vec![pod(c, &p)]
+    };
     match op {
         Op::Burst(ops) => ops.iter().flat_map(|o| step(c, n, o)).collect(),
         Op::RelabelNamespace(a, t) => {
@@ -226,32 +239,9 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
             let p = c.pods.remove(a % np);
             vec![pod(c, &p)]
         }
-        Op::Relabel(a, b) => {
-            if c.pods.is_empty() {
-                return vec![];
-            }
-            let labels = c.pods[b % np].labels.clone();
-            c.pods[a % np].labels = labels;
-            let p = c.pods[a % np].clone();
-            vec![pod(c, &p)]
-        }
-        Op::Ports(a, b) => {
-            if c.pods.is_empty() {
-                return vec![];
-            }
-            let ports = c.pods[b % np].ports.clone();
-            c.pods[a % np].ports = ports;
-            let p = c.pods[a % np].clone();
-            vec![pod(c, &p)]
-        }
-        Op::MovePod(a, node) => {
-            if c.pods.is_empty() {
-                return vec![];
-            }
-            c.pods[a % np].node = Some(format!("node{node}"));
-            let p = c.pods[a % np].clone();
-            vec![pod(c, &p)]
-        }
+        Op::Relabel(a, b) => edit_pod(c, *a, *b, &|p, from| p.labels = from.labels.clone()),
+        Op::Ports(a, b) => edit_pod(c, *a, *b, &|p, from| p.ports = from.ports.clone()),
+        Op::MovePod(a, node) => edit_pod(c, *a, *a, &|p, _| p.node = Some(format!("node{node}"))),
         Op::CopyPolicy(a, b, k) => {
             let Some(mut p) = c.policies.get(a % npol).cloned() else {
                 return vec![];
