@@ -13,6 +13,7 @@ use std::fmt;
 use palisade_model::{AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod};
 use serde_json::{Map, Value};
 
+pub mod limits;
 mod admin;
 mod core;
 mod netpol;
