@@ -78,6 +78,9 @@ pub struct Health {
     pub apply_error: Option<String>,
     /// The desired state could not be compiled.
     pub compile_error: Option<String>,
+    /// Why the agent does not touch the kernel yet: its node is in no
+    /// object it has read.
+    pub node_unknown: Option<String>,
 }
 
 impl Health {
@@ -86,6 +89,16 @@ impl Health {
             || !self.rejected.is_empty()
             || self.apply_error.is_some()
             || self.compile_error.is_some()
+            || self.node_unknown.is_some()
+    }
+
+    /// `ready`, or `not ready:` and why.
+    pub fn readiness(&self) -> String {
+        match (&self.node_unknown, self.ready) {
+            (Some(why), _) => format!("not ready: {why}\n"),
+            (None, true) => "ready\n".into(),
+            (None, false) => "not ready: the datastore has not been read and applied yet\n".into(),
+        }
     }
 
     /// `ok`, or `degraded:` and one line per reason.
@@ -93,13 +106,16 @@ impl Health {
         if !self.is_degraded() {
             return "ok\n".into();
         }
-        let mut s = String::from("degraded: enforcing the last good state\n");
+        let mut s = match &self.node_unknown {
+            Some(why) => format!("degraded: the table is left as it is: {why}\n"),
+            None => String::from("degraded: enforcing the last good state\n"),
+        };
         for (scope, why) in &self.sources_down {
             s += &format!("source {scope} unreachable: {why}\n");
         }
         for (origin, problems) in &self.rejected {
             for p in problems {
-                s += &format!("rejected {origin}: {p}\n");
+                s += &rejected_line(origin, p);
             }
         }
         if let Some(e) = &self.apply_error {
@@ -110,6 +126,52 @@ impl Health {
         }
         s
     }
+}
+
+/// One line of `/healthz` for a rejected origin: the problem alone when
+/// it already names the origin's file or key, as the decoder's messages do.
+fn rejected_line(origin: &str, problem: &str) -> String {
+    let place = origin.split_once(':').map_or(origin, |(_, rest)| rest);
+    if problem.starts_with(place) {
+        format!("rejected {problem}\n")
+    } else {
+        format!("rejected {origin}: {problem}\n")
+    }
+}
+
+/// Why `node` is in none of `store`'s objects, or `None` when a Node
+/// object or a pod scheduled to it names it. An agent started with a
+/// misspelt `--node` would otherwise compile a table with no local pods
+/// and replace the node's enforcement with nothing.
+fn unknown_node(store: &Store, node: &str) -> Option<String> {
+    let mut known = BTreeSet::new();
+    for o in store.objects() {
+        let name = match &o.value {
+            Object::Node(n) => &n.name,
+            Object::Pod(p) => match &p.node {
+                Some(n) => n,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if name == node {
+            return None;
+        }
+        known.insert(name.as_str());
+    }
+    let mut why = format!("node {node:?} (--node) is in no Node object and no pod's spec.nodeName");
+    if let Some(close) = known.iter().find(|k| k.eq_ignore_ascii_case(node)) {
+        why += &format!("; did you mean {close:?}? (node names are case-sensitive)");
+    } else if known.is_empty() {
+        why += "; the datastore names no node at all";
+    } else {
+        let list: Vec<&str> = known.iter().take(5).copied().collect();
+        why += &format!("; nodes it names: {}", list.join(", "));
+        if known.len() > 5 {
+            why += &format!(" and {} more", known.len() - 5);
+        }
+    }
+    Some(why)
 }
 
 /// What one sync did.
@@ -154,6 +216,9 @@ pub enum SyncError {
     Compile(String),
     /// The transaction failed; retried with backoff.
     Apply(String),
+    /// The agent's node is in no object read; the kernel is not touched
+    /// until one names it.
+    UnknownNode(String),
 }
 
 const KINDS: [&str; 7] = [
@@ -175,6 +240,8 @@ pub struct Agent<B: Backend> {
     kernel_read: bool,
     synced_scopes: BTreeSet<String>,
     never_synced: bool,
+    /// Some object has named the agent's node (see [`unknown_node`]).
+    node_known: bool,
     /// The store changed since the object-count metrics were last set.
     counts_stale: bool,
     /// The last full build, for the fast path; `None` until a full sync
@@ -203,6 +270,7 @@ impl<B: Backend> Agent<B> {
             kernel_read: false,
             synced_scopes: BTreeSet::new(),
             never_synced: true,
+            node_known: false,
             counts_stale: true,
             fast: None,
             incr: None,
@@ -342,7 +410,7 @@ impl<B: Backend> Agent<B> {
         let mut scope_up = None;
         match &input {
             Input::SourceDown { scope, reason } => {
-                warn!(source = %scope, %reason, "source unreachable; enforcing the last good state");
+                warn!("source {scope} unreachable, enforcing the last good state: {reason}");
                 self.metrics.error("source");
                 self.health_mut()
                     .sources_down
@@ -369,7 +437,7 @@ impl<B: Backend> Agent<B> {
         }
         let applied = self.store.apply(input);
         for problem in &applied.rejected {
-            warn!(%problem, "invalid object ignored; its previous version stays in force");
+            warn!("invalid, its previous version stays in force: {problem}");
             self.metrics.error("invalid_object");
         }
         let mut first = false;
@@ -421,7 +489,7 @@ impl<B: Backend> Agent<B> {
         let t = Instant::now();
         let (cluster, diags) = self.store.cluster();
         for d in diags.iter().filter(|d| d.is_error()) {
-            warn!(problem = %d, "merging objects");
+            warn!("merging objects: {d}");
         }
         let t_cluster = t.elapsed();
         let engine = Engine::new(cluster);
@@ -444,6 +512,21 @@ impl<B: Backend> Agent<B> {
     /// when only pods changed and no rule can have (see `fast`), else by
     /// rebuilding the engine, compiling and diffing.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
+        if !self.node_known {
+            if let Some(why) = unknown_node(&self.store, &self.cfg.node) {
+                if self.health_mut().node_unknown.as_ref() != Some(&why) {
+                    warn!("{why}; the table is left as it is");
+                }
+                self.health_mut().node_unknown = Some(why.clone());
+                self.update_degraded();
+                return Err(SyncError::UnknownNode(why));
+            }
+            // Known once is enough: a node whose last pod and Node object
+            // go away keeps what was compiled for it.
+            self.node_known = true;
+            self.health_mut().node_unknown = None;
+            self.update_degraded();
+        }
         let t0 = Instant::now();
         self.apply_time = Duration::ZERO;
         let pending = std::mem::take(&mut self.pending);
@@ -789,7 +872,7 @@ impl<B: Backend> Agent<B> {
             }
             if dirty && self.ready_to_sync() && settled && may_retry {
                 match self.sync() {
-                    Ok(_) | Err(SyncError::Compile(_)) => {
+                    Ok(_) | Err(SyncError::Compile(_) | SyncError::UnknownNode(_)) => {
                         dirty = false;
                         retry_at = None;
                         backoff = min_backoff;

@@ -35,11 +35,12 @@ pub fn serve(
                     }
                     "/readyz" => {
                         let h = health.lock().unwrap_or_else(|e| e.into_inner());
-                        if h.ready {
-                            (200, "ready\n".to_string(), "text/plain")
+                        let code = if h.ready && h.node_unknown.is_none() {
+                            200
                         } else {
-                            (503, "not ready: no sync yet\n".to_string(), "text/plain")
-                        }
+                            503
+                        };
+                        (code, h.readiness(), "text/plain")
                     }
                     _ => (404, "not found\n".to_string(), "text/plain"),
                 };

@@ -153,10 +153,14 @@ async fn drive<K: Serialize>(
                 }]
             }
             Err(e) => {
-                warn!(kind = %mapper.kind, error = %e, "API watch failed; retrying");
+                let reason = crate::message::sentence(&e);
+                warn!(
+                    "watching {} in the Kubernetes API failed: {reason}; retrying",
+                    mapper.kind
+                );
                 vec![Input::SourceDown {
                     scope: scope(&mapper.kind),
-                    reason: e.to_string(),
+                    reason,
                 }]
             }
         };
@@ -202,7 +206,12 @@ pub fn scopes() -> Vec<String> {
 /// Connects (kubeconfig, or the in-cluster service account) and runs every
 /// watcher until `tx` is closed.
 pub async fn run(tx: Sender<Input>) -> Result<(), String> {
-    let client = Client::try_default().await.map_err(|e| e.to_string())?;
+    let client = Client::try_default().await.map_err(|e| {
+        format!(
+            "cannot configure the Kubernetes client: {}",
+            crate::message::sentence(&e)
+        )
+    })?;
     let mut tasks = vec![
         tokio::spawn(typed::<Pod>(client.clone(), "Pod", tx.clone())),
         tokio::spawn(typed::<Namespace>(client.clone(), "Namespace", tx.clone())),
@@ -233,7 +242,7 @@ pub fn spawn(tx: Sender<Input>) -> std::io::Result<JoinHandle<()>> {
                 .build()
                 .expect("a tokio runtime");
             if let Err(e) = rt.block_on(run(tx.clone())) {
-                warn!(error = %e, "cannot reach the Kubernetes API");
+                warn!("{e}");
                 for k in REQUIRED {
                     let _ = tx.send(Input::SourceDown {
                         scope: scope(k),

@@ -51,6 +51,7 @@ mod incr;
 pub mod input;
 pub mod kernel;
 pub mod kube;
+pub mod message;
 pub mod metrics;
 pub mod store;
 

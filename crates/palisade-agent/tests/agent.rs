@@ -649,3 +649,49 @@ fn a_large_interval_delta_replaces_the_table() {
     }
     assert!(replaced > 0, "no policy change removed interval elements");
 }
+
+/// Regression: an agent started with a node name that no Node object and
+/// no pod carries (here a case slip) compiled a table with no local pods,
+/// applied it over the node's enforcement, and reported healthy and ready.
+/// It now leaves the kernel alone, stays unready and says why, until an
+/// object names its node.
+#[test]
+fn an_unknown_node_is_refused_until_an_object_names_it() {
+    let mut c = cluster();
+    let rec = Recording::new();
+    let mut cfg = AgentConfig::new("Node0", vec![SCOPE.to_string()]);
+    cfg.replace_above_interval_removals = None;
+    let mut a = Agent::new(cfg, rec.clone());
+    a.handle(resync(&c));
+    let err = a.sync().unwrap_err();
+    let palisade_agent::agent::SyncError::UnknownNode(why) = err else {
+        panic!("expected an unknown node, got {err:?}");
+    };
+    assert!(
+        why.contains("\"Node0\"") && why.contains("did you mean \"node0\""),
+        "{why}"
+    );
+    assert!(rec.state().deltas.is_empty(), "the kernel was touched");
+    let health = a.health();
+    {
+        let h = health.lock().unwrap();
+        assert!(!h.ready && h.is_degraded());
+        assert!(
+            h.readiness().starts_with("not ready: node \"Node0\""),
+            "{}",
+            h.readiness()
+        );
+        assert!(h.status().contains("did you mean"), "{}", h.status());
+    }
+    // A pod scheduled to the node makes it known.
+    let mut p = c.pods[0].clone();
+    p.name = "on-the-new-node".into();
+    p.node = Some("Node0".into());
+    c.pods.push(p.clone());
+    assert!(a.handle(Input::Upsert(entry(Object::Pod(p)))));
+    a.sync().unwrap();
+    let h = health.lock().unwrap();
+    assert!(h.ready && h.node_unknown.is_none(), "{}", h.status());
+    assert_eq!(h.readiness(), "ready\n");
+    assert!(rec.state().table.is_some());
+}

@@ -13,9 +13,9 @@ use std::fmt;
 use palisade_model::{AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod};
 use serde_json::{Map, Value};
 
-pub mod limits;
 mod admin;
 mod core;
+pub mod limits;
 mod netpol;
 mod source;
 mod walk;

@@ -515,6 +515,7 @@ impl Lab {
             }
             Serve::Spawn(program) => {
                 let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+                let mut children = Vec::new();
                 for pod in self.state.pods.clone() {
                     let mut c = Command::new("ip");
                     c.args(["netns", "exec", &pod.netns]).arg(program);
@@ -527,33 +528,41 @@ impl Lab {
                     if !udp.is_empty() {
                         c.args(["--udp", &join(&udp)]);
                     }
+                    // The listener says on stdout when it is bound (or why
+                    // it is not): probing its port from here instead would
+                    // hold the port for a moment and could make the
+                    // listener's own bind fail.
                     c.stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null());
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped());
                     use std::os::unix::process::CommandExt;
                     c.process_group(0);
-                    let child = c.spawn().map_err(io_err("starting a listener"))?;
+                    let mut child = c.spawn().map_err(io_err("starting a listener"))?;
                     self.state.pids.push(child.id());
                     self.state.save()?;
+                    let stdout = child.stdout.take().expect("stdout is piped");
+                    children.push((pod.netns.clone(), child, stdout));
                 }
-                // Wait until every listener is bound.
-                let deadline = Instant::now() + Duration::from_secs(5);
-                for pod in &self.state.pods {
-                    let Some(port) = tcp.first().copied() else {
-                        break;
-                    };
-                    let ns = pod.netns.clone();
-                    loop {
-                        let bound = in_netns(&ns, move || {
-                            Ok(std::net::TcpListener::bind(("::", port)).is_err())
-                        })?;
-                        if bound {
-                            break;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                for (ns, mut child, stdout) in children {
+                    match serve::wait_ready(stdout, deadline) {
+                        Ok(()) => {}
+                        Err(why) => {
+                            let _ = child.kill();
+                            let status = child.wait().map(|s| format!(" ({s})"));
+                            let mut stderr = String::new();
+                            if let Some(mut e) = child.stderr.take() {
+                                let _ = e.read_to_string(&mut stderr);
+                            }
+                            return Err(Error::Msg(format!(
+                                "listener in {ns} did not start: {why}{}{}",
+                                status.unwrap_or_default(),
+                                stderr
+                                    .lines()
+                                    .map(|l| format!("\n  {l}"))
+                                    .collect::<String>()
+                            )));
                         }
-                        if Instant::now() > deadline {
-                            return Err(Error::Msg(format!("listener in {ns} did not start")));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
                     }
                 }
             }
@@ -938,8 +947,18 @@ impl SendRaw for std::os::fd::OwnedFd {
 }
 
 /// Runs the listener in the current namespace until the process ends.
+///
+/// Prints `ready` on stdout once every port is bound, or the reason it
+/// could not bind, for [`Lab::up`] to wait on.
 pub fn serve_forever(tcp: &[u16], udp: &[u16]) -> Result<()> {
-    let l = serve::bind(tcp, udp).map_err(io_err("binding listeners"))?;
+    let l = match serve::bind(tcp, udp) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("binding listeners: {e}");
+            return Err(io_err("binding listeners")(e));
+        }
+    };
+    println!("{}", serve::READY);
     l.run(Arc::new(AtomicBool::new(false)));
     Ok(())
 }

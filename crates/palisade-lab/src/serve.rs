@@ -98,3 +98,51 @@ impl Listeners {
         }
     }
 }
+
+/// What a listener process prints once its ports are bound.
+pub const READY: &str = "ready";
+
+/// Waits until a listener process prints [`READY`] on `out`; any other
+/// line is its reason for not starting.
+pub fn wait_ready(
+    out: std::process::ChildStdout,
+    deadline: std::time::Instant,
+) -> Result<(), String> {
+    let mut line = Vec::new();
+    let mut out = out;
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n == 0 {
+            return Err("no word from it in time".into());
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.to_string());
+        }
+        match out.read(&mut byte) {
+            Ok(0) => return Err("it exited before binding its ports".into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if line == READY {
+        Ok(())
+    } else {
+        Err(line.into_owned())
+    }
+}

@@ -86,11 +86,18 @@ pub enum DatastoreCommand {
     },
 }
 
+/// Logs go to stderr, coloured only when it is a terminal (and `NO_COLOR`
+/// is unset): escape codes in a pipe or a log file are noise to every
+/// reader but a terminal.
 fn init_logs() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
 }
