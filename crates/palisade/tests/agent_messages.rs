@@ -1,0 +1,109 @@
+//! What the agent binary says to people: log lines without terminal
+//! escape codes when stderr is a pipe, and `/readyz` and `/healthz` in
+//! plain sentences. Runs with `--dry-run`, so it needs no root.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec: {nodeName: worker-1}
+status: {phase: Running, podIP: 10.9.0.1}
+";
+
+/// Starts the agent for `node` on a directory holding one pod on
+/// `worker-1`; returns it and its log lines so far, read
+/// until a line containing `until` (or the agent exits).
+fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "agent",
+            "--node",
+            node,
+            "--dry-run",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    std::mem::forget(dir);
+    (Kill(child), lines)
+}
+
+/// The address the agent's log says it serves on.
+fn address(lines: &[String]) -> SocketAddr {
+    lines
+        .iter()
+        .find_map(|l| {
+            let at = l.find("addr=")? + 5;
+            l[at..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no address in the log: {lines:#?}"))
+}
+
+/// Regression: logs written to a pipe carried ANSI colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_escape_codes() {
+    let (_agent, lines) = agent("worker-1", "table in sync");
+    assert!(
+        lines.iter().any(|l| l.contains("table in sync")),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(!l.contains('\u{1b}'), "escape code in {l:?}");
+    }
+}
+
+/// Regression: a misspelt `--node` enforced nothing and said ready.
+#[test]
+fn a_misspelt_node_is_not_ready_and_says_why() {
+    let (_agent, lines) = agent("Worker-1", "did you mean");
+    let addr = address(&lines);
+    let warned = lines.iter().find(|l| l.contains("did you mean")).cloned();
+    let warned = warned.unwrap_or_else(|| panic!("no warning: {lines:#?}"));
+    assert!(warned.contains("\"worker-1\""), "{warned}");
+    let (code, body) = palisade_agent::http::get(addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready: node \"Worker-1\""), "{body}");
+    let (code, body) = palisade_agent::http::get(addr, "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("did you mean \"worker-1\""), "{body}");
+}
