@@ -514,11 +514,11 @@ impl<B: Backend> Agent<B> {
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
         if !self.node_known {
             if let Some(why) = unknown_node(&self.store, &self.cfg.node) {
-                if self.health_mut().node_unknown.as_ref() != Some(&why) {
+                let new = self.health_mut().node_unknown.replace(why.clone()) != Some(why.clone());
+                self.update_degraded();
+                if new {
                     warn!("{why}; the table is left as it is");
                 }
-                self.health_mut().node_unknown = Some(why.clone());
-                self.update_degraded();
                 return Err(SyncError::UnknownNode(why));
             }
             // Known once is enough: a node whose last pod and Node object

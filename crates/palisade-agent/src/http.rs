@@ -62,7 +62,9 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a request that arrives in pieces may be answered and the
+    // connection closed before the rest arrives, which resets it.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let code = out

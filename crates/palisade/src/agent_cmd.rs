@@ -98,8 +98,26 @@ fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink(std::io::stderr()))
         .try_init();
+}
+
+/// stderr, where a line that cannot be written is dropped: the logging
+/// library reports a failed write with `eprintln!`, which panics when
+/// stderr is a closed pipe, so a log reader that went away would take the
+/// agent down with it.
+struct LogSink(std::io::Stderr);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 pub fn agent(args: AgentArgs) -> Result<ExitCode> {

@@ -50,10 +50,9 @@ fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
+        // Reads to the end, so the agent never writes into a closed pipe.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut lines = Vec::new();
@@ -106,4 +105,47 @@ fn a_misspelt_node_is_not_ready_and_says_why() {
     let (code, body) = palisade_agent::http::get(addr, "/healthz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("did you mean \"worker-1\""), "{body}");
+}
+
+/// Regression: the logging library reports a failed write with
+/// `eprintln!`, which panics on a closed stderr: an agent whose log
+/// reader went away died.
+#[test]
+fn the_agent_outlives_its_log_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "agent",
+            "--node",
+            "worker-1",
+            "--dry-run",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut first).unwrap();
+    let addr = address(&[first]);
+    drop(stderr);
+    // Something to log about: a new file.
+    std::fs::write(
+        dir.path().join("more.yaml"),
+        POD.replace("web", "api").replace("10.9.0.1", "10.9.0.2"),
+    )
+    .unwrap();
+    let mut agent = Kill(child);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+    }
+    let (code, _) = palisade_agent::http::get(addr, "/healthz").unwrap();
+    assert_eq!(code, 200);
 }
