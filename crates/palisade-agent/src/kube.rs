@@ -21,7 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::Client;
 use serde::Serialize;
 use serde_json::Value;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::input::{Entry, Input};
 
@@ -131,44 +131,72 @@ fn is_not_found(e: &watcher::Error) -> bool {
     status.code == 404
 }
 
-async fn drive<K: Serialize>(
-    mut mapper: Mapper,
-    optional: bool,
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    tx: Sender<Input>,
-) {
-    let mut stream = std::pin::pin!(stream);
-    let mut absent = false;
-    while let Some(ev) = stream.next().await {
-        let inputs = match ev {
-            Ok(ev) => mapper.map(ev),
-            Err(e) if optional && is_not_found(&e) => {
-                if absent {
+/// Runs watchers made by `watch` until `tx` is closed. A watcher that
+/// fails is reported (the last good state stays in force) and replaced by
+/// a new one, which lists again: a watch that resumes by itself would send
+/// nothing to say the source is back, and a list is what proves nothing
+/// was missed.
+async fn drive<K, S>(mut mapper: Mapper, optional: bool, watch: impl Fn() -> S, tx: Sender<Input>)
+where
+    K: Serialize,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let min = std::time::Duration::from_millis(500);
+    let mut backoff = min;
+    loop {
+        let mut stream = std::pin::pin!(watch());
+        let mut absent = false;
+        let mut failed = false;
+        while let Some(ev) = stream.next().await {
+            let inputs = match ev {
+                Ok(ev) => {
+                    if matches!(ev, Event::InitDone) {
+                        backoff = min;
+                    }
+                    mapper.map(ev)
+                }
+                Err(e) if optional && is_not_found(&e) => {
+                    if absent {
+                        continue;
+                    }
+                    absent = true;
+                    vec![Input::Resync {
+                        scope: scope(&mapper.kind),
+                        entries: Vec::new(),
+                    }]
+                }
+                Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                    // The watcher lists again by itself; nothing is unreachable.
+                    info!(
+                        "the watch of {} expired ({}); listing again",
+                        mapper.kind, s.message
+                    );
                     continue;
                 }
-                absent = true;
-                vec![Input::Resync {
-                    scope: scope(&mapper.kind),
-                    entries: Vec::new(),
-                }]
+                Err(e) => {
+                    let reason = crate::message::sentence(&e);
+                    warn!(
+                        "watching {} in the Kubernetes API failed: {reason}; retrying",
+                        mapper.kind
+                    );
+                    failed = true;
+                    vec![Input::SourceDown {
+                        scope: scope(&mapper.kind),
+                        reason,
+                    }]
+                }
+            };
+            for i in inputs {
+                if tx.send(i).is_err() {
+                    return;
+                }
             }
-            Err(e) => {
-                let reason = crate::message::sentence(&e);
-                warn!(
-                    "watching {} in the Kubernetes API failed: {reason}; retrying",
-                    mapper.kind
-                );
-                vec![Input::SourceDown {
-                    scope: scope(&mapper.kind),
-                    reason,
-                }]
-            }
-        };
-        for i in inputs {
-            if tx.send(i).is_err() {
-                return;
+            if failed {
+                break;
             }
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }
 
@@ -184,8 +212,8 @@ where
         + 'static,
 {
     let api: Api<K> = Api::all(client);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    drive(Mapper::new(kind, K::API_VERSION), false, stream, tx).await;
+    let watch = || watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
+    drive(Mapper::new(kind, K::API_VERSION), false, watch, tx).await;
 }
 
 async fn dynamic(client: Client, gvk: (&str, &str, &str, &str), tx: Sender<Input>) {
@@ -193,9 +221,9 @@ async fn dynamic(client: Client, gvk: (&str, &str, &str, &str), tx: Sender<Input
     let ar =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let watch = || watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
     let mapper = Mapper::new(kind, &format!("{group}/{version}"));
-    drive(mapper, true, stream, tx).await;
+    drive(mapper, true, watch, tx).await;
 }
 
 /// Every scope this source resyncs.
