@@ -13,6 +13,8 @@ use std::fmt;
 use palisade_model::{AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod};
 use serde_json::{Map, Value};
 
+pub use limits::Limits;
+
 mod admin;
 mod core;
 pub mod limits;
@@ -134,21 +136,86 @@ impl<T> Located<T> {
 
 /// Decodes one file's contents. `file` is only used in messages. Files whose
 /// name ends in `.json` are JSON; anything else is YAML, possibly with
-/// several `---`-separated documents.
+/// several `---`-separated documents. The default [`Limits`] apply.
 pub fn decode(file: &str, bytes: &[u8]) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
+    decode_with(&Limits::default(), file, bytes)
+}
+
+/// [`decode`] with other size limits.
+pub fn decode_with(
+    limits: &Limits,
+    file: &str,
+    bytes: &[u8],
+) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
+    let json = file.to_ascii_lowercase().ends_with(".json");
+    decode_text(limits, file, bytes, json)
+}
+
+/// Decodes one JSON text whatever `origin` is called, as an etcd value or
+/// an API response is: strictly (a duplicate key or a non-finite number is
+/// an error) and within the default [`Limits`]. `origin` names it in
+/// messages.
+pub fn decode_json_bytes(origin: &str, bytes: &[u8]) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
+    decode_text(&Limits::default(), origin, bytes, true)
+}
+
+fn decode_text(
+    limits: &Limits,
+    file: &str,
+    bytes: &[u8],
+    json: bool,
+) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut out = Vec::new();
+    let len = bytes.len() as u64;
+    if len > limits.file_bytes {
+        diags.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_string(),
+            line: None,
+            object: None,
+            field: None,
+            message: format!(
+                "the file is {}, over the limit of {} for one file; nothing in it was read",
+                limits::size(len),
+                limits::size(limits.file_bytes)
+            ),
+        });
+        return (out, diags);
+    }
     let Some(text) = source::text(file, bytes, &mut diags) else {
         return (out, diags);
     };
-    let docs = if file.to_ascii_lowercase().ends_with(".json") {
-        source::json(file, text)
+    let docs: Box<dyn Iterator<Item = Result<source::Document, Diagnostic>>> = if json {
+        Box::new(source::json(file, text).into_iter())
     } else {
-        source::yaml(file, text)
+        Box::new(source::yaml(file, text))
     };
     for doc in docs {
         match doc {
-            Ok(doc) => decode_document(file, doc.line, &doc.value, None, 0, &mut out, &mut diags),
+            Ok(doc) => {
+                let size = doc.bytes as u64;
+                if size > limits.object_bytes && !is_list(&doc.value) {
+                    let object = doc.value.as_object().and_then(|obj| {
+                        let kind = obj.get("kind").and_then(Value::as_str)?;
+                        Some(object_name(obj, kind))
+                    });
+                    diags.push(Diagnostic {
+                        severity: Severity::Error,
+                        file: file.to_string(),
+                        line: doc.line,
+                        object,
+                        field: None,
+                        message: format!(
+                            "the document is {}, over the limit of {} for one object (the Kubernetes API server's request limit; only a List may be larger); nothing in it was read",
+                            limits::size(size),
+                            limits::size(limits.object_bytes)
+                        ),
+                    });
+                    continue;
+                }
+                decode_document(file, doc.line, &doc.value, None, 0, &mut out, &mut diags)
+            }
             Err(d) => diags.push(d),
         }
     }
@@ -156,12 +223,78 @@ pub fn decode(file: &str, bytes: &[u8]) -> (Vec<Located<Object>>, Vec<Diagnostic
 }
 
 /// Decodes one already-parsed object (or list of objects). `origin` names
-/// it in messages.
+/// it in messages. A `Value` can no longer show a duplicate key, and holds
+/// a non-finite number as `null`, so text is better read with
+/// [`decode_json_bytes`].
 pub fn decode_value(origin: &str, value: Value) -> (Vec<Located<Object>>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut out = Vec::new();
     decode_document(origin, None, &value, None, 0, &mut out, &mut diags);
     (out, diags)
+}
+
+/// Whether a document is read as a list of objects, as `decode_document`
+/// reads it.
+fn is_list(value: &Value) -> bool {
+    value.as_object().is_some_and(|obj| {
+        obj.get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"))
+            && obj.contains_key("items")
+    })
+}
+
+/// How messages name an object of `kind`, from its raw metadata.
+fn object_name(obj: &Map<String, Value>, kind: &str) -> String {
+    let meta = obj.get("metadata").and_then(Value::as_object);
+    let get = |key: &str| {
+        meta.and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let (name, ns) = (get("name"), get("namespace"));
+    match (name, Kind::from_name(kind)) {
+        (None, _) => kind.to_string(),
+        (Some(n), Some(k)) if k.namespaced() => {
+            format!("{kind} {}/{n}", ns.unwrap_or("default"))
+        }
+        (Some(n), Some(_)) => format!("{kind} {n}"),
+        (Some(n), None) => match ns {
+            Some(ns) => format!("{kind} {ns}/{n}"),
+            None => format!("{kind} {n}"),
+        },
+    }
+}
+
+/// The object that a path inside a document falls in, as messages name
+/// it, and the path within that object: a path into a list's items is
+/// inside that item.
+pub(crate) fn place(doc: &Value, path: &[source::Seg]) -> (Option<String>, String) {
+    use source::Seg;
+    let mut value = doc;
+    let mut rest = path;
+    let mut inherited: Option<&str> = None;
+    loop {
+        let Value::Object(obj) = value else {
+            return (None, source::render(rest));
+        };
+        let Some(kind) = obj.get("kind").and_then(Value::as_str).or(inherited) else {
+            return (None, source::render(rest));
+        };
+        let (Some(items_kind), Some(items)) = (kind.strip_suffix("List"), obj.get("items")) else {
+            return (Some(object_name(obj, kind)), source::render(rest));
+        };
+        match rest {
+            [Seg::Key(k), Seg::Index(i), more @ ..]
+                if k == "items" && items.get(*i).is_some_and(Value::is_object) =>
+            {
+                inherited = (!items_kind.is_empty()).then_some(items_kind);
+                value = &items[*i];
+                rest = more;
+            }
+            _ => return (Some(kind.to_string()), source::render(rest)),
+        }
+    }
 }
 
 /// The kinds Palisade reads.
@@ -306,36 +439,12 @@ fn decode_document(
         return;
     }
 
-    let raw_meta = obj.get("metadata").and_then(Value::as_object);
-    let raw_name = raw_meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
-    let raw_ns = raw_meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-
     let Some(k) = Kind::from_name(&kind) else {
-        let raw_ns = raw_meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        cx.object = Some(match (raw_name, raw_ns) {
-            (Some(n), Some(ns)) => format!("{kind} {ns}/{n}"),
-            (Some(n), None) => format!("{kind} {n}"),
-            (None, _) => kind.clone(),
-        });
+        cx.object = Some(object_name(obj, &kind));
         cx.warn("", format!("skipped: kind {kind} is not used by Palisade"));
         return;
     };
-
-    cx.object = Some(match (raw_name, k.namespaced()) {
-        (Some(n), true) => format!("{kind} {raw_ns}/{n}"),
-        (Some(n), false) => format!("{kind} {n}"),
-        (None, _) => kind.clone(),
-    });
+    cx.object = Some(object_name(obj, &kind));
 
     match api_version.as_deref() {
         None => {

@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use palisade_k8s::limits::{MAX_FILE_BYTES, MAX_OBJECT_BYTES};
 use palisade_k8s::{
-    assemble, decode, decode_value, load, Diagnostic, Located, Object, ObjectKey, Severity,
+    assemble, decode, decode_json_bytes, decode_value, decode_with, load, Diagnostic, Limits,
+    Located, Object, ObjectKey, Severity,
 };
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
@@ -764,4 +766,312 @@ fn mangled_inputs_never_panic() {
     }
     let _ = decode("bin.yaml", &[0xff, 0xfe, 0x00]);
     let _ = decode_value("v", serde_json::json!([1, {"kind": "List", "items": 3}]));
+}
+
+/// Every diagnostic of decoding `text`, displayed, and how many objects
+/// were read.
+fn messages(file: &str, text: &str) -> (usize, Vec<String>) {
+    let (objects, diags) = decode(file, text.as_bytes());
+    (objects.len(), diags.iter().map(|d| d.to_string()).collect())
+}
+
+const NP_PORT: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {}\n  ingress:\n    - ports:\n        - port: PORT\n";
+
+#[test]
+fn non_finite_numbers_are_refused_where_they_are() {
+    // A plain JSON value reads these as null, an absent port: every port.
+    for (yaml, shown) in [
+        (".inf", ".inf"),
+        (".Inf", ".inf"),
+        ("+.inf", ".inf"),
+        ("-.inf", "-.inf"),
+        (".nan", ".nan"),
+        (".NaN", ".nan"),
+    ] {
+        let text = format!("# web\n{}", NP_PORT.replace("PORT", yaml));
+        assert_eq!(
+            messages("policy.yaml", &text),
+            (
+                0,
+                vec![format!(
+                    "policy.yaml:9: NetworkPolicy default/web: spec.ingress[0].ports[0].port: {shown} is not a finite number"
+                )]
+            ),
+            "{yaml}"
+        );
+    }
+
+    // Anywhere in a document, read by Palisade or not, in any kind; in a
+    // list, the item is named.
+    let text = "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Pod\n    metadata: {name: a, namespace: x}\n  - apiVersion: v1\n    kind: Pod\n    metadata: {name: b, namespace: x}\n    spec:\n      terminationGracePeriodSeconds: .inf\n";
+    assert_eq!(
+        messages("pods.yaml", text),
+        (
+            0,
+            vec!["pods.yaml:11: Pod x/b: spec.terminationGracePeriodSeconds: .inf is not a finite number".to_string()]
+        )
+    );
+    let text = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n    - action: Deny\n      to: [{networks: [10.0.0.0/8]}]\n      ports: [{portRange: {start: 1, end: .inf}}]\n";
+    assert_eq!(
+        messages("anp.yaml", text),
+        (
+            1,
+            vec!["anp.yaml:15: AdminNetworkPolicy a: spec.egress[0].ports[0].portRange.end: .inf is not a finite number".to_string()]
+        )
+    );
+    let (n, msgs) = messages("c.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, ports: [{containerPort: .nan}]}]\n");
+    assert_eq!(
+        (n, msgs),
+        (
+            0,
+            vec!["c.yaml:5: Pod default/p: spec.containers[0].ports[0].containerPort: .nan is not a finite number".to_string()]
+        )
+    );
+    // A document that is nothing but one.
+    assert_eq!(
+        messages("n.yaml", "\n.nan\n"),
+        (0, vec!["n.yaml:2: .nan is not a finite number".to_string()])
+    );
+}
+
+#[test]
+fn non_integer_ports_are_refused_where_they_are() {
+    for (port, message) in [
+        ("80.5", "expected an integer, found number 80.5"),
+        ("1e3", "expected an integer, found number 1000.0"),
+        ("80.0", "expected an integer, found number 80.0"),
+        ("-1", "-1 is not a valid port (must be 1-65535)"),
+        ("0", "0 is not a valid port (must be 1-65535)"),
+        ("70000", "70000 is not a valid port (must be 1-65535)"),
+    ] {
+        let np = NP_PORT.replace("PORT", port);
+        assert_eq!(
+            messages("p.yaml", &np),
+            (
+                0,
+                vec![format!(
+                    "p.yaml:1: NetworkPolicy default/web: spec.ingress[0].ports[0].port: {message}"
+                )]
+            ),
+            "port {port}"
+        );
+        let np = NP_PORT.replace("PORT", &format!("80\n          endPort: {port}"));
+        assert_eq!(
+            messages("p.yaml", &np).1,
+            [format!(
+                "p.yaml:1: NetworkPolicy default/web: spec.ingress[0].ports[0].endPort: {message}"
+            )],
+            "endPort {port}"
+        );
+        for (ports, field) in [
+            (
+                format!("{{portNumber: {{port: {port}}}}}"),
+                "portNumber.port",
+            ),
+            (
+                format!("{{portRange: {{start: {port}, end: 80000}}}}"),
+                "portRange.start",
+            ),
+        ] {
+            let anp = format!("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: a}}\nspec:\n  priority: 1\n  subject: {{namespaces: {{}}}}\n  ingress:\n    - action: Deny\n      from: [{{namespaces: {{}}}}]\n      ports: [{ports}]\n");
+            let msgs = messages("a.yaml", &anp).1;
+            let want = format!(
+                "a.yaml:1: AdminNetworkPolicy a: spec.ingress[0].ports[0].{field}: {message}"
+            );
+            assert!(msgs.contains(&want), "{want} not in {msgs:#?}");
+        }
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, ports: [{{containerPort: {port}}}]}}]\n");
+        assert_eq!(
+            messages("pod.yaml", &pod),
+            (
+                0,
+                vec![format!(
+                    "pod.yaml:1: Pod default/p: spec.containers[0].ports[0].containerPort: {message}"
+                )]
+            ),
+            "containerPort {port}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_keys_are_refused_in_yaml_and_json() {
+    // A plain JSON value keeps the last: this policy would select every pod.
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  podSelector: {}\n  ingress: []\n";
+    assert_eq!(
+        messages("np.yaml", yaml),
+        (
+            0,
+            vec![
+                "np.yaml:7: NetworkPolicy default/web: spec.podSelector: duplicate field \"podSelector\"".to_string()
+            ]
+        )
+    );
+    let json = "{\"apiVersion\": \"networking.k8s.io/v1\", \"kind\": \"NetworkPolicy\",\n \"metadata\": {\"name\": \"web\", \"namespace\": \"shop\"},\n \"spec\": {\"podSelector\": {\"matchLabels\": {\"app\": \"web\"}},\n          \"podSelector\": {}}}\n";
+    assert_eq!(
+        messages("np.json", json),
+        (
+            0,
+            vec![
+                "np.json:4: NetworkPolicy shop/web: spec.podSelector: duplicate field \"podSelector\"".to_string()
+            ]
+        )
+    );
+    // In lenient kinds too, at any depth, at the file's line in a later
+    // document; the other documents are still read.
+    let pods = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# pods\napiVersion: v1\nkind: PodList\nitems:\n  - metadata: {name: a, namespace: x}\n  - metadata:\n      name: b\n      namespace: x\n      labels: {app: b, tier: x, app: c}\n";
+    assert_eq!(
+        messages("pods.yaml", pods),
+        (
+            1,
+            vec!["pods.yaml:13: Pod x/b: metadata.labels.app: duplicate field \"app\"".to_string()]
+        )
+    );
+    let top = "kind: Pod\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+    assert_eq!(
+        messages("top.yaml", top).1,
+        ["top.yaml:3: Pod default/p: kind: duplicate field \"kind\""]
+    );
+    // The same key in different mappings is no duplicate.
+    ok(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {name: x}}\nspec:\n  containers: [{name: a}, {name: b}]\n",
+    );
+}
+
+#[test]
+fn syntax_errors_keep_the_file_lines() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: [b}\n";
+    let (n, msgs) = messages("s.yaml", text);
+    assert_eq!(n, 1);
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].starts_with("s.yaml:7: YAML syntax error: ") && msgs[0].contains("line 7"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn json_bytes_are_read_strictly_whatever_their_origin() {
+    let v = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "x", "name": "q"}}"#;
+    let (objects, diags) = decode_json_bytes("etcd:/registry/pods/x/p", v);
+    assert!(objects.is_empty());
+    assert_eq!(
+        diags.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        ["etcd:/registry/pods/x/p:1: Pod x/q: metadata.name: duplicate field \"name\""]
+    );
+    let v = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}"#;
+    let (objects, diags) = decode_json_bytes("etcd:/registry/pods/default/p", v);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(objects[0].value.key().name, "p");
+    // JSON has no non-finite numbers; one too large for a float is refused.
+    let (objects, diags) = decode_json_bytes("etcd:k", b"{\"kind\": \"Pod\", \"x\": 1e999}");
+    assert!(objects.is_empty());
+    assert!(diags[0]
+        .to_string()
+        .starts_with("etcd:k:1: JSON syntax error: number out of range"));
+}
+
+/// `text` padded with a trailing comment to exactly `len` bytes.
+fn padded(text: &str, len: usize) -> String {
+    let mut s = format!("{text}#");
+    s.push_str(&"x".repeat(len - s.len() - 1));
+    s.push('\n');
+    assert_eq!(s.len(), len);
+    s
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+
+#[test]
+fn a_file_over_the_limit_is_refused_before_it_is_read() {
+    let limits = Limits {
+        file_bytes: 1000,
+        object_bytes: 1000,
+    };
+    let text = padded(POD, 1000);
+    let (objects, diags) = decode_with(&limits, "f.yaml", text.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(objects.len(), 1);
+    // One byte more, even of bytes that are no YAML, and nothing is parsed.
+    for text in [padded(POD, 1001), "\u{1}".repeat(1001)] {
+        let (objects, diags) = decode_with(&limits, "f.yaml", text.as_bytes());
+        assert!(objects.is_empty());
+        assert_eq!(
+            diags.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            ["f.yaml: the file is 1001 bytes, over the limit of 1000 bytes for one file; nothing in it was read"]
+        );
+    }
+    // The default, for JSON as well.
+    assert_eq!(MAX_FILE_BYTES, 64 << 20);
+    let big = vec![b' '; (MAX_FILE_BYTES + 1) as usize];
+    for name in ["big.yaml", "big.json"] {
+        let (_, diags) = decode(name, &big);
+        assert_eq!(
+            diags.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            [format!("{name}: the file is 64.0 MiB, over the limit of 64 MiB for one file; nothing in it was read")]
+        );
+    }
+    let (_, diags) = decode_json_bytes("etcd:k", &big);
+    assert_eq!(diags.len(), 1);
+    assert!(diags[0].message.contains("over the limit of 64 MiB"));
+}
+
+#[test]
+fn an_object_over_the_limit_is_refused_but_a_list_may_fill_the_file() {
+    let limits = Limits {
+        file_bytes: 10_000,
+        object_bytes: 500,
+    };
+    // A document's size counts from its `---` line.
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: small}\n";
+    let pod = format!("---\n{POD}");
+    let text = format!("{ns}{}", padded(&pod, 500));
+    let (objects, diags) = decode_with(&limits, "o.yaml", text.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(objects.len(), 2);
+    let text = format!("{ns}{}", padded(&pod, 501));
+    let (objects, diags) = decode_with(&limits, "o.yaml", text.as_bytes());
+    assert_eq!(objects.len(), 1, "the other document is still read");
+    assert_eq!(
+        diags.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        ["o.yaml:5: Pod default/p: the document is 501 bytes, over the limit of 500 bytes for one object (the Kubernetes API server's request limit; only a List may be larger); nothing in it was read"]
+    );
+    // JSON is one document.
+    let json = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {{\"name\": \"n\"}}}}{}",
+        " ".repeat(450)
+    );
+    let (objects, diags) = decode_with(&limits, "o.json", json.as_bytes());
+    assert!(objects.is_empty());
+    assert!(
+        diags[0]
+            .to_string()
+            .starts_with("o.json:1: Namespace n: the document is 5"),
+        "{diags:?}"
+    );
+
+    let items: String = (0..40)
+        .map(|i| format!("  - {{apiVersion: v1, kind: Namespace, metadata: {{name: n{i}}}}}\n"))
+        .collect();
+    let list = format!("apiVersion: v1\nkind: List\nitems:\n{items}");
+    assert!(list.len() > 2000);
+    let (objects, diags) = decode_with(&limits, "l.yaml", list.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(objects.len(), 40);
+
+    // The default.
+    assert_eq!(MAX_OBJECT_BYTES, 3 << 20);
+    let text = padded(POD, (MAX_OBJECT_BYTES + 1) as usize);
+    let (objects, diags) = decode("big.yaml", text.as_bytes());
+    assert!(objects.is_empty());
+    assert_eq!(diags.len(), 1);
+    assert!(
+        diags[0].to_string().starts_with("big.yaml:1: Pod default/p: the document is 3.0 MiB, over the limit of 3 MiB for one object"),
+        "{diags:?}"
+    );
+    let text = padded(POD, MAX_OBJECT_BYTES as usize);
+    let (objects, diags) = decode("big.yaml", text.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(objects.len(), 1);
 }

@@ -179,6 +179,46 @@ fn every_invalid_manifest_exits_2_without_panic() {
     }
 }
 
+/// `port: .inf` once read as no port, that is every port: a policy meant
+/// for one port let 22/TCP through.
+#[test]
+fn a_non_finite_port_is_an_error_not_every_port() {
+    let dir = std::env::temp_dir().join(format!("palisade-cli-inf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: frontend}}\n  ingress:\n    - from: [{namespaceSelector: {}}]\n      ports:\n        - port: .inf\n",
+    )
+    .unwrap();
+    let cluster = root().join("examples/webapp/cluster.yaml");
+    let cluster = cluster.to_str().unwrap();
+    let want = "policy.yaml:9: NetworkPolicy default/web: spec.ingress[0].ports[0].port: .inf is not a finite number";
+    for args in [
+        &["validate", "-f", cluster, "-f", "policy.yaml"][..],
+        &[
+            "check",
+            "-f",
+            cluster,
+            "-f",
+            "policy.yaml",
+            "ingress-nginx/controller",
+            "default/frontend",
+            "22/TCP",
+        ][..],
+    ] {
+        let o = palisade_in(&dir, args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn validate_reports_counts_and_bad_arguments_exit_2() {
     let o = palisade(&["validate", "-f", "examples/webapp"]);
