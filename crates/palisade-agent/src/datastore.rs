@@ -5,12 +5,13 @@
 //! operations (etcd's default limit), so up to 128 objects land atomically.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{Txn, TxnOp};
 use palisade_k8s::{Diagnostic, ObjectKey};
 use serde_json::Value;
 
-use crate::etcd::{connect, key_of, PREFIX};
+use crate::etcd::{connect, describe, key_of, read_prefix, ReadError, MESSAGE_LIMIT, PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
@@ -19,7 +20,8 @@ pub enum DatastoreError {
     Invalid(Vec<Diagnostic>),
     #[error("{path}: {message}")]
     Read { path: String, message: String },
-    #[error("etcd: {0}")]
+    /// etcd failed, as one sentence that names etcd.
+    #[error("{0}")]
     Etcd(String),
 }
 
@@ -116,14 +118,23 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
+/// How long one transaction may take before the command gives up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn txn(endpoints: &[String], ops: Vec<TxnOp>) -> Result<(), DatastoreError> {
     let mut c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
     let mut ops = ops;
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(128));
-        c.txn(Txn::new().and_then(ops))
+        tokio::time::timeout(CALL_TIMEOUT, c.txn(Txn::new().and_then(ops)))
             .await
-            .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
+            .map_err(|_| {
+                DatastoreError::Etcd(format!(
+                    "etcd write timed out after {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| DatastoreError::Etcd(describe(endpoints, "write", &e)))?;
         ops = rest;
     }
     Ok(())
@@ -160,16 +171,28 @@ pub fn get(endpoints: &[String], kind: Option<&str>) -> Result<Value, DatastoreE
         None => PREFIX.to_string(),
     };
     block_on(async {
-        let mut c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
-        let r = c
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
-        let items: Vec<Value> = r
-            .kvs()
-            .iter()
-            .map(|kv| serde_json::from_slice(kv.value()).unwrap_or(Value::Null))
-            .collect();
+        let c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
+        let mut kv = c.kv_client().max_decoding_message_size(MESSAGE_LIMIT);
+        let mut items = Vec::new();
+        let mut too_large = Vec::new();
+        read_prefix(&mut kv, endpoints, &prefix, |key, value| match value {
+            Some(v) => items.push(serde_json::from_slice(v).unwrap_or(Value::Null)),
+            None => too_large.push(key.to_string()),
+        })
+        .await
+        .map_err(|e| match e {
+            ReadError::Compacted => {
+                DatastoreError::Etcd("etcd compacted the revision being read; try again".into())
+            }
+            ReadError::Failed(why) => DatastoreError::Etcd(why),
+        })?;
+        if !too_large.is_empty() {
+            return Err(DatastoreError::Etcd(format!(
+                "the value of {} is larger than the {} MiB that Palisade reads from etcd",
+                too_large.join(", "),
+                MESSAGE_LIMIT >> 20
+            )));
+        }
         Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
     })
 }

@@ -16,18 +16,23 @@
 //!
 //! # Watching
 //!
-//! A session reads the whole prefix with its revision R, sends it as one
-//! [`Input::Resync`], and watches from R + 1. When the watch is cancelled
-//! (its revision was compacted) or the connection is lost, a new session
-//! starts with a new snapshot: objects deleted meanwhile disappear, and no
-//! event is ever missed. Lost connections are retried with exponential
+//! A session reads the whole prefix at one revision R, sends it as one
+//! [`Input::Resync`], and watches from R + 1. The read is paginated (a
+//! datastore of 50,000 pods is far larger than one gRPC message): the first
+//! page fixes R, every later page is read at R starting after the previous
+//! page's last key, and each page is decoded before the next is asked for.
+//! When R is compacted mid-read, when the watch is cancelled (its revision
+//! was compacted) or when the connection is lost, a new session starts with
+//! a new snapshot: objects deleted meanwhile disappear, and no event is
+//! ever missed. Lost connections are retried with exponential
 //! backoff and reported as [`Input::SourceDown`] until the next snapshot.
 
 use std::sync::mpsc::Sender;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions};
+use palisade_k8s::limits::MAX_FILE_BYTES;
 use palisade_k8s::{Diagnostic, ObjectKey, Severity};
 use tracing::{info, warn};
 
@@ -72,6 +77,20 @@ fn problem(origin: &str, message: String) -> Diagnostic {
 /// Decodes one key and value.
 pub fn entry(key: &str, value: &[u8]) -> Entry {
     let origin = format!("{SCOPE}{key}");
+    if value.len() as u64 > MAX_FILE_BYTES {
+        return Entry {
+            origin,
+            objects: Vec::new(),
+            errors: vec![problem(
+                key,
+                format!(
+                    "the value has {} bytes, more than the {} MiB Palisade decodes",
+                    value.len(),
+                    MAX_FILE_BYTES >> 20
+                ),
+            )],
+        };
+    }
     let mut e = match serde_json::from_slice::<serde_json::Value>(value) {
         Ok(v) => Entry::decode_json(origin.clone(), key, v),
         Err(err) => Entry {
@@ -98,8 +117,44 @@ pub fn entry(key: &str, value: &[u8]) -> Entry {
     e
 }
 
-fn kv_entry(kv: &KeyValue) -> Option<Entry> {
-    Some(entry(kv.key_str().ok()?, kv.value()))
+/// Keys per snapshot page: 500 pods with kubectl's last-applied annotation
+/// (about 5 KB each) are a reply of a few MB.
+const PAGE_KEYS: i64 = 500;
+
+/// Bytes a page should hold. After each page the next one asks for as many
+/// keys as fit this at the page's largest value, so a datastore of large
+/// values is read in pages of fewer keys instead of replies near the limit.
+const PAGE_BYTES: usize = 16 << 20;
+
+/// The largest gRPC message the client decodes. One value may be as large
+/// as what Palisade decodes at all (`MAX_FILE_BYTES`; etcd's own default
+/// request limit of 1.5 MiB keeps real values far below that), plus room
+/// for its key and the reply's header; a page of many values is kept under
+/// it by `PAGE_BYTES`, and one that is not is read again in halves. Watch
+/// replies are split by etcd (`fragment`) to about its request limit.
+pub const MESSAGE_LIMIT: usize = MAX_FILE_BYTES as usize + (1 << 20);
+
+/// How long one read (a snapshot page, creating the watch) may take. The
+/// snapshot as a whole has no bound: 50,000 pods take many pages.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+// gRPC status codes (a wire standard), to tell etcd's answers apart.
+const OUT_OF_RANGE: i32 = 11;
+const UNAVAILABLE: i32 = 14;
+
+/// The entry of a key whose value is too large to be read.
+fn too_large_entry(key: &str) -> Entry {
+    Entry {
+        origin: format!("{SCOPE}{key}"),
+        objects: Vec::new(),
+        errors: vec![problem(
+            key,
+            format!(
+                "the value is larger than the {} MiB that Palisade reads from etcd",
+                MESSAGE_LIMIT >> 20
+            ),
+        )],
+    }
 }
 
 pub fn connect_options() -> ConnectOptions {
@@ -115,8 +170,240 @@ pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
         Client::connect(endpoints, Some(connect_options())),
     )
     .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|_| format!("etcd at {} did not answer within 3 s", endpoints.join(", ")))?
+    .map_err(|e| describe(endpoints, "connection", &e))
+}
+
+/// The innermost I/O error under `e`: what the operating system said.
+fn innermost_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut found = None;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            found = Some(io);
+        }
+        cur = err.source();
+    }
+    found
+}
+
+/// What the innermost cause under `e` says.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// "connection refused" rather than "Connection refused (os error 111)".
+fn io_words(io: &std::io::Error) -> String {
+    let kind = io.kind().to_string();
+    if io.raw_os_error().is_some() && !kind.contains("other") && !kind.contains("uncategorized") {
+        kind
+    } else {
+        io.to_string()
+    }
+}
+
+fn is_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if i32::from(s.code()) == OUT_OF_RANGE && s.message().contains("message length too large"))
+}
+
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if i32::from(s.code()) == OUT_OF_RANGE && s.message().contains("compacted"))
+}
+
+/// One plain sentence for an etcd client error, for `/healthz`, logs and
+/// the command line; `doing` names the request ("read", "watch", "write").
+pub fn describe(endpoints: &[String], doing: &str, e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    let at = endpoints.join(", ");
+    let io = match e {
+        E::GRpcStatus(s) => innermost_io(s),
+        E::TransportError(t) => innermost_io(t),
+        E::IoError(io) => Some(io),
+        _ => None,
+    };
+    if let Some(io) = io {
+        return match io.kind() {
+            std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::AddrNotAvailable
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::NetworkUnreachable => {
+                format!("cannot connect to etcd at {at}: {}", io_words(io))
+            }
+            _ => format!("lost the connection to etcd at {at}: {}", io_words(io)),
+        };
+    }
+    match e {
+        E::GRpcStatus(s) if is_too_large(e) => {
+            // tonic says "found N bytes, the limit is: M bytes".
+            let n: Vec<f64> = s
+                .message()
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            let mib = |b: f64| b / f64::from(1 << 20);
+            match n[..] {
+                [found, limit, ..] => format!(
+                    "etcd's answer to the {doing} has {:.1} MiB, more than the {:.1} MiB this agent accepts",
+                    mib(found),
+                    mib(limit)
+                ),
+                _ => format!("etcd's answer to the {doing} is too large: {}", s.message()),
+            }
+        }
+        // A status with a cause was made by this client's transport, not
+        // sent by etcd: the connection failed under it.
+        E::GRpcStatus(s) if std::error::Error::source(s).is_some() => {
+            format!("lost the connection to etcd at {at}: {}", innermost(s))
+        }
+        E::GRpcStatus(s) if i32::from(s.code()) == UNAVAILABLE => {
+            format!("cannot connect to etcd at {at}: {}", s.message())
+        }
+        E::GRpcStatus(s) => format!("etcd rejected the {doing}: {}", s.message()),
+        E::TransportError(t) => format!("cannot connect to etcd at {at}: {t}"),
+        E::InvalidUri(u) => format!("invalid etcd endpoint {at:?}: {u}"),
+        E::InvalidArgs(m) => format!("invalid etcd endpoint {at:?}: {m}"),
+        E::WatchError(m) => format!("the etcd watch failed: {m}"),
+        other => format!("the etcd {doing} failed: {other}"),
+    }
+}
+
+/// Why a prefix could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The first page's revision was compacted before the last page was
+    /// read: start again.
+    Compacted,
+    /// Any other failure, as a sentence.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Compacted => write!(f, "etcd compacted the revision being read"),
+            ReadError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+fn read_timed_out() -> ReadError {
+    ReadError::Failed(format!(
+        "etcd snapshot read timed out after {} s",
+        CALL_TIMEOUT.as_secs()
+    ))
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Reads every key under `prefix` in pages, all at the revision of the
+/// first page, and hands each key and value to `each` as its page arrives
+/// (the value is `None` when it alone is larger than [`MESSAGE_LIMIT`]), so
+/// no more than one page's reply is held at a time. Returns the revision.
+pub async fn read_prefix(
+    kv: &mut KvClient,
+    endpoints: &[String],
+    prefix: &str,
+    mut each: impl FnMut(&str, Option<&[u8]>),
+) -> Result<i64, ReadError> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut rev = 0;
+    let mut limit = PAGE_KEYS;
+    // After a page too large to decode, pages stay near the size that
+    // worked, so a large value ahead is not asked for again at full size.
+    let mut cap = PAGE_KEYS;
+    loop {
+        let opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(limit)
+            .with_revision(rev);
+        let resp = match tokio::time::timeout(CALL_TIMEOUT, kv.get(from.clone(), Some(opts))).await
+        {
+            Err(_) => return Err(read_timed_out()),
+            Ok(Err(e)) if is_compacted(&e) => return Err(ReadError::Compacted),
+            Ok(Err(e)) if is_too_large(&e) && limit > 1 => {
+                limit /= 2;
+                cap = limit;
+                continue;
+            }
+            Ok(Err(e)) if is_too_large(&e) => {
+                // One value alone is too large: name it and go on after it.
+                let opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(1)
+                    .with_revision(rev)
+                    .with_keys_only();
+                let r = tokio::time::timeout(CALL_TIMEOUT, kv.get(from.clone(), Some(opts)))
+                    .await
+                    .map_err(|_| read_timed_out())?
+                    .map_err(|e| ReadError::Failed(describe(endpoints, "read", &e)))?;
+                let Some(big) = r.kvs().first() else {
+                    return Err(ReadError::Failed(describe(endpoints, "read", &e)));
+                };
+                if let Ok(key) = big.key_str() {
+                    each(key, None);
+                }
+                from = [big.key(), b"\0"].concat();
+                if rev == 0 {
+                    rev = r.header().map_or(0, |h| h.revision());
+                }
+                (limit, cap) = (PAGE_KEYS, PAGE_KEYS);
+                continue;
+            }
+            Ok(Err(e)) => return Err(ReadError::Failed(describe(endpoints, "read", &e))),
+            Ok(Ok(r)) => r,
+        };
+        if rev == 0 {
+            rev = resp.header().map_or(0, |h| h.revision());
+        }
+        let mut largest = 1;
+        for kv in resp.kvs() {
+            largest = largest.max(kv.key().len() + kv.value().len());
+            if let Ok(key) = kv.key_str() {
+                each(key, Some(kv.value()));
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => from = [last.key(), b"\0"].concat(),
+            _ => return Ok(rev),
+        }
+        cap = (cap * 2).min(PAGE_KEYS);
+        limit = ((PAGE_BYTES / largest) as i64).clamp(1, cap);
+    }
+}
+
+/// Every key under [`PREFIX`], decoded, and the revision they were read at.
+pub async fn snapshot(
+    client: &Client,
+    endpoints: &[String],
+) -> Result<(i64, Vec<Entry>), ReadError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MESSAGE_LIMIT);
+    let mut entries = Vec::new();
+    let rev = read_prefix(&mut kv, endpoints, PREFIX, |key, value| {
+        entries.push(match value {
+            Some(v) => entry(key, v),
+            None => too_large_entry(key),
+        })
+    })
+    .await?;
+    Ok((rev, entries))
 }
 
 /// How a session ended.
@@ -130,25 +417,37 @@ enum End {
 }
 
 async fn session(endpoints: &[String], tx: &Sender<Input>, backoff: &mut Duration) -> End {
-    let mut client = match connect(endpoints).await {
+    let client = match connect(endpoints).await {
         Ok(c) => c,
         Err(e) => return End::Down(e),
     };
-    let get = client.get(PREFIX, Some(GetOptions::new().with_prefix()));
-    let resp = match tokio::time::timeout(Duration::from_secs(5), get).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return End::Down(e.to_string()),
-        Err(_) => return End::Down("snapshot timed out".into()),
+    let (rev, entries) = match snapshot(&client, endpoints).await {
+        Ok(s) => s,
+        Err(ReadError::Compacted) => {
+            return End::Resync("the snapshot's revision was compacted while it was read".into())
+        }
+        Err(ReadError::Failed(why)) => return End::Down(why),
     };
-    let rev = resp.header().map_or(0, |h| h.revision());
-    let entries: Vec<Entry> = resp.kvs().iter().filter_map(kv_entry).collect();
     info!(revision = rev, keys = entries.len(), "etcd snapshot");
+    // A reply may carry the events of many revisions (a watch catching up
+    // after the snapshot); `fragment` lets etcd split it to its request size.
     let opts = WatchOptions::new()
         .with_prefix()
-        .with_start_revision(rev + 1);
-    let mut stream = match client.watch(PREFIX, Some(opts)).await {
-        Ok(s) => s,
-        Err(e) => return End::Down(e.to_string()),
+        .with_start_revision(rev + 1)
+        .with_fragment();
+    let mut watch = client
+        .watch_client()
+        .max_decoding_message_size(MESSAGE_LIMIT);
+    let mut stream = match tokio::time::timeout(CALL_TIMEOUT, watch.watch(PREFIX, Some(opts))).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return End::Down(describe(endpoints, "watch", &e)),
+        Err(_) => {
+            return End::Down(format!(
+                "etcd did not start the watch within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))
+        }
     };
     if tx
         .send(Input::Resync {
@@ -163,8 +462,8 @@ async fn session(endpoints: &[String], tx: &Sender<Input>, backoff: &mut Duratio
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return End::Down("watch stream ended".into()),
-            Err(e) => return End::Down(e.to_string()),
+            Ok(None) => return End::Down("etcd closed the watch".into()),
+            Err(e) => return End::Down(describe(endpoints, "watch", &e)),
         };
         if resp.canceled() || resp.compact_revision() > 0 {
             return End::Resync(format!(
@@ -245,5 +544,27 @@ mod tests {
         let e = entry("/palisade/v1/Namespace/_/y", ns);
         assert!(e.objects.is_empty() && e.errors.len() == 1);
         assert_eq!(entry("/palisade/v1/Namespace/_/x", b"{").errors.len(), 1);
+    }
+
+    #[test]
+    fn a_prefix_ends_at_the_next_key_that_does_not_start_with_it() {
+        assert_eq!(prefix_end(b"/palisade/v1/"), b"/palisade/v10");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    #[test]
+    fn an_io_error_is_said_in_words() {
+        let ep = ["http://127.0.0.1:2379".to_string()];
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            describe(&ep, "read", &etcd_client::Error::IoError(refused)),
+            "cannot connect to etcd at http://127.0.0.1:2379: connection refused"
+        );
+        let args = etcd_client::Error::InvalidArgs("empty endpoints".into());
+        assert_eq!(
+            describe(&[], "read", &args),
+            "invalid etcd endpoint \"\": empty endpoints"
+        );
     }
 }
