@@ -282,7 +282,12 @@ fn a_file_being_written_is_read_after_it_is_closed() {
 fn a_fifo_does_not_block_the_watcher() {
     let (_t, root) = tempdir();
     mkfifo(&root.join("first.yaml"));
-    let (_src, rx, mut store) = watch(&root);
+    // The first scan runs in `watch`: bounded, so a blocking read fails
+    // the test instead of hanging it.
+    let (tx, started) = channel();
+    let r = root.clone();
+    std::thread::spawn(move || tx.send(watch(&r)).unwrap());
+    let (_src, rx, mut store) = started.recv_timeout(NEVER).expect("the first scan ends");
     mkfifo(&root.join("second.yaml"));
     std::fs::write(root.join("z.yaml"), pod("z", "10.9.0.1")).unwrap();
     apply_until(&rx, &mut store, |s| {
