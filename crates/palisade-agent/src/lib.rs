@@ -41,6 +41,7 @@
 pub mod agent;
 pub mod backend;
 pub mod bench;
+mod burst;
 pub mod datastore;
 pub mod delta;
 pub mod dir;
@@ -51,6 +52,7 @@ mod incr;
 pub mod input;
 pub mod kernel;
 pub mod kube;
+pub mod manifests;
 pub mod message;
 pub mod metrics;
 pub mod store;

@@ -3,49 +3,50 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use palisade_agent::manifests::{self, Found};
 use palisade_engine::{Engine, Flow, PortProto};
-use palisade_k8s::{Diagnostic, Loaded};
+use palisade_k8s::{Diagnostic, Loaded, Severity};
 
-fn is_manifest(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+fn diagnostic(severity: Severity, file: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        severity,
+        file: file.display().to_string(),
+        line: None,
+        object: None,
+        field: None,
+        message,
+    }
 }
 
-fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading directory {}", path.display()))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()?;
-        entries.sort();
-        for e in entries {
-            if e.is_dir() || is_manifest(&e) {
-                walk(&e, out)?;
+/// Reads every manifest under `paths` and decodes them together. A path
+/// that does not exist is an error; a file that cannot be read is an error
+/// diagnostic naming it, and what was skipped on purpose (a FIFO, a link
+/// to a directory already read) a warning.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
+    let found = manifests::walk(paths).map_err(|(p, e)| anyhow!("{}: {e}", p.display()))?;
+    let mut inputs = Vec::with_capacity(found.len());
+    let mut diagnostics = Vec::new();
+    for f in found {
+        match f {
+            Found::File { path, .. } => match manifests::read(&path) {
+                Ok(bytes) => inputs.push((path.display().to_string(), bytes)),
+                Err(e) => diagnostics.push(diagnostic(Severity::Error, &path, e.to_string())),
+            },
+            Found::Skipped { path, why } => diagnostics.push(diagnostic(
+                Severity::Warning,
+                &path,
+                format!("skipped: {why}"),
+            )),
+            Found::Unreadable { path, error, .. } => {
+                diagnostics.push(diagnostic(Severity::Error, &path, error))
             }
         }
-    } else {
-        // A file named explicitly is read whatever its extension.
-        out.push(path.to_path_buf());
     }
-    Ok(())
-}
-
-/// Reads every manifest under `paths` and decodes them together.
-pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
-    let mut files = Vec::new();
-    for p in paths {
-        walk(p, &mut files)?;
-    }
-    let mut inputs = Vec::with_capacity(files.len());
-    for f in files {
-        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        inputs.push((f.display().to_string(), bytes));
-    }
-    Ok(palisade_k8s::load(&inputs))
+    let mut loaded = palisade_k8s::load(&inputs);
+    diagnostics.append(&mut loaded.diagnostics);
+    loaded.diagnostics = diagnostics;
+    Ok(loaded)
 }
 
 /// Prints diagnostics to stderr; returns the number of errors.

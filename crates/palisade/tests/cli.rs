@@ -339,3 +339,114 @@ fn palisade_lab_is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// `palisade` bounded in time: a walk that never ends (exit 124) fails the
+/// test instead of hanging it.
+fn palisade_bounded(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .output()
+        .expect("run palisade")
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default}\nstatus: {phase: Running, podIP: 10.9.0.1}\n";
+
+/// Regression: a FIFO named like a manifest blocked `validate` for good.
+#[test]
+fn a_fifo_in_a_directory_is_skipped_with_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(d.join("pod.yaml"), POD).unwrap();
+    let fifo = d.join("x.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let o = palisade_bounded(&["validate", "-f", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let warning = format!(
+        "warning: {}: skipped: not a regular file (a FIFO)\n",
+        fifo.display()
+    );
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+    assert!(stdout(&o).contains(" 1 pods"), "{}", stdout(&o));
+}
+
+/// Regression: `a -> .` and `b -> .` made the walk exponential (it never
+/// ended), and a self link read every object many times over.
+#[test]
+fn link_loops_are_read_once_and_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(d.join("pod.yaml"), POD).unwrap();
+    std::os::unix::fs::symlink(".", d.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", d.join("b")).unwrap();
+    std::os::unix::fs::symlink("pod.yaml", d.join("same.yaml")).unwrap();
+    let o = palisade_bounded(&["validate", "-f", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(" 1 pods"), "{}", stdout(&o));
+    let e = stderr(&o);
+    for link in ["a", "b"] {
+        let w = format!(
+            "warning: {}: skipped: a link to a directory already read ({})\n",
+            d.join(link).display(),
+            d.display()
+        );
+        assert!(e.contains(&w), "{e}");
+    }
+    let w = format!(
+        "warning: {}: skipped: a link to a file already read ({})\n",
+        d.join("same.yaml").display(),
+        d.join("pod.yaml").display()
+    );
+    assert!(e.contains(&w), "{e}");
+}
+
+/// Regression: a file of any size was read into memory whole (and its
+/// decoding took many times more). A sparse file makes this cheap.
+#[test]
+fn a_file_over_the_size_limit_is_an_error_naming_it_and_its_size() {
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("big.yaml");
+    let size = palisade_k8s::limits::MAX_FILE_BYTES + (1 << 20);
+    std::fs::File::create(&big).unwrap().set_len(size).unwrap();
+    for f in [big.clone(), t.path().to_path_buf()] {
+        let o = palisade_bounded(&["validate", "-f", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = format!(
+            "{}: file is {size} bytes, over the limit of {} bytes; not read\n",
+            big.display(),
+            palisade_k8s::limits::MAX_FILE_BYTES
+        );
+        assert!(stderr(&o).contains(&e), "{}", stderr(&o));
+    }
+}
+
+/// A file that cannot be read is an error naming it, never an empty file;
+/// a file named explicitly is read whatever its name; a missing path is an
+/// error.
+#[test]
+fn unreadable_explicit_and_missing_paths() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::os::unix::fs::symlink("loop.yaml", d.join("loop.yaml")).unwrap();
+    let o = palisade_bounded(&["validate", "-f", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = format!("{}: cannot read: ", d.join("loop.yaml").display());
+    assert!(stderr(&o).contains(&e), "{}", stderr(&o));
+
+    let txt = d.join("pod.txt");
+    std::fs::write(&txt, POD).unwrap();
+    let o = palisade_bounded(&["validate", "-f", txt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(" 1 pods"), "{}", stdout(&o));
+
+    let missing = d.join("missing.yaml");
+    let o = palisade_bounded(&["validate", "-f", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!("{}: No such file", missing.display())),
+        "{}",
+        stderr(&o)
+    );
+}
