@@ -111,7 +111,7 @@ impl Health {
             None => String::from("degraded: enforcing the last good state\n"),
         };
         for (scope, why) in &self.sources_down {
-            s += &format!("source {scope} unreachable: {why}\n");
+            s += &format!("source {scope} failed: {why}\n");
         }
         for (origin, problems) in &self.rejected {
             for p in problems {
@@ -410,7 +410,7 @@ impl<B: Backend> Agent<B> {
         let mut scope_up = None;
         match &input {
             Input::SourceDown { scope, reason } => {
-                warn!("source {scope} unreachable, enforcing the last good state: {reason}");
+                warn!("source {scope} failed, enforcing the last good state: {reason}");
                 self.metrics.error("source");
                 self.health_mut()
                     .sources_down

@@ -77,28 +77,9 @@ fn problem(origin: &str, message: String) -> Diagnostic {
 /// Decodes one key and value.
 pub fn entry(key: &str, value: &[u8]) -> Entry {
     let origin = format!("{SCOPE}{key}");
-    if value.len() as u64 > MAX_FILE_BYTES {
-        return Entry {
-            origin,
-            objects: Vec::new(),
-            errors: vec![problem(
-                key,
-                format!(
-                    "the value has {} bytes, more than the {} MiB Palisade decodes",
-                    value.len(),
-                    MAX_FILE_BYTES >> 20
-                ),
-            )],
-        };
-    }
-    let mut e = match serde_json::from_slice::<serde_json::Value>(value) {
-        Ok(v) => Entry::decode_json(origin.clone(), key, v),
-        Err(err) => Entry {
-            origin: origin.clone(),
-            objects: Vec::new(),
-            errors: vec![problem(key, format!("not JSON: {err}"))],
-        },
-    };
+    // Strict: a duplicate key or an over-size value is an error, never a
+    // silently different object.
+    let mut e = Entry::decode_json_bytes(origin, key, value);
     if e.errors.is_empty() {
         let want = parse_key(key);
         let got: Vec<ObjectKey> = e.objects.iter().map(|o| o.value.key()).collect();
@@ -544,6 +525,14 @@ mod tests {
         let e = entry("/palisade/v1/Namespace/_/y", ns);
         assert!(e.objects.is_empty() && e.errors.len() == 1);
         assert_eq!(entry("/palisade/v1/Namespace/_/x", b"{").errors.len(), 1);
+        // Strict: a key given twice is an error, not the last value.
+        let twice = br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x","name":"y"}}"#;
+        let e = entry("/palisade/v1/Namespace/_/x", twice);
+        assert!(e.objects.is_empty(), "{e:?}");
+        assert!(
+            e.errors[0].to_string().contains("duplicate field \"name\""),
+            "{e:?}"
+        );
     }
 
     #[test]

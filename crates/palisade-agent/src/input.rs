@@ -20,6 +20,13 @@ impl Entry {
         Entry::new(origin, objects, diags)
     }
 
+    /// Decodes one JSON text strictly (duplicate keys and over-size values
+    /// are errors); `name` appears in messages.
+    pub fn decode_json_bytes(origin: String, name: &str, bytes: &[u8]) -> Entry {
+        let (objects, diags) = palisade_k8s::decode_json_bytes(name, bytes);
+        Entry::new(origin, objects, diags)
+    }
+
     /// Decodes one parsed object; `name` appears in messages.
     pub fn decode_json(origin: String, name: &str, value: serde_json::Value) -> Entry {
         let (objects, diags) = palisade_k8s::decode_value(name, value);
