@@ -5,32 +5,16 @@
 //! elements; killing and restarting the agents cuts no established
 //! connection. Skipped, with the reason printed, without root or etcd.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_engine::{Engine, PortProto};
-use palisade_lab::{Config, ProbeOptions, Serve};
+mod support;
+
+use support::{converge, engine, free_port, get, lab_up, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_etcd(dir: &Path) -> (Proc, String) {
     let client = format!("http://127.0.0.1:{}", free_port());
@@ -91,11 +75,6 @@ fn agent(node: &str, netns: &str, etcd: &str, port: u16, log: &Path) -> Proc {
             .spawn()
             .unwrap(),
     )
-}
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    palisade_agent::http::get(addr, path).unwrap_or((0, String::new()))
 }
 
 fn wait_ready(port: u16) {
@@ -160,48 +139,10 @@ spec:
     ports: [{port: 80}]
 "#;
 
-fn engine(files: &[&str]) -> Engine {
-    let inputs: Vec<(String, Vec<u8>)> = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (format!("{i}.yaml"), f.as_bytes().to_vec()))
-        .collect();
-    let loaded = palisade_k8s::load(&inputs);
-    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
-    Engine::new(loaded.cluster)
-}
-
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
     p
-}
-
-/// Probes until the kernel agrees with `engine` on every pair (the agents
-/// apply asynchronously).
-fn converge(state: &palisade_lab::State, engine: &Engine, what: &str) -> usize {
-    let ports = [PortProto {
-        port: 80,
-        protocol: palisade_model::Protocol::Tcp,
-    }];
-    let opts = ProbeOptions {
-        timeout: Duration::from_millis(200),
-        ..ProbeOptions::default()
-    };
-    let t = Instant::now();
-    loop {
-        let obs = palisade_lab::probe(state, engine, &ports, &opts).unwrap();
-        let bad: Vec<String> = obs
-            .iter()
-            .filter(|o| !o.agrees())
-            .map(|o| format!("{} -> {}: kernel {}", o.src, o.dst, o.observed))
-            .collect();
-        if bad.is_empty() {
-            return obs.iter().filter(|o| o.observed).count();
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "{what}: {bad:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn table(netns: &str) -> String {
@@ -232,26 +173,7 @@ fn agents_enforce_etcd_state_on_two_nodes() {
     datastore("apply", &other_file, &ep);
 
     let name = "agente2e";
-    let _ = palisade_lab::down(name);
-    let lab = palisade_lab::up(
-        &engine(&[BASE, &other("other")]),
-        &Config {
-            name: name.into(),
-            serve: Serve::Threads,
-            ports: vec![PortProto {
-                port: 80,
-                protocol: palisade_model::Protocol::Tcp,
-            }],
-            sources: Vec::new(),
-        },
-    )
-    .expect("lab up");
-    let nodes: Vec<(String, String)> = lab
-        .state
-        .nodes
-        .iter()
-        .map(|n| (n.node.clone().expect("named node"), n.netns.clone()))
-        .collect();
+    let (lab, nodes) = lab_up(name, &engine(&[BASE, &other("other")]));
     assert_eq!(nodes.len(), 2);
     let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
     let start = |i: usize, tag: &str| {

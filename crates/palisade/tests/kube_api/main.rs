@@ -6,15 +6,15 @@
 //! both); skipped with the reason printed otherwise, except under CI.
 
 mod server;
+#[path = "../support/mod.rs"]
+mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_engine::{Engine, PortProto};
-use palisade_lab::{Config, ProbeOptions, Serve};
-use server::{free_port, ApiServer, Proc, ADMIN_TOKEN};
+use server::{ApiServer, ADMIN_TOKEN};
+use support::{converge, engine, free_port, get, lab_up, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -111,53 +111,10 @@ spec:
     to: [{domainNames: ["example.com"]}]
 "#;
 
-fn engine(docs: &[&str]) -> Engine {
-    let inputs: Vec<(String, Vec<u8>)> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (format!("{i}.yaml"), f.as_bytes().to_vec()))
-        .collect();
-    let loaded = palisade_k8s::load(&inputs);
-    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
-    Engine::new(loaded.cluster)
-}
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    palisade_agent::http::get(addr, path).unwrap_or((0, String::new()))
-}
-
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
         assert!(t.elapsed() < Duration::from_secs(60), "never: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Probes until the kernel agrees with `engine` on every pair; returns
-/// how many pairs are allowed.
-fn converge(state: &palisade_lab::State, engine: &Engine, what: &str) -> usize {
-    let ports = [PortProto {
-        port: 80,
-        protocol: palisade_model::Protocol::Tcp,
-    }];
-    let opts = ProbeOptions {
-        timeout: Duration::from_millis(200),
-        ..ProbeOptions::default()
-    };
-    let t = Instant::now();
-    loop {
-        let obs = palisade_lab::probe(state, engine, &ports, &opts).unwrap();
-        let bad: Vec<String> = obs
-            .iter()
-            .filter(|o| !o.agrees())
-            .map(|o| format!("{} -> {}: kernel {}", o.src, o.dst, o.observed))
-            .collect();
-        if bad.is_empty() {
-            return obs.iter().filter(|o| o.observed).count();
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "{what}: {bad:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -232,26 +189,7 @@ fn agents_enforce_what_the_api_server_says() {
     rt.block_on(server::put(&admin, &other));
 
     let name = "kubeapi";
-    let _ = palisade_lab::down(name);
-    let lab = palisade_lab::up(
-        &engine(&[&ns0, BASE, &client, &other]),
-        &Config {
-            name: name.into(),
-            serve: Serve::Threads,
-            ports: vec![PortProto {
-                port: 80,
-                protocol: palisade_model::Protocol::Tcp,
-            }],
-            sources: Vec::new(),
-        },
-    )
-    .expect("lab up");
-    let nodes: Vec<(String, String)> = lab
-        .state
-        .nodes
-        .iter()
-        .map(|n| (n.node.clone().expect("named node"), n.netns.clone()))
-        .collect();
+    let (lab, nodes) = lab_up(name, &engine(&[&ns0, BASE, &client, &other]));
     let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
     let logs: Vec<_> = (0..2)
         .map(|i| tmp.path().join(format!("agent-{i}.log")))
