@@ -24,13 +24,10 @@ spec: {nodeName: worker-1}
 status: {phase: Running, podIP: 10.9.0.1}
 ";
 
-/// Starts the agent for `node` on a directory holding one pod on
-/// `worker-1`; returns it and its log lines so far, read
-/// until a line containing `until` (or the agent exits).
-fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+/// The agent binary for `node` on `dir`, dry-run, logging at the default
+/// level to a pipe, with colour not turned off by the environment.
+fn spawn(node: &str, dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args([
             "agent",
             "--node",
@@ -40,13 +37,22 @@ fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
             "127.0.0.1:0",
             "--dir",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts the agent for `node` on a directory holding one pod on
+/// `worker-1`; returns it and its log lines so far, read
+/// until a line containing `until` (or the agent exits).
+fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
+    let mut child = spawn(node, dir.path());
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
@@ -114,22 +120,7 @@ fn a_misspelt_node_is_not_ready_and_says_why() {
 fn the_agent_outlives_its_log_reader() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "agent",
-            "--node",
-            "worker-1",
-            "--dry-run",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn("worker-1", dir.path());
     let mut first = String::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     stderr.read_line(&mut first).unwrap();
