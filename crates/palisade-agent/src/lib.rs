@@ -46,6 +46,7 @@ pub mod datastore;
 pub mod delta;
 pub mod dir;
 pub mod etcd;
+pub mod facts;
 mod fast;
 pub mod http;
 mod incr;
