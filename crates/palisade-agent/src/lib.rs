@@ -56,6 +56,7 @@ pub mod kube;
 pub mod manifests;
 pub mod message;
 pub mod metrics;
+pub mod netlink;
 pub mod store;
 
 pub use agent::{Agent, AgentConfig, Health, SyncPath};
