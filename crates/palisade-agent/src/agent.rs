@@ -1,22 +1,25 @@
 //! The single-owner loop: inputs in, one transaction per settled burst out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_engine::Engine;
 use palisade_k8s::{Located, Object};
-use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, Ruleset};
+use palisade_nft::{compile_numbered, Local, Numbering, Options, Ruleset, Wiring};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::delta::{self, Delta, SetDelta};
+use crate::facts::NodeFacts;
 use crate::fast::{self, Change, Fast};
 use crate::incr::Incr;
 use crate::input::{Entry, Input};
 use crate::metrics::{label, Metrics};
 use crate::store::Store;
+use crate::wiring::{LocalPod, PodInterfaces, Resolver};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -48,6 +51,8 @@ pub struct AgentConfig {
     /// the table once instead (a 10,000-pod node's table loads in about
     /// 0.5 s; 750 removals take about 9 s of kernel time).
     pub collect_replace_above: usize,
+    /// How local pods' interfaces are found in the node's facts.
+    pub pod_interfaces: PodInterfaces,
 }
 
 impl AgentConfig {
@@ -61,6 +66,7 @@ impl AgentConfig {
             replace_above_interval_removals: Some(16),
             collect_batch: 2,
             collect_replace_above: 64,
+            pod_interfaces: PodInterfaces::Auto,
         }
     }
 }
@@ -81,6 +87,9 @@ pub struct Health {
     /// Why the agent does not touch the kernel yet: its node is in no
     /// object it has read.
     pub node_unknown: Option<String>,
+    /// Local pods with an address whose interface the node does not show
+    /// yet: their packets are dropped until it does.
+    pub unwired: Vec<String>,
 }
 
 impl Health {
@@ -247,6 +256,18 @@ pub struct Agent<B: Backend> {
     /// The last full build, for the fast path; `None` until a full sync
     /// succeeds and whenever the fast path gives up.
     fast: Option<Fast>,
+    /// The node's wiring facts, from the node source (none read yet: no
+    /// local pod is recognized, so every one fails closed).
+    facts: NodeFacts,
+    resolver: Resolver,
+    /// The wiring of the last sync.
+    wiring: Wiring,
+    /// The bridge table as last applied; `None` when unknown (start, or a
+    /// failed transaction): the next sync writes it.
+    bridge: Option<Option<Ruleset>>,
+    /// Sends a datagram to addresses whose bridge port is not known yet.
+    poke: Option<Poke>,
+    poked: HashMap<IpAddr, Instant>,
     /// The last full build's state for the incremental path; `None` when
     /// that cluster is one it refuses (then `fast` is kept instead).
     incr: Option<Incr>,
@@ -263,6 +284,7 @@ pub struct Agent<B: Backend> {
 impl<B: Backend> Agent<B> {
     pub fn new(cfg: AgentConfig, backend: B) -> Agent<B> {
         Agent {
+            resolver: Resolver::new(cfg.pod_interfaces.clone()),
             cfg,
             store: Store::new(),
             backend,
@@ -273,6 +295,11 @@ impl<B: Backend> Agent<B> {
             node_known: false,
             counts_stale: true,
             fast: None,
+            facts: NodeFacts::default(),
+            wiring: Wiring::default(),
+            bridge: None,
+            poke: None,
+            poked: HashMap::new(),
             incr: None,
             pending: BTreeMap::new(),
             pending_full: false,
@@ -408,6 +435,19 @@ impl<B: Backend> Agent<B> {
             .get_or_create(&label("type", input.kind()))
             .inc();
         let mut scope_up = None;
+        if let Input::NodeFacts(_) = &input {
+            let Input::NodeFacts(f) = input else {
+                unreachable!()
+            };
+            let changed = f != self.facts;
+            self.facts = f;
+            if self.health_mut().sources_down.remove(NODE_SCOPE).is_some() {
+                self.update_degraded();
+            }
+            let was = self.ready_to_sync();
+            self.synced_scopes.insert(NODE_SCOPE.to_string());
+            return changed || (!was && self.ready_to_sync() && self.never_synced);
+        }
         match &input {
             Input::SourceDown { scope, reason } => {
                 warn!("source {scope} failed, enforcing the last good state: {reason}");
@@ -422,6 +462,7 @@ impl<B: Backend> Agent<B> {
             }
             Input::Upsert(e) => debug!(origin = %e.origin, "upsert"),
             Input::Delete { origin } => debug!(%origin, "delete"),
+            Input::NodeFacts(_) => {}
         }
         if self.fast.is_some() || self.incr.is_some() {
             match &input {
@@ -432,7 +473,7 @@ impl<B: Backend> Agent<B> {
                     }
                 }
                 Input::Resync { .. } => self.pending_full = true,
-                Input::SourceDown { .. } => {}
+                Input::SourceDown { .. } | Input::NodeFacts(_) => {}
             }
         }
         let applied = self.store.apply(input);
@@ -496,7 +537,7 @@ impl<B: Backend> Agent<B> {
         let t_engine = t.elapsed();
         let opts = Options {
             local: Local::Node(self.cfg.node.clone()),
-            interface: interface_name,
+            wiring: self.wiring.clone(),
         };
         let rs = compile_numbered(&engine, &opts, Numbering::Stable).map_err(|e| e.to_string())?;
         debug!(
@@ -529,6 +570,7 @@ impl<B: Backend> Agent<B> {
         }
         let t0 = Instant::now();
         self.apply_time = Duration::ZERO;
+        self.rewire();
         let pending = std::mem::take(&mut self.pending);
         let full = std::mem::take(&mut self.pending_full);
         if !full {
@@ -538,12 +580,15 @@ impl<B: Backend> Agent<B> {
                 self.try_incr(&pending, t0)
             };
             if let Some(report) = report {
+                self.sync_bridge()?;
                 return Ok(report);
             }
         }
         self.fast = None;
         self.incr = None;
-        self.full_sync(t0)
+        let r = self.full_sync(t0)?;
+        self.sync_bridge()?;
+        Ok(r)
     }
 
     /// The pod changes of `pending`, or `None` when an origin holds
@@ -625,8 +670,14 @@ impl<B: Backend> Agent<B> {
     /// Applies element changes computed without a rebuild; `None` (the
     /// caller rebuilds) when they are better applied as a replacement or
     /// the kernel refuses them.
-    fn patch(&mut self, sets: Vec<SetDelta>, t0: Instant, path: SyncPath) -> Option<SyncReport> {
+    fn patch(
+        &mut self,
+        mut sets: Vec<SetDelta>,
+        t0: Instant,
+        path: SyncPath,
+    ) -> Option<SyncReport> {
         let applied = self.applied.as_ref()?;
+        sets.extend(wiring_deltas(applied, &self.wiring)?);
         if self
             .cfg
             .replace_above_interval_removals
@@ -882,6 +933,130 @@ impl<B: Backend> Agent<B> {
                         backoff = (backoff * 2).min(self.cfg.max_backoff);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Sends one datagram to each address (see [`Agent::set_poke`]).
+pub type Poke = Box<dyn FnMut(&[IpAddr]) + Send>;
+
+/// The scope the node source's facts count as (see [`AgentConfig::scopes`]).
+pub const NODE_SCOPE: &str = "node";
+
+/// Element changes that bring the table's wiring sets to `w`; `None` when
+/// the table lacks one of them (it is then replaced by the full path).
+fn wiring_deltas(applied: &Ruleset, w: &Wiring) -> Option<Vec<SetDelta>> {
+    let mut out = Vec::new();
+    for (name, want) in w.inet_elements() {
+        let have = &applied.set(name)?.elements;
+        let want_set: BTreeSet<&palisade_nft::Element> = want.iter().collect();
+        let have_set: BTreeSet<&palisade_nft::Element> = have.iter().collect();
+        let remove: Vec<_> = have_set
+            .difference(&want_set)
+            .map(|e| (*e).clone())
+            .collect();
+        let add: Vec<_> = want_set
+            .difference(&have_set)
+            .map(|e| (*e).clone())
+            .collect();
+        if !remove.is_empty() || !add.is_empty() {
+            out.push(SetDelta {
+                set: name.to_string(),
+                remove,
+                add,
+            });
+        }
+    }
+    Some(out)
+}
+
+impl<B: Backend> Agent<B> {
+    /// Sends datagrams to bridged pods whose port is not known yet (see
+    /// [`crate::wiring`]), so the node learns it.
+    pub fn set_poke(&mut self, poke: Poke) {
+        self.poke = Some(poke);
+    }
+
+    /// The wiring of the last sync.
+    pub fn wiring(&self) -> &Wiring {
+        &self.wiring
+    }
+
+    /// The local pods as the store has them, resolved against the node's
+    /// facts.
+    fn rewire(&mut self) {
+        let mut pods: BTreeMap<String, LocalPod> = BTreeMap::new();
+        for o in self.store.objects() {
+            if let Object::Pod(p) = &o.value {
+                if p.node.as_deref() == Some(self.cfg.node.as_str())
+                    && !p.host_network
+                    && p.is_endpoint()
+                {
+                    pods.insert(
+                        p.key(),
+                        LocalPod {
+                            key: p.key(),
+                            ips: p.ips.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        let pods: Vec<LocalPod> = pods.into_values().collect();
+        let r = self.resolver.resolve(&self.facts, &pods);
+        let unwired: Vec<String> = r.unwired().iter().map(|s| s.to_string()).collect();
+        if unwired != self.health_mut().unwired {
+            if !unwired.is_empty() {
+                info!(
+                    "{} local pods have no interface on this node yet; their packets are dropped until they do: {}",
+                    unwired.len(),
+                    unwired.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            self.metrics.pods_unwired.set(unwired.len() as i64);
+            self.health_mut().unwired = unwired;
+        }
+        let now = Instant::now();
+        self.poked.retain(|ip, _| r.to_poke.contains(ip));
+        let due: Vec<IpAddr> = r
+            .to_poke
+            .iter()
+            .copied()
+            .filter(|ip| {
+                self.poked
+                    .get(ip)
+                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(5))
+            })
+            .collect();
+        if let (Some(poke), false) = (self.poke.as_mut(), due.is_empty()) {
+            poke(&due);
+            for ip in due {
+                self.poked.insert(ip, now);
+            }
+        }
+        self.wiring = r.wiring;
+    }
+
+    /// Brings the bridge table (bridged pods' per-port check) to the
+    /// wiring: replaced whole when it changes (it holds a few elements per
+    /// local pod), removed when no pod is bridged.
+    fn sync_bridge(&mut self) -> Result<(), SyncError> {
+        let want = palisade_nft::compile_bridge(&self.wiring.bridge);
+        if self.bridge.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        let text = palisade_nft::bridge_text(want.as_ref());
+        match self.backend.apply_bridge(&text) {
+            Ok(()) => {
+                self.bridge = Some(want);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "the bridge table was not updated; retrying");
+                self.metrics.error("apply");
+                self.bridge = None;
+                Err(SyncError::Apply(e.to_string()))
             }
         }
     }

@@ -33,6 +33,8 @@ pub trait Backend: Send {
     fn apply(&mut self, delta: &Delta, text: &str) -> Result<(), BackendError>;
     /// The current table, or `None` when there is none.
     fn read(&mut self) -> Result<Option<KernelTable>, BackendError>;
+    /// Replaces (or removes) the bridge table in one transaction.
+    fn apply_bridge(&mut self, text: &str) -> Result<(), BackendError>;
 }
 
 /// The kernel, through `nft`, optionally inside a network namespace.
@@ -386,6 +388,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl Backend for Nft {
+    fn apply_bridge(&mut self, text: &str) -> Result<(), BackendError> {
+        self.apply_once(text)
+    }
+
     fn apply(&mut self, delta: &Delta, text: &str) -> Result<(), BackendError> {
         if text.is_empty() {
             return Ok(());
@@ -432,6 +438,11 @@ impl Backend for Nft {
 pub struct DryRun;
 
 impl Backend for DryRun {
+    fn apply_bridge(&mut self, text: &str) -> Result<(), BackendError> {
+        print!("{text}");
+        Ok(())
+    }
+
     fn apply(&mut self, _delta: &Delta, text: &str) -> Result<(), BackendError> {
         print!("{text}");
         Ok(())
@@ -448,6 +459,8 @@ pub struct Recorded {
     pub table: Option<Ruleset>,
     pub deltas: Vec<Delta>,
     pub texts: Vec<String>,
+    /// Bridge table transactions (`nft -f` text).
+    pub bridge_texts: Vec<String>,
     /// Fail this many next transactions (fault injection).
     pub fail_next: usize,
 }
@@ -467,6 +480,16 @@ impl Recording {
 }
 
 impl Backend for Recording {
+    fn apply_bridge(&mut self, text: &str) -> Result<(), BackendError> {
+        let mut s = self.state();
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            return Err(BackendError::Rejected("injected failure".into()));
+        }
+        s.bridge_texts.push(text.to_string());
+        Ok(())
+    }
+
     fn apply(&mut self, delta: &Delta, text: &str) -> Result<(), BackendError> {
         let mut s = self.state();
         if s.fail_next > 0 {

@@ -168,6 +168,7 @@ pub fn replace_text(rs: &Ruleset) -> String {
 fn value_text(v: &Value, ranges: bool) -> String {
     match v {
         Value::Ifname(s) => format!("\"{s}\""),
+        Value::Ether(m) => palisade_nft::mac_text(m),
         Value::Ipv4(a) => a.to_string(),
         Value::Ipv6(a) => a.to_string(),
         Value::Ipv4Range(a, b) if a == b && !ranges => a.to_string(),

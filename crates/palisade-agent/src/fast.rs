@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use palisade_engine::Engine;
 use palisade_model::Pod;
-use palisade_nft::{interface_name, Element, Ruleset, Type, Value};
+use palisade_nft::{Element, Ruleset, Type, Value, WIRING_SETS};
 
 use crate::delta::SetDelta;
 use crate::store::Store;
@@ -47,8 +47,8 @@ struct Tracked {
     /// Its identity in the engine of the last full build (`None`: not an
     /// endpoint).
     identity: Option<u32>,
-    /// Its interface name when it is a local endpoint.
-    iface: Option<String>,
+    /// A local endpoint.
+    local: bool,
 }
 
 /// One pod's change: its key, the origin that carries it, its new version.
@@ -60,21 +60,21 @@ pub(crate) struct Change {
 }
 
 /// What the per-pod elements of one pod are found by: its address of each
-/// family and, when local, its interface.
+/// family (and whether it is local: local pods have more of them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Probe {
     v4: Option<Ipv4Addr>,
     v6: Option<Ipv6Addr>,
-    iface: Option<String>,
+    local: bool,
 }
 
 impl Probe {
     /// `None` when the pod has several addresses of one family.
-    fn new(ips: &[IpAddr], iface: Option<String>) -> Option<Probe> {
+    fn new(ips: &[IpAddr], local: bool) -> Option<Probe> {
         let mut p = Probe {
             v4: None,
             v6: None,
-            iface,
+            local,
         };
         for ip in ips {
             match ip {
@@ -89,7 +89,7 @@ impl Probe {
     fn compatible(&self, o: &Probe) -> bool {
         self.v4.is_some() == o.v4.is_some()
             && self.v6.is_some() == o.v6.is_some()
-            && self.iface.is_some() == o.iface.is_some()
+            && self.local == o.local
     }
 
     /// Whether `v` is exactly one of the pod's values.
@@ -97,7 +97,6 @@ impl Probe {
         match v {
             Value::Ipv4(a) => self.v4 == Some(*a),
             Value::Ipv6(a) => self.v6 == Some(*a),
-            Value::Ifname(n) => self.iface.as_deref() == Some(n.as_str()),
             _ => false,
         }
     }
@@ -117,9 +116,6 @@ impl Probe {
         let map = |v: &Value| match v {
             Value::Ipv4(a) if self.v4 == Some(*a) => Value::Ipv4(to.v4.unwrap_or(*a)),
             Value::Ipv6(a) if self.v6 == Some(*a) => Value::Ipv6(to.v6.unwrap_or(*a)),
-            Value::Ifname(n) if self.iface.as_deref() == Some(n.as_str()) => {
-                Value::Ifname(to.iface.clone().unwrap_or_else(|| n.clone()))
-            }
             other => other.clone(),
         };
         Element {
@@ -169,8 +165,10 @@ impl<'a> View<'a> {
     fn scan(&self, probes: &[&Probe]) -> Result<Vec<Found>, &'static str> {
         let mut out = vec![Found::new(); probes.len()];
         for (i, s) in self.base.sets.iter().enumerate() {
-            let bearing = |t: &Type| matches!(t, Type::Ipv4 | Type::Ipv6 | Type::Ifname);
-            if !s.key.iter().chain(&s.data).any(bearing) {
+            let bearing = |t: &Type| matches!(t, Type::Ipv4 | Type::Ipv6);
+            // The wiring's sets are the node's, not the pod's: the agent
+            // updates them itself.
+            if !s.key.iter().chain(&s.data).any(bearing) || WIRING_SETS.contains(&s.name.as_str()) {
                 continue;
             }
             let removed = &self.remove[i];
@@ -202,9 +200,6 @@ impl<'a> View<'a> {
                             p.v6.into_iter()
                                 .flat_map(|a| [Value::Ipv6(a), Value::Ipv6Range(a, a)]),
                         ),
-                        Some(Type::Ifname) => {
-                            firsts.extend(p.iface.clone().map(Value::Ifname));
-                        }
                         _ => {}
                     }
                 }
@@ -318,7 +313,7 @@ impl Fast {
                 node: p.node.clone(),
                 host_network: p.host_network,
                 identity,
-                iface: local.then(|| interface_name(p)),
+                local,
             };
             pods.insert(key, t);
         }
@@ -379,10 +374,10 @@ impl Fast {
             let Some(t) = self.pods.get(key) else {
                 continue;
             };
-            if t.iface.is_some() != like.iface.is_some() || !self.exclusive(&t.ips, 1) {
+            if t.local != like.local || !self.exclusive(&t.ips, 1) {
                 continue;
             }
-            if let Some(p) = Probe::new(&t.ips, t.iface.clone()) {
+            if let Some(p) = Probe::new(&t.ips, t.local) {
                 if p.compatible(like) {
                     out.push(p);
                     if out.len() == n {
@@ -442,7 +437,7 @@ impl Fast {
         // The old version leaves its identity.
         if let Some(o) = old.as_ref().filter(|o| o.identity.is_some()) {
             let id = o.identity.unwrap_or_default();
-            let op = Probe::new(&o.ips, o.iface.clone()).ok_or("several addresses of a family")?;
+            let op = Probe::new(&o.ips, o.local).ok_or("several addresses of a family")?;
             if !self.exclusive(&o.ips, 1) {
                 return Err("address not exclusive to the pod");
             }
@@ -471,9 +466,8 @@ impl Fast {
             None
         };
         let local = identity.is_some() && p.node.as_deref() == Some(self.node.as_str());
-        let iface = local.then(|| interface_name(&p));
         if let Some(id) = identity {
-            let np = Probe::new(&p.ips, iface.clone()).ok_or("several addresses of a family")?;
+            let np = Probe::new(&p.ips, local).ok_or("several addresses of a family")?;
             if !self.exclusive(&p.ips, 0) {
                 return Err("address not exclusive to the pod");
             }
@@ -501,7 +495,7 @@ impl Fast {
         }
         let t = Tracked {
             origin: c.origin,
-            iface,
+            local,
             ips: p.ips,
             node: p.node,
             host_network: p.host_network,

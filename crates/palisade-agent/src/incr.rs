@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use palisade_engine::Engine;
 use palisade_k8s::{Located, Object};
 use palisade_nft::incr::{Change, ElementDelta, Incremental, Key};
-use palisade_nft::{interface_name, Element, Ruleset};
+use palisade_nft::{Element, Ruleset};
 
 use crate::delta::SetDelta;
 use crate::store::Store;
@@ -48,7 +48,7 @@ impl Incr {
     /// The state of a full build: `engine` compiled from `store`'s objects.
     /// `None` when the cluster holds what the incremental compiler refuses.
     pub(crate) fn new(engine: &Engine, store: &Store, node: &str) -> Option<Incr> {
-        let inner = Incremental::new(engine, node, interface_name)?;
+        let inner = Incremental::new(engine, node)?;
         let mut origin_of = HashMap::new();
         let mut duplicated = HashSet::new();
         for (origin, objects) in store.entries() {

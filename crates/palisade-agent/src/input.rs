@@ -55,6 +55,9 @@ pub enum Input {
     Resync { scope: String, entries: Vec<Entry> },
     /// The source named `scope` is unreachable; the last state is kept.
     SourceDown { scope: String, reason: String },
+    /// What the node's kernel says about how pods are wired (complete,
+    /// each time it changes): not objects, so never stored.
+    NodeFacts(crate::facts::NodeFacts),
 }
 
 impl Input {
@@ -64,6 +67,7 @@ impl Input {
             Input::Delete { .. } => "delete",
             Input::Resync { .. } => "resync",
             Input::SourceDown { .. } => "source_down",
+            Input::NodeFacts(_) => "node_facts",
         }
     }
 }

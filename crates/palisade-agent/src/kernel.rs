@@ -147,6 +147,7 @@ fn addr_range(v: &Json) -> Option<(IpAddr, IpAddr)> {
 fn parse_field(t: Type, interval: bool, v: &Json) -> Option<Value> {
     Some(match t {
         Type::Ifname => Value::Ifname(v.as_str()?.to_string()),
+        Type::Ether => Value::Ether(palisade_nft::parse_mac(v.as_str()?)?),
         Type::Verdict => {
             let o = v.as_object()?;
             if o.len() != 1 {

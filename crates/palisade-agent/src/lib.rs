@@ -57,7 +57,9 @@ pub mod manifests;
 pub mod message;
 pub mod metrics;
 pub mod netlink;
+pub mod node;
 pub mod store;
+pub mod wiring;
 
 pub use agent::{Agent, AgentConfig, Health, SyncPath};
 pub use backend::{Backend, BackendError, DryRun, Nft, NftCounts, Recording};

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub rejected_origins: Gauge,
     /// Unreachable interval elements waiting to be removed while idle.
     pub garbage: Gauge,
+    /// Local pods whose interface the node does not show (yet): their
+    /// packets are dropped.
+    pub pods_unwired: Gauge,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -70,6 +73,7 @@ impl Metrics {
             degraded: Gauge::default(),
             rejected_origins: Gauge::default(),
             garbage: Gauge::default(),
+            pods_unwired: Gauge::default(),
         };
         registry.register(
             "objects",
@@ -114,6 +118,11 @@ impl Metrics {
             "unreachable_elements",
             "Interval-set elements nothing can reach, removed while idle",
             m.garbage.clone(),
+        );
+        registry.register(
+            "pods_unwired",
+            "Local pods whose interface the node does not show yet (their packets are dropped)",
+            m.pods_unwired.clone(),
         );
         Metrics { registry, ..m }
     }

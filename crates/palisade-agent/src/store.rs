@@ -92,7 +92,7 @@ impl Store {
                     || new.iter().any(|(k, v)| old.get(k.as_str()) != Some(*v));
                 Applied { changed, rejected }
             }
-            Input::SourceDown { .. } => Applied::default(),
+            Input::SourceDown { .. } | Input::NodeFacts(_) => Applied::default(),
         }
     }
 

@@ -210,7 +210,7 @@ fn next_resync(rx: &Receiver<Input>, what: &str) -> (Vec<Entry>, Vec<String>) {
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(Input::Resync { entries, .. }) => return (entries, deleted),
             Ok(Input::Delete { origin }) => deleted.push(origin),
-            Ok(Input::Upsert(_)) => {}
+            Ok(Input::Upsert(_) | Input::NodeFacts(_)) => {}
             Ok(Input::SourceDown { reason, .. }) => {
                 panic!("{what}: the source went down: {reason}")
             }
@@ -353,7 +353,7 @@ fn a_watch_catching_up_takes_replies_larger_than_one_grpc_message() {
                 assert!(e.errors.is_empty(), "{:?}", e.errors);
                 seen.insert(e.origin);
             }
-            Ok(Input::Upsert(_)) => {}
+            Ok(Input::Upsert(_) | Input::NodeFacts(_)) => {}
             Ok(Input::SourceDown { reason, .. }) => {
                 panic!("the watch should have caught up; the source went down: {reason}")
             }

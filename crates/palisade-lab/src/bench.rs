@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use palisade_engine::{synth, Decision, Endpoint, Engine, PortProto};
 use palisade_model::Protocol;
-use palisade_nft::{compile_with, interface_name, Local, Options};
+use palisade_nft::{compile_with, interface_name, named_wiring, Local, Options};
 
 use crate::{in_netns, sys, Config, Error, Lab, Result, Serve};
 
@@ -724,7 +724,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
             &engine,
             &Options {
                 local: Local::Node(name.clone()),
-                interface: interface_name,
+                wiring: named_wiring(&engine, &Local::Node(name.clone()), interface_name),
             },
         )?;
         let compile = t.elapsed();

@@ -455,13 +455,9 @@ impl Lab {
     /// policies) and replaces each node's table in one transaction.
     pub fn apply(&self, engine: &Engine) -> Result<()> {
         for (n, node) in self.state.nodes.iter().enumerate() {
-            let rs = compile_with(
-                engine,
-                &Options {
-                    local: self.locality(engine, n),
-                    interface: palisade_nft::interface_name,
-                },
-            )?;
+            let local = self.locality(engine, n);
+            let wiring = palisade_nft::named_wiring(engine, &local, palisade_nft::interface_name);
+            let rs = compile_with(engine, &Options { local, wiring })?;
             run(
                 Command::new("ip").args(["netns", "exec", &node.netns, "nft", "-f", "-"]),
                 Some(&rs.to_nft_replace_text()),

@@ -7,7 +7,6 @@ use palisade_engine::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{LabelSelector, NamespaceScope, NetworkPolicy, Peer, Rule};
 use palisade_nft::incr::{Change, Incremental};
-use palisade_nft::interface_name;
 
 fn main() {
     let mut c = synth::cluster(&Params::large());
@@ -15,7 +14,7 @@ fn main() {
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let engine = Engine::new(c.clone());
     let t = Instant::now();
-    let mut st = Incremental::new(&engine, "node0", interface_name).expect("supported");
+    let mut st = Incremental::new(&engine, "node0").expect("supported");
     println!("state: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut r = synth::Rng::new(7);
     let rounds: usize = std::env::args()

@@ -6,7 +6,8 @@
 //! *contributions*, each a pure function of a few objects:
 //!
 //! - per pod: its `identity4/6` elements (address → identity mark) and, for
-//!   a local pod, its interface, anti-spoofing and policy-group elements;
+//!   a local pod, its `local4/6` and policy-group elements (the wiring's
+//!   `pod_ifaces` and `pod_src4/6` are the caller's: [`crate::Wiring`]);
 //! - per policy group (the exact list of NetworkPolicies that isolate a
 //!   local identity, plus for ingress how their named ports resolve on it):
 //!   a *static* part (`ipBlock` and peer-less rules: `*_cidr4/6`, `*_any`)
@@ -62,7 +63,7 @@ use crate::numbering::{self, hash32, MarkKey};
 use crate::tier::{first_match, first_match_2d, verdict, AddrBox};
 use crate::{
     addr_value, allow_sets, block_ranges, block_ranges_of, has_named, ip_value, named_items,
-    port_items, proto_value, Allows, Dir, Element, InterfaceNamer, PortItem, Value,
+    port_items, proto_value, Allows, Dir, Element, PortItem, Value,
 };
 
 /// `(namespace, name)`, ordered as the cluster orders pods and policies.
@@ -202,7 +203,6 @@ struct Group {
 #[derive(Clone, Debug)]
 pub struct Incremental {
     node: String,
-    interface: InterfaceNamer,
     matchers: Vec<(AddressMatcher, u64)>,
     /// How many rules name each `ipBlock`: the matchers must not change.
     blocks: HashMap<IpBlock, usize>,
@@ -303,12 +303,11 @@ impl Incremental {
     /// numbering; `None` when the cluster holds what this module refuses
     /// (shared addresses, a port name listed twice, numbers that had to be
     /// probed).
-    pub fn new(engine: &Engine, node: &str, interface: InterfaceNamer) -> Option<Incremental> {
+    pub fn new(engine: &Engine, node: &str) -> Option<Incremental> {
         let idx = engine.index();
         let cluster = engine.cluster();
         let mut st = Incremental {
             node: node.to_string(),
-            interface,
             matchers: numbering::matcher_hashes(engine),
             blocks: HashMap::new(),
             ns_labels: cluster
@@ -1026,15 +1025,6 @@ impl Incremental {
         if !self.is_local(p) {
             return;
         }
-        let name = (self.interface)(p);
-        out.put(
-            "pod_ifaces",
-            Element {
-                key: vec![Value::Ifname(name.clone())],
-                data: None,
-            },
-            add,
-        );
         let groups = self.groups_of.get(ik);
         let eg = groups
             .and_then(|g| g.egress.as_ref())
@@ -1045,9 +1035,9 @@ impl Incremental {
         for ip in &p.ips {
             let (fam, v) = ip_value(*ip);
             out.put(
-                ["pod_src4", "pod_src6"][fam],
+                ["local4", "local6"][fam],
                 Element {
-                    key: vec![Value::Ifname(name.clone()), v.clone()],
+                    key: vec![v.clone()],
                     data: None,
                 },
                 add,

@@ -9,11 +9,15 @@ use serde_json::{json, Value as Json};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "palisade";
+/// The family of the table that checks bridged pods' frames
+/// ([`crate::compile_bridge`]); same table name.
+pub const BRIDGE_FAMILY: &str = "bridge";
 
 /// The data type of one field of a set key (or of a map's data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Type {
     Ifname,
+    Ether,
     Ipv4,
     Ipv6,
     Mark,
@@ -27,6 +31,7 @@ impl Type {
     pub fn nft_name(self) -> &'static str {
         match self {
             Type::Ifname => "ifname",
+            Type::Ether => "ether_addr",
             Type::Ipv4 => "ipv4_addr",
             Type::Ipv6 => "ipv6_addr",
             Type::Mark => "mark",
@@ -41,6 +46,7 @@ impl Type {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Value {
     Ifname(String),
+    Ether([u8; 6]),
     Ipv4(Ipv4Addr),
     Ipv6(Ipv6Addr),
     Ipv4Range(Ipv4Addr, Ipv4Addr),
@@ -71,6 +77,28 @@ impl Verdict {
     }
 }
 
+/// A MAC as nft writes it: `0a:58:0a:4e:01:11`.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A MAC as nft writes it, read back.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 fn proto_name(p: u8) -> Option<&'static str> {
     match p {
         6 => Some("tcp"),
@@ -84,6 +112,7 @@ impl Value {
     fn text(&self) -> String {
         match self {
             Value::Ifname(s) => format!("\"{s}\""),
+            Value::Ether(m) => mac_text(m),
             Value::Ipv4(a) => a.to_string(),
             Value::Ipv6(a) => a.to_string(),
             Value::Ipv4Range(a, b) if a == b => a.to_string(),
@@ -102,6 +131,7 @@ impl Value {
     fn json(&self) -> Json {
         match self {
             Value::Ifname(s) => json!(s),
+            Value::Ether(m) => json!(mac_text(m)),
             Value::Ipv4(a) => json!(a.to_string()),
             Value::Ipv6(a) => json!(a.to_string()),
             Value::Ipv4Range(a, b) if a == b => json!(a.to_string()),
@@ -398,8 +428,20 @@ impl Ruleset {
 
     /// The table as `nft -f` input (the table only: no flush or delete).
     pub fn to_nft_text(&self) -> String {
+        self.text_in(FAMILY)
+    }
+
+    /// The bridge table ([`crate::compile_bridge`]) replaced atomically.
+    pub fn to_bridge_replace_text(&self) -> String {
+        format!(
+            "table {BRIDGE_FAMILY} {TABLE} {{}}\ndelete table {BRIDGE_FAMILY} {TABLE}\n{}",
+            self.text_in(BRIDGE_FAMILY)
+        )
+    }
+
+    fn text_in(&self, family: &str) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "table {FAMILY} {TABLE} {{");
+        let _ = writeln!(s, "table {family} {TABLE} {{");
         for set in &self.sets {
             let kw = if set.data.is_some() { "map" } else { "set" };
             let _ = writeln!(s, "\t{kw} {} {{", set.name);
@@ -437,7 +479,12 @@ impl Ruleset {
                     s,
                     "\t\ttype filter hook {} priority {}; policy accept;",
                     h.hook,
-                    priority_text(h.priority)
+                    // Named priorities mean other numbers in the bridge family.
+                    if family == FAMILY {
+                        priority_text(h.priority)
+                    } else {
+                        h.priority.to_string()
+                    }
                 );
             }
             for r in &c.rules {
@@ -463,7 +510,7 @@ impl Ruleset {
             for chunk in set.elements.chunks(ELEMENT_CHUNK) {
                 let _ = write!(
                     s,
-                    "add element {FAMILY} {TABLE} {} {{\n{}}}\n",
+                    "add element {family} {TABLE} {} {{\n{}}}\n",
                     set.name,
                     element_lines(chunk)
                 );

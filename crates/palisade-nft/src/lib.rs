@@ -118,17 +118,19 @@ pub mod incr;
 mod ir;
 mod numbering;
 mod tier;
+mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use ir::{
-    element_lines, Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value,
-    Verdict, ELEMENT_CHUNK, FAMILY, TABLE,
+    element_lines, mac_text, parse_mac, Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset,
+    Set, Stmt, Type, Value, Verdict, BRIDGE_FAMILY, ELEMENT_CHUNK, FAMILY, TABLE,
 };
 
 pub use numbering::{Fnv, Numbering};
+pub use wiring::{bridge_text, compile_bridge, BridgeWiring, Mac, Wiring, WIRING_SETS};
 
 use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
 use palisade_engine::{Direction, Engine};
@@ -164,17 +166,17 @@ pub enum Local {
     Pods(Vec<usize>),
 }
 
-/// The node-side interface name of a pod, as the CNI plugin names it.
-pub type InterfaceNamer = fn(&Pod) -> String;
-
 #[derive(Clone, Debug)]
 pub struct Options {
     pub local: Local,
-    pub interface: InterfaceNamer,
+    /// How the node reaches its local pods (learned from the node).
+    pub wiring: Wiring,
 }
 
-/// The default node-side interface name of a pod: `pl` and 12 hex digits of
-/// a hash of `namespace/name` (Linux allows 15 characters).
+/// The lab's node-side interface name of a pod: `pl` and 12 hex digits of
+/// a hash of `namespace/name` (Linux allows 15 characters). Only the lab
+/// names interfaces so; the compiler takes what the node says
+/// ([`Wiring`]).
 pub fn interface_name(pod: &Pod) -> String {
     // FNV-1a, 64 bits: stable across releases and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -185,9 +187,41 @@ pub fn interface_name(pod: &Pod) -> String {
     format!("pl{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// The local endpoint pods that policy applies to (indexes into
+/// `Cluster::pods`): not host-network, on the node.
+pub fn local_pods(engine: &Engine, local: &Local) -> Vec<usize> {
+    let cluster = engine.cluster();
+    let idx = engine.index();
+    let is_local = |i: usize| -> bool {
+        match local {
+            Local::All => true,
+            Local::Node(n) => cluster.pods[i].node.as_deref() == Some(n.as_str()),
+            Local::Pods(list) => list.contains(&i),
+        }
+    };
+    (0..cluster.pods.len())
+        .filter(|&i| idx.pod_identity[i].is_some() && !cluster.pods[i].host_network && is_local(i))
+        .collect()
+}
+
+/// Routed pods, one interface each, named by `name`: the lab's own wiring
+/// (and the golden files').
+pub fn named_wiring(engine: &Engine, local: &Local, name: impl Fn(&Pod) -> String) -> Wiring {
+    let pods = &engine.cluster().pods;
+    Wiring::routed(
+        local_pods(engine, local)
+            .into_iter()
+            .map(|i| (name(&pods[i]), pods[i].ips.as_slice())),
+    )
+}
+
 /// Compiles the ruleset of one node: pods whose `spec.nodeName` is `node`,
-/// or every pod when `node` is `None`.
-pub fn compile(engine: &Engine, node: Option<&str>) -> Result<Ruleset, CompileError> {
+/// or every pod when `node` is `None`, wired as `wiring` says.
+pub fn compile(
+    engine: &Engine,
+    node: Option<&str>,
+    wiring: &Wiring,
+) -> Result<Ruleset, CompileError> {
     let local = match node {
         None => Local::All,
         Some(n) => {
@@ -204,7 +238,7 @@ pub fn compile(engine: &Engine, node: Option<&str>) -> Result<Ruleset, CompileEr
         engine,
         &Options {
             local,
-            interface: interface_name,
+            wiring: wiring.clone(),
         },
     )
 }
@@ -651,17 +685,7 @@ pub fn compile_numbered(
     let cluster = engine.cluster();
     let idx = engine.index();
 
-    // Local endpoint pods that policy applies to.
-    let is_local = |i: usize| -> bool {
-        match &opts.local {
-            Local::All => true,
-            Local::Node(n) => cluster.pods[i].node.as_deref() == Some(n.as_str()),
-            Local::Pods(list) => list.contains(&i),
-        }
-    };
-    let local: Vec<usize> = (0..cluster.pods.len())
-        .filter(|&i| idx.pod_identity[i].is_some() && !cluster.pods[i].host_network && is_local(i))
-        .collect();
+    let local = local_pods(engine, &opts.local);
     let mut local_ids: BTreeSet<usize> = BTreeSet::new();
     for &i in &local {
         local_ids.insert(idx.pod_identity[i].expect("filtered") as usize);
@@ -778,22 +802,15 @@ pub fn compile_numbered(
     }
 
     // Maps and sets of addresses.
-    let iface = |i: usize| (opts.interface)(&cluster.pods[i]);
-    let mut pod_ifaces = Vec::new();
-    let mut pod_src = [Vec::new(), Vec::new()];
+    let mut local_addr = [Vec::new(), Vec::new()];
     let mut eg_map = [Vec::new(), Vec::new()];
     let mut in_map = [Vec::new(), Vec::new()];
     for &i in &local {
-        let name = iface(i);
-        pod_ifaces.push(Element {
-            key: vec![Value::Ifname(name.clone())],
-            data: None,
-        });
         let id = idx.pod_identity[i].expect("filtered") as usize;
         for ip in &cluster.pods[i].ips {
             let (fam, v) = ip_value(*ip);
-            pod_src[fam].push(Element {
-                key: vec![Value::Ifname(name.clone()), v.clone()],
+            local_addr[fam].push(Element {
+                key: vec![v.clone()],
                 data: None,
             });
             if let Some(&g) = egress_of.get(&id) {
@@ -837,15 +854,18 @@ pub fn compile_numbered(
         }
     }
 
-    let [src4, src6] = pod_src;
+    let [local4, local6] = local_addr;
+    let [(_, ifaces), (_, src4), (_, src6)] = opts.wiring.inet_elements();
     let [eg4, eg6] = eg_map;
     let [in4, in6] = in_map;
     let [id4, id6] = id_map;
     let [own4, own6] = own;
     let mut sets = vec![
-        set("pod_ifaces", &[Type::Ifname], None, false, pod_ifaces),
+        set("pod_ifaces", &[Type::Ifname], None, false, ifaces),
         set("pod_src4", &[Type::Ifname, Type::Ipv4], None, false, src4),
         set("pod_src6", &[Type::Ifname, Type::Ipv6], None, false, src6),
+        set("local4", &[Type::Ipv4], None, false, local4),
+        set("local6", &[Type::Ipv6], None, false, local6),
         set("identity4", &[Type::Ipv4], Some(Type::Mark), false, id4),
         set("identity6", &[Type::Ipv6], Some(Type::Mark), false, id6),
         set("egress_group4", &[Type::Ipv4], Some(Type::Mark), false, eg4),
@@ -916,7 +936,7 @@ pub fn compile_numbered(
     })
 }
 
-fn ip_value(ip: IpAddr) -> (usize, Value) {
+pub(crate) fn ip_value(ip: IpAddr) -> (usize, Value) {
     match ip {
         IpAddr::V4(a) => (0, Value::Ipv4(a)),
         IpAddr::V6(a) => (1, Value::Ipv6(a)),
@@ -1341,47 +1361,111 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
     ]
 }
 
-/// One rule per family: a packet from a local pod interface must carry
-/// one of that pod's addresses (IPv6 link-local and unspecified sources
-/// are exempt: neighbour discovery; the kernel never forwards them).
-fn antispoof_rules(guard: bool) -> Vec<Rule> {
+fn src(v4: bool) -> Expr {
+    addr(v4, "saddr")
+}
+
+fn fam(v4: bool) -> &'static str {
+    if v4 {
+        "4"
+    } else {
+        "6"
+    }
+}
+
+/// `iifname . ip saddr` is a local pod's, as the wiring says.
+fn pod_source(v4: bool) -> Stmt {
+    Stmt::is(
+        Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
+        Expr::SetRef(format!("pod_src{}", fam(v4))),
+    )
+}
+
+fn not_pod_source(v4: bool) -> Stmt {
+    Stmt::is_not(
+        Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
+        Expr::SetRef(format!("pod_src{}", fam(v4))),
+    )
+}
+
+fn on_pod_interface() -> Stmt {
+    Stmt::is(
+        Expr::Meta(MetaKey::Iifname),
+        Expr::SetRef("pod_ifaces".into()),
+    )
+}
+
+/// IPv6 link-local and unspecified sources (neighbour discovery) are
+/// exempt from anti-spoofing: the kernel never forwards them.
+fn not_link_local() -> Vec<Stmt> {
+    vec![
+        Stmt::is_not(src(false), Expr::Prefix("fe80::".into(), 10)),
+        Stmt::is_not(src(false), Expr::Prefix("::".into(), 128)),
+    ]
+}
+
+/// What fails closed, for packets that are not a known local pod's: from
+/// a pod interface (a pod whose address is not known, or a spoofed
+/// source), or with a local pod's address from anywhere else (a pod whose
+/// interface is not known yet, or a spoofer elsewhere).
+fn unknown_source_rules(input: bool) -> Vec<Rule> {
     let mut rules = Vec::new();
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
-        let mut stmts = vec![nfproto(v4)];
-        if guard {
-            stmts.push(Stmt::is(
-                Expr::Meta(MetaKey::Iifname),
-                Expr::SetRef("pod_ifaces".into()),
-            ));
-        }
+        let mut stmts = vec![nfproto(v4), on_pod_interface()];
         if !v4 {
-            stmts.push(Stmt::is_not(
-                addr(false, "saddr"),
-                Expr::Prefix("fe80::".into(), 10),
-            ));
-            stmts.push(Stmt::is_not(
-                addr(false, "saddr"),
-                Expr::Prefix("::".into(), 128),
-            ));
+            stmts.extend(not_link_local());
         }
-        stmts.push(Stmt::is_not(
-            Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), addr(v4, "saddr")]),
-            Expr::SetRef(format!("pod_src{f}")),
-        ));
+        if input {
+            stmts.push(not_pod_source(v4));
+        }
         stmts.push(Stmt::Drop);
-        rules.push(commented(stmts, "spoofed source"));
+        rules.push(commented(stmts, "unknown source on a pod interface"));
     }
+    for v4 in [true, false] {
+        let mut stmts = vec![Stmt::is(src(v4), Expr::SetRef(format!("local{}", fam(v4))))];
+        if input {
+            stmts.push(not_pod_source(v4));
+        }
+        stmts.push(Stmt::Drop);
+        rules.push(commented(stmts, "local pod address on another interface"));
+    }
+    rules
+}
+
+/// A new connection to a local pod meets its ingress check, found by
+/// destination address whatever interface it leaves on; one to a pod
+/// interface that no local pod's address explains (a pod the agent does
+/// not know) is dropped.
+fn to_pod_rules() -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for v4 in [true, false] {
+        rules.push(rule(vec![
+            Stmt::is(addr(v4, "daddr"), Expr::SetRef(format!("local{}", fam(v4)))),
+            Stmt::Goto("ingress".into()),
+        ]));
+    }
+    rules.push(commented(
+        vec![
+            Stmt::is(
+                Expr::Meta(MetaKey::Oifname),
+                Expr::SetRef("pod_ifaces".into()),
+            ),
+            Stmt::Drop,
+        ],
+        "unknown pod",
+    ));
     rules
 }
 
 /// The base chains.
 ///
-/// `forward` makes one lookup per packet (`iifname @pod_ifaces`) and sends
-/// what comes from a local pod to `from_pod`: anti-spoofing (one
-/// `iifname . ip saddr` lookup), then conntrack, then egress, then ingress
-/// when the destination is local too. Everything else meets conntrack
-/// directly and, if new and bound for a local pod, the ingress check.
+/// `forward` first recognizes a local pod's packets by `iifname . saddr`
+/// (one lookup per family: the wiring's `pod_src`, which is also the
+/// anti-spoofing check) and sends them to `from_pod`: conntrack, egress,
+/// then ingress when the destination is local too. Anything else from a
+/// pod interface, or with a local pod's address, is dropped (see
+/// [`unknown_source_rules`]); the rest meets conntrack and, if new and
+/// bound for a local pod address, the ingress check.
 ///
 /// Anti-spoofing stays *before* conntrack, on every packet from a pod,
 /// established or not. Skipping it for established packets would be
@@ -1391,17 +1475,12 @@ fn antispoof_rules(guard: bool) -> Vec<Rule> {
 /// (either direction: as that pod, or as its peer answering it) would ride
 /// that entry as `established` and be forwarded. For UDP nothing more is
 /// needed (e.g. a forged DNS answer to a neighbour's query); for TCP
-/// conntrack's window tracking makes it harder, not impossible. The check
-/// costs one hash lookup per packet from a pod and no jump.
+/// conntrack's window tracking makes it harder, not impossible.
+///
+/// Policy is keyed by address only (groups, identities), never by
+/// interface: bridged pods all reach the IP layer on their bridge, and a
+/// pod's interface may appear after the pod.
 fn chains(stages: Stages) -> Vec<Chain> {
-    let from_pod = Stmt::is(
-        Expr::Meta(MetaKey::Iifname),
-        Expr::SetRef("pod_ifaces".into()),
-    );
-    let to_pod = Stmt::is(
-        Expr::Meta(MetaKey::Oifname),
-        Expr::SetRef("pod_ifaces".into()),
-    );
     let conntrack = vec![
         rule(vec![
             Stmt::Match {
@@ -1420,14 +1499,23 @@ fn chains(stages: Stages) -> Vec<Chain> {
             Stmt::Drop,
         ]),
     ];
-    let mut forward = vec![rule(vec![from_pod.clone(), Stmt::Goto("from_pod".into())])];
+    let mut forward: Vec<Rule> = [true, false]
+        .into_iter()
+        .map(|v4| {
+            rule(vec![
+                nfproto(v4),
+                pod_source(v4),
+                Stmt::Goto("from_pod".into()),
+            ])
+        })
+        .collect();
+    forward.extend(unknown_source_rules(false));
     forward.extend(conntrack.clone());
-    forward.push(rule(vec![to_pod.clone(), Stmt::Goto("ingress".into())]));
-    let mut pod = antispoof_rules(false);
-    pod.extend(conntrack);
+    forward.extend(to_pod_rules());
+    let mut pod = conntrack;
     pod.push(rule(vec![Stmt::Jump("egress".into())]));
-    pod.push(rule(vec![to_pod, Stmt::Goto("ingress".into())]));
-    let input = antispoof_rules(true);
+    pod.extend(to_pod_rules());
+    let input = unknown_source_rules(true);
     let mut out = vec![
         Chain {
             name: "forward".into(),

@@ -53,18 +53,31 @@ fn check_golden(name: &str, actual: &str) {
     );
 }
 
+/// Compiled with the lab's wiring: one routed interface per local pod.
+fn compile(
+    e: &Engine,
+    node: Option<&str>,
+) -> Result<palisade_nft::Ruleset, palisade_nft::CompileError> {
+    let local = match node {
+        Some(n) => palisade_nft::Local::Node(n.into()),
+        None => palisade_nft::Local::All,
+    };
+    let w = palisade_nft::named_wiring(e, &local, palisade_nft::interface_name);
+    palisade_nft::compile(e, node, &w)
+}
+
 #[test]
 fn webapp_refined() {
     let e = engine(&[
         "examples/webapp/cluster.yaml",
         "examples/webapp/policies-refined",
     ]);
-    let r = palisade_nft::compile(&e, None).unwrap();
+    let r = compile(&e, None).unwrap();
     check_golden("webapp-refined.nft", &r.to_nft_text());
     let json = serde_json::to_string_pretty(&r.to_json()).unwrap() + "\n";
     check_golden("webapp-refined.json", &json);
     // Deterministic.
-    assert_eq!(r, palisade_nft::compile(&e, None).unwrap());
+    assert_eq!(r, compile(&e, None).unwrap());
 }
 
 /// Admin and baseline tiers: verdict maps around the NetworkPolicy stage.
@@ -74,13 +87,13 @@ fn admin_tiers() {
         "tests/topologies/xyz.yaml",
         "tests/cases/anp-pass-and-baseline",
     ]);
-    let r = palisade_nft::compile(&e, Some("node-1")).unwrap();
+    let r = compile(&e, Some("node-1")).unwrap();
     check_golden("anp-pass-and-baseline-node-1.nft", &r.to_nft_text());
     let e = engine(&[
         "tests/topologies/xyz.yaml",
         "tests/cases/anp-egress-networks-nodes-ports",
     ]);
-    let r = palisade_nft::compile(&e, Some("node-1")).unwrap();
+    let r = compile(&e, Some("node-1")).unwrap();
     check_golden(
         "anp-egress-networks-nodes-ports-node-1.nft",
         &r.to_nft_text(),
@@ -90,8 +103,8 @@ fn admin_tiers() {
 #[test]
 fn unknown_node_is_an_error() {
     let e = engine(&["tests/topologies/xyz.yaml"]);
-    assert!(palisade_nft::compile(&e, Some("node-9")).is_err());
-    assert!(palisade_nft::compile(&e, Some("node-1")).is_ok());
+    assert!(compile(&e, Some("node-9")).is_err());
+    assert!(compile(&e, Some("node-1")).is_ok());
 }
 
 /// As root, the kernel accepts both renderings (`nft -c`: check only).
@@ -117,8 +130,8 @@ fn nft_accepts_text_and_json() {
         } else {
             engine(&["tests/topologies/xyz.yaml", case])
         };
-        let r = palisade_nft::compile(&e, Some("node-1"))
-            .or_else(|_| palisade_nft::compile(&e, None))
+        let r = compile(&e, Some("node-1"))
+            .or_else(|_| compile(&e, None))
             .unwrap();
         for (flag, input) in [
             (None, r.to_nft_replace_text()),
@@ -159,4 +172,45 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+fn bridged() -> palisade_nft::BridgeWiring {
+    let mut w = palisade_nft::BridgeWiring::default();
+    for (port, last, v4, v6) in [
+        ("veth1a2b3c4d", 0x11, "10.78.1.10", "fd78::1:10"),
+        ("veth5e6f7a8b", 0x12, "10.78.1.11", "fd78::1:11"),
+    ] {
+        w.ports.insert(port.into());
+        let mac = [0x0a, 0x58, 0x0a, 0x4e, 0x01, last];
+        w.bindings.insert((port.into(), mac, v4.parse().unwrap()));
+        w.bindings.insert((port.into(), mac, v6.parse().unwrap()));
+    }
+    // A port whose pod is not known yet: it may send nothing but ARP.
+    w.ports.insert("veth9c0d1e2f".into());
+    w
+}
+
+/// The per-port check of bridged pods (`bridge palisade`).
+#[test]
+fn bridge_table() {
+    assert!(palisade_nft::compile_bridge(&Default::default()).is_none());
+    let r = palisade_nft::compile_bridge(&bridged()).unwrap();
+    check_golden("bridge.nft", &r.to_bridge_replace_text());
+    if nix_is_root() {
+        let mut c = std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(r.to_bridge_replace_text().as_bytes())
+            .unwrap();
+        assert!(
+            c.wait().unwrap().success(),
+            "nft -c refused the bridge table"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use palisade_model::{
     Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, PortSpec, Protocol, Rule,
 };
 use palisade_nft::incr::{Change, Incremental};
-use palisade_nft::{compile_numbered, interface_name, Local, Numbering, Options, Ruleset};
+use palisade_nft::{compile_numbered, Local, Numbering, Options, Ruleset};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
@@ -36,13 +36,14 @@ fn full(c: &Cluster) -> Ruleset {
     let engine = Engine::new(assembled(c));
     let opts = Options {
         local: Local::Node(NODE.into()),
-        interface: interface_name,
+        // The wiring is the caller's, outside the incremental state.
+        wiring: Default::default(),
     };
     compile_numbered(&engine, &opts, Numbering::Stable).unwrap()
 }
 
 fn state(c: &Cluster) -> Option<Incremental> {
-    Incremental::new(&Engine::new(assembled(c)), NODE, interface_name)
+    Incremental::new(&Engine::new(assembled(c)), NODE)
 }
 
 #[derive(Clone, Debug)]

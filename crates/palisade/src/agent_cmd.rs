@@ -28,9 +28,17 @@ pub struct AgentArgs {
     /// Watch the Kubernetes API (kubeconfig or in-cluster service account).
     #[arg(long)]
     kube: bool,
-    /// Apply inside this network namespace (`ip netns exec NS nft`).
+    /// Enforce in this network namespace: its links and routes say how
+    /// pods are wired, and its nftables tables are written (`ip netns exec
+    /// NS nft`).
     #[arg(long)]
     netns: Option<String>,
+    /// How local pods' interfaces are found: `auto` (routed or bridged,
+    /// from the node's routes), `routes` (a host route through a per-pod
+    /// interface), `bridge:NAME` (pods behind that bridge), `prefix:NAME`
+    /// (routed through interfaces so named, e.g. `prefix:cali`).
+    #[arg(long, default_value = "auto")]
+    pod_interfaces: palisade_agent::wiring::PodInterfaces,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     listen: String,
@@ -149,16 +157,28 @@ pub fn agent(args: AgentArgs) -> Result<ExitCode> {
 
 fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Result<ExitCode> {
     let (tx, rx) = channel();
-    let scopes = if args.kube {
+    let mut scopes = if args.kube {
         kube::scopes()
     } else if !args.etcd.is_empty() {
         vec![etcd::SCOPE.to_string()]
     } else {
         vec![dir::SCOPE.to_string()]
     };
+    // Nothing is applied before the node's wiring is read: a table
+    // without it would drop every local pod's traffic.
+    scopes.push(palisade_agent::agent::NODE_SCOPE.to_string());
     let mut cfg = AgentConfig::new(&node, scopes);
     cfg.debounce = Duration::from_millis(args.debounce_ms);
-    let agent = Agent::new(cfg, backend);
+    cfg.pod_interfaces = args.pod_interfaces.clone();
+    let mut agent = Agent::new(cfg, backend);
+    let netns = args.netns.clone();
+    agent.set_poke(Box::new(move |ips| {
+        if let Err(e) = palisade_agent::netlink::poke(netns.as_deref(), ips) {
+            tracing::warn!("cannot reach bridged pods to learn their ports: {e}");
+        }
+    }));
+    palisade_agent::node::spawn(args.netns.clone(), tx.clone())
+        .context("reading the node's links and routes")?;
     let addr =
         http::serve(&args.listen, agent.metrics(), agent.health()).map_err(anyhow::Error::msg)?;
     tracing::info!(%addr, %node, "serving /metrics, /healthz and /readyz");

@@ -97,9 +97,66 @@ pub enum LabCommand {
     },
 }
 
-pub fn compile(files: &[PathBuf], node: Option<&str>, format: RulesetFormat) -> Result<ExitCode> {
+/// How this machine (or `netns`) wires the engine's local pods, read from
+/// its links and routes as the agent reads them.
+pub fn node_wiring(
+    engine: &palisade_engine::Engine,
+    node: Option<&str>,
+    netns: Option<&str>,
+    mode: &palisade_agent::wiring::PodInterfaces,
+) -> Result<palisade_nft::Wiring> {
+    let facts =
+        palisade_agent::netlink::read(netns).context("reading the node's links and routes")?;
+    let local = match node {
+        Some(n) => palisade_nft::Local::Node(n.to_string()),
+        None => palisade_nft::Local::All,
+    };
+    let pods = &engine.cluster().pods;
+    let local: Vec<palisade_agent::wiring::LocalPod> = palisade_nft::local_pods(engine, &local)
+        .into_iter()
+        .map(|i| palisade_agent::wiring::LocalPod {
+            key: pods[i].key(),
+            ips: pods[i].ips.clone(),
+        })
+        .collect();
+    let r = palisade_agent::wiring::Resolver::new(mode.clone()).resolve(&facts, &local);
+    for k in r.unwired() {
+        eprintln!("warning: pod {k} has no interface on this node; its packets will be dropped");
+    }
+    Ok(r.wiring)
+}
+
+/// Where local pods' interfaces are read from, for `compile` and `apply`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WiringArgs {
+    /// Read the pods' wiring from this network namespace instead of this
+    /// machine's.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// How local pods' interfaces are found (see `agent --pod-interfaces`).
+    #[arg(long, default_value = "auto")]
+    pub pod_interfaces: palisade_agent::wiring::PodInterfaces,
+}
+
+impl WiringArgs {
+    fn read(
+        &self,
+        engine: &palisade_engine::Engine,
+        node: Option<&str>,
+    ) -> Result<palisade_nft::Wiring> {
+        node_wiring(engine, node, self.netns.as_deref(), &self.pod_interfaces)
+    }
+}
+
+pub fn compile(
+    files: &[PathBuf],
+    node: Option<&str>,
+    wiring: &WiringArgs,
+    format: RulesetFormat,
+) -> Result<ExitCode> {
     let engine = input::engine(files)?;
-    let rs = palisade_nft::compile(&engine, node)?;
+    let w = wiring.read(&engine, node)?;
+    let rs = palisade_nft::compile(&engine, node, &w)?;
     let mut out = std::io::stdout().lock();
     match format {
         RulesetFormat::Nft => out.write_all(rs.to_nft_text().as_bytes())?,
@@ -112,10 +169,19 @@ pub fn compile(files: &[PathBuf], node: Option<&str>, format: RulesetFormat) -> 
 }
 
 /// Replaces table `inet palisade` in one `nft -f` transaction.
-pub fn apply(files: &[PathBuf], node: Option<&str>, dry_run: bool) -> Result<ExitCode> {
+pub fn apply(
+    files: &[PathBuf],
+    node: Option<&str>,
+    wiring: &WiringArgs,
+    dry_run: bool,
+) -> Result<ExitCode> {
     let engine = input::engine(files)?;
-    let rs = palisade_nft::compile(&engine, node)?;
-    let text = rs.to_nft_replace_text();
+    let w = wiring.read(&engine, node)?;
+    let rs = palisade_nft::compile(&engine, node, &w)?;
+    // Both tables in one transaction: bridged pods' per-port check, or
+    // its removal when no pod is bridged.
+    let mut text = rs.to_nft_replace_text();
+    text += &palisade_nft::bridge_text(palisade_nft::compile_bridge(&w.bridge).as_ref());
     if dry_run {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);

@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod bench;
 mod dataplane;
+mod doctor;
 mod input;
 mod output;
 
@@ -102,6 +103,8 @@ enum Command {
         node: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "nft")]
         output: dataplane::RulesetFormat,
+        #[command(flatten)]
+        wiring: dataplane::WiringArgs,
     },
     /// Replace table inet palisade in the kernel in one nft transaction.
     Apply {
@@ -112,7 +115,14 @@ enum Command {
         /// Print the transaction instead of running it.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        wiring: dataplane::WiringArgs,
     },
+    /// Check what enforcement on this node relies on: nft and the kernel
+    /// features the tables use, how pods are wired, br_netfilter, other
+    /// tables on the same hooks (root). Exit 1 when enforcement would not
+    /// work.
+    Doctor(doctor::DoctorArgs),
     /// Run the node agent: watch a datastore, keep the node's nftables
     /// table in sync with minimal transactions (or `agent bench`).
     Agent(agent_cmd::AgentArgs),
@@ -234,14 +244,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             node,
             output,
-        } => dataplane::compile(&files, node.as_deref(), output),
+            wiring,
+        } => dataplane::compile(&files, node.as_deref(), &wiring, output),
         Command::Apply {
             files,
             node,
             dry_run,
-        } => dataplane::apply(&files, node.as_deref(), dry_run),
+            wiring,
+        } => dataplane::apply(&files, node.as_deref(), &wiring, dry_run),
         Command::Lab { command } => dataplane::lab(command),
         Command::Agent(args) => agent_cmd::agent(args),
+        Command::Doctor(args) => doctor::doctor(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Bench {
             pods,

@@ -1,0 +1,73 @@
+//! The node source: the kernel's facts about how pods are wired (links,
+//! routes, neighbours, forwarding entries), read over netlink at start and
+//! again after every burst of changes, sent whole as
+//! [`Input::NodeFacts`]. A pod whose interface appears after its API
+//! object is enforced as soon as the kernel announces the interface.
+
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::agent::NODE_SCOPE;
+use crate::input::Input;
+use crate::netlink::{self, NetlinkError};
+
+/// Changes closer together than this are read once.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Starts the source in `netns` (or the agent's own namespace). The first
+/// facts are sent before this returns; the watch is subscribed before the
+/// first read, so no change after it is missed.
+pub fn spawn(netns: Option<String>, tx: Sender<Input>) -> Result<(), NetlinkError> {
+    let (kick, kicked) = channel::<()>();
+    let down = tx.clone();
+    let failed_kick = kick.clone();
+    netlink::watch(
+        netns.as_deref(),
+        move || kick.send(()).is_ok(),
+        move |e| {
+            let _ = down.send(Input::SourceDown {
+                scope: NODE_SCOPE.into(),
+                reason: format!("the node's netlink watch stopped: {e}"),
+            });
+            drop(failed_kick);
+        },
+    )?;
+    let first = netlink::read(netns.as_deref())?;
+    if tx.send(Input::NodeFacts(first)).is_err() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("node-facts".into())
+        .spawn(move || {
+            while kicked.recv().is_ok() {
+                // Drain the burst.
+                loop {
+                    match kicked.recv_timeout(SETTLE) {
+                        Ok(()) => continue,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                let input = match netlink::read(netns.as_deref()) {
+                    Ok(f) => Input::NodeFacts(f),
+                    Err(e) => {
+                        warn!("cannot read the node's wiring: {e}");
+                        Input::SourceDown {
+                            scope: NODE_SCOPE.into(),
+                            reason: format!("cannot read the node's wiring: {e}"),
+                        }
+                    }
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| NetlinkError::Io {
+            what: "starting the node source".into(),
+            source: e,
+        })?;
+    Ok(())
+}

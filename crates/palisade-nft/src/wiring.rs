@@ -1,0 +1,292 @@
+//! How the node's kernel reaches its local pods, as the caller learned it
+//! (the agent from the node's routes, links and bridges; the lab from how
+//! it built its namespaces). The compiler keys policy by address and uses
+//! this only to recognize a local pod's packets and to drop spoofed ones:
+//! whatever the CNI plugin names its interfaces.
+//!
+//! Two tables consume it:
+//!
+//! - `inet palisade`: `pod_ifaces` (every interface behind which pods sit:
+//!   one veth per routed pod, the bridge of bridged pods) and `pod_src4/6`
+//!   (`interface . address` as a local pod's packets reach the IP layer).
+//!   A packet from a pod interface that no `pod_src` element owns is
+//!   dropped, and so is a local pod's address arriving on any other
+//!   interface: a pod whose interface is not known yet is not a hole.
+//! - `bridge palisade` ([`compile_bridge`]): for bridged pods, whose
+//!   packets all reach the IP layer on the bridge, the stateless per-port
+//!   check that the bridge port, MAC and address belong together.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::ir::{Chain, Element, Expr, Hook, MetaKey, Rule, Ruleset, Set, Stmt, Type, Value};
+
+pub type Mac = [u8; 6];
+
+/// The `inet palisade` sets the wiring fills, and nothing else does.
+pub const WIRING_SETS: [&str; 3] = ["pod_ifaces", "pod_src4", "pod_src6"];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wiring {
+    /// Interfaces that lead to pods (known or not).
+    pub pod_interfaces: BTreeSet<String>,
+    /// `(interface, address)`: a local pod's packets with this source
+    /// arrive on this interface.
+    pub sources: BTreeSet<(String, IpAddr)>,
+    pub bridge: BridgeWiring,
+}
+
+/// Bridged pods: what each bridge port may send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeWiring {
+    /// Every port of a pod bridge: frames from one meet the check.
+    pub ports: BTreeSet<String>,
+    /// `(port, MAC, address)` of each bridged pod whose port is known.
+    pub bindings: BTreeSet<(String, Mac, IpAddr)>,
+}
+
+impl Wiring {
+    /// Routed pods, one interface each: what a namer gives every pod of
+    /// `pods` (the lab's own wiring; tests).
+    pub fn routed<'a>(pods: impl IntoIterator<Item = (String, &'a [IpAddr])>) -> Wiring {
+        let mut w = Wiring::default();
+        for (iface, ips) in pods {
+            w.pod_interfaces.insert(iface.clone());
+            for ip in ips {
+                w.sources.insert((iface.clone(), *ip));
+            }
+        }
+        w
+    }
+
+    /// The `inet palisade` sets this wiring fills, as (name, elements).
+    pub fn inet_elements(&self) -> [(&'static str, Vec<Element>); 3] {
+        let ifaces = self
+            .pod_interfaces
+            .iter()
+            .map(|i| Element {
+                key: vec![Value::Ifname(i.clone())],
+                data: None,
+            })
+            .collect();
+        let mut src = [Vec::new(), Vec::new()];
+        for (i, ip) in &self.sources {
+            let (fam, v) = crate::ip_value(*ip);
+            src[fam].push(Element {
+                key: vec![Value::Ifname(i.clone()), v],
+                data: None,
+            });
+        }
+        let [s4, s6] = src.map(|mut v| {
+            v.sort();
+            v
+        });
+        [("pod_ifaces", ifaces), ("pod_src4", s4), ("pod_src6", s6)]
+    }
+}
+
+fn set(name: &str, key: &[Type], elements: Vec<Element>, comment: &str) -> Set {
+    Set {
+        name: name.into(),
+        key: key.to_vec(),
+        data: None,
+        interval: false,
+        comment: comment.into(),
+        elements,
+    }
+}
+
+fn rule(stmts: Vec<Stmt>, comment: &str) -> Rule {
+    Rule {
+        stmts,
+        comment: Some(comment.into()),
+    }
+}
+
+/// `nft -f` text that replaces the bridge table with `table` (from
+/// [`compile_bridge`]), or removes it when `None`.
+pub fn bridge_text(table: Option<&Ruleset>) -> String {
+    match table {
+        Some(t) => t.to_bridge_replace_text(),
+        None => format!(
+            "table {f} {n} {{}}\ndelete table {f} {n}\n",
+            f = crate::BRIDGE_FAMILY,
+            n = crate::TABLE
+        ),
+    }
+}
+
+/// The `bridge palisade` table for bridged pods, or `None` when the node
+/// has none (the table is then removed).
+///
+/// - `prerouting`: a MAC that belongs to a known pod is accepted only from
+///   that pod's port, before the bridge learns it: no pod can steal
+///   another's frames by poisoning the forwarding database. Unknown MACs
+///   pass, so the bridge and the node's neighbour table learn new pods.
+/// - `forward` and `input` (frames to other ports and to the node): an
+///   IPv4 or IPv6 frame from a pod port must carry a bound `port . MAC .
+///   address`; ARP from a pod port must not claim a bound address from
+///   another port or MAC. IPv6 link-local and unspecified sources
+///   (neighbour discovery) are exempt, as in the `inet` table.
+///
+/// Stateless: bridge-family tables have no conntrack here, and need none.
+pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
+    if w.ports.is_empty() {
+        return None;
+    }
+    let port = |p: &str| Value::Ifname(p.to_string());
+    let ports = w
+        .ports
+        .iter()
+        .map(|p| Element {
+            key: vec![port(p)],
+            data: None,
+        })
+        .collect();
+    let mut src = [Vec::new(), Vec::new()];
+    let mut bound4 = BTreeSet::new();
+    let mut macs = BTreeSet::new();
+    let mut port_macs = BTreeSet::new();
+    for (p, mac, ip) in &w.bindings {
+        let (fam, v) = crate::ip_value(*ip);
+        src[fam].push(Element {
+            key: vec![port(p), Value::Ether(*mac), v.clone()],
+            data: None,
+        });
+        if fam == 0 {
+            bound4.insert(v);
+        }
+        macs.insert(*mac);
+        port_macs.insert((p.clone(), *mac));
+    }
+    let [s4, s6] = src.map(|mut v| {
+        v.sort();
+        v
+    });
+    let el = |key: Vec<Value>| Element { key, data: None };
+    let sets = vec![
+        set("ports", &[Type::Ifname], ports, "ports of pod bridges"),
+        set(
+            "port_src4",
+            &[Type::Ifname, Type::Ether, Type::Ipv4],
+            s4,
+            "",
+        ),
+        set(
+            "port_src6",
+            &[Type::Ifname, Type::Ether, Type::Ipv6],
+            s6,
+            "",
+        ),
+        set(
+            "bound4",
+            &[Type::Ipv4],
+            bound4.into_iter().map(|v| el(vec![v])).collect(),
+            "",
+        ),
+        set(
+            "bound_macs",
+            &[Type::Ether],
+            macs.into_iter()
+                .map(|m| el(vec![Value::Ether(m)]))
+                .collect(),
+            "",
+        ),
+        set(
+            "port_macs",
+            &[Type::Ifname, Type::Ether],
+            port_macs
+                .into_iter()
+                .map(|(p, m)| el(vec![port(&p), Value::Ether(m)]))
+                .collect(),
+            "",
+        ),
+    ];
+    let iif = || Expr::Meta(MetaKey::Iifname);
+    let esrc = || Expr::payload("ether", "saddr");
+    let from_port = || Stmt::is(iif(), Expr::SetRef("ports".into()));
+    let prerouting = vec![rule(
+        vec![
+            from_port(),
+            Stmt::is(esrc(), Expr::SetRef("bound_macs".into())),
+            Stmt::is_not(
+                Expr::Concat(vec![iif(), esrc()]),
+                Expr::SetRef("port_macs".into()),
+            ),
+            Stmt::Drop,
+        ],
+        "MAC of another pod",
+    )];
+    let ether_type = |t: &'static str| Stmt::is(Expr::payload("ether", "type"), Expr::Symbol(t));
+    let check = vec![
+        rule(
+            vec![
+                ether_type("ip"),
+                Stmt::is_not(
+                    Expr::Concat(vec![iif(), esrc(), Expr::payload("ip", "saddr")]),
+                    Expr::SetRef("port_src4".into()),
+                ),
+                Stmt::Drop,
+            ],
+            "spoofed source",
+        ),
+        rule(
+            vec![
+                ether_type("ip6"),
+                Stmt::is_not(
+                    Expr::payload("ip6", "saddr"),
+                    Expr::Prefix("fe80::".into(), 10),
+                ),
+                Stmt::is_not(
+                    Expr::payload("ip6", "saddr"),
+                    Expr::Prefix("::".into(), 128),
+                ),
+                Stmt::is_not(
+                    Expr::Concat(vec![iif(), esrc(), Expr::payload("ip6", "saddr")]),
+                    Expr::SetRef("port_src6".into()),
+                ),
+                Stmt::Drop,
+            ],
+            "spoofed source",
+        ),
+        rule(
+            vec![
+                ether_type("arp"),
+                Stmt::is(
+                    Expr::payload("arp", "saddr ip"),
+                    Expr::SetRef("bound4".into()),
+                ),
+                Stmt::is_not(
+                    Expr::Concat(vec![iif(), esrc(), Expr::payload("arp", "saddr ip")]),
+                    Expr::SetRef("port_src4".into()),
+                ),
+                Stmt::Drop,
+            ],
+            "ARP for another pod's address",
+        ),
+    ];
+    let hooked = |name: &str, hook: &'static str, priority: i32, rules| Chain {
+        name: name.into(),
+        hook: Some(Hook { hook, priority }),
+        rules,
+    };
+    let jump = || {
+        vec![Rule {
+            stmts: vec![from_port(), Stmt::Jump("check".into())],
+            comment: None,
+        }]
+    };
+    Some(Ruleset {
+        sets,
+        chains: vec![
+            hooked("prerouting", "prerouting", -200, prerouting),
+            hooked("forward", "forward", 0, jump()),
+            hooked("input", "input", 0, jump()),
+            Chain {
+                name: "check".into(),
+                hook: None,
+                rules: check,
+            },
+        ],
+    })
+}
