@@ -704,6 +704,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                 protocol: Protocol::Udp,
             }],
             sources: Vec::new(),
+            cni: None,
         },
     )?;
     let client = c.pods[cl].key();

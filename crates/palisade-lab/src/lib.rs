@@ -19,6 +19,12 @@
 //! - `pl-<lab>-p<j>`: one per endpoint pod (host-network pods are node
 //!   traffic and get none), `eth0` with the pod's IPv4 and IPv6 addresses.
 //!
+//! In CNI mode ([`Config::cni`]) a standard CNI plugin wires each pod
+//! instead, run in the node's namespace as a container runtime runs it; the
+//! pods keep the cluster's addresses, each node also routes every remote
+//! pod's address via `fab0`, and the lab loads no ruleset (the node agents
+//! do). The [`cni`] module describes it.
+//!
 //! TCP and UDP listeners echo on the probed ports in every pod namespace;
 //! the kernel has no SCTP sockets, so SCTP is probed with a raw INIT whose
 //! arrival a raw socket in the destination namespace observes.
@@ -27,6 +33,7 @@
 //! [`down`] removes that and nothing else.
 
 pub mod bench;
+pub mod cni;
 mod serve;
 pub mod sys;
 
@@ -34,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,6 +52,7 @@ use palisade_model::Protocol;
 use palisade_nft::{compile_with, Local, Options};
 use serde::{Deserialize, Serialize};
 
+pub use cni::{Cni, CniPlugin};
 pub use serve::{bind as bind_listeners, Listeners};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +115,17 @@ pub struct PodState {
     pub netns: String,
     pub node: usize,
     pub ips: Vec<IpAddr>,
+    /// CNI mode: the addresses (with prefixes) the plugin's result gave
+    /// `eth0`.
+    #[serde(default)]
+    pub addresses: Vec<ipnet::IpNet>,
+    /// CNI mode: the pod's host-side interface, as the plugin's result
+    /// names it.
+    #[serde(default)]
+    pub host_interface: Option<String>,
+    /// CNI mode: what DEL needs.
+    #[serde(default)]
+    pub cni: Option<cni::PodCni>,
 }
 
 /// What a lab made: enough to probe it from another process and to remove
@@ -126,6 +145,12 @@ pub struct State {
     /// Ports the listeners serve.
     pub tcp_ports: Vec<u16>,
     pub udp_ports: Vec<u16>,
+    /// The CNI plugin that wired the pods; `None`: the lab's own veths.
+    #[serde(default)]
+    pub cni: Option<CniPlugin>,
+    /// Where the CNI plugins are (CNI mode).
+    #[serde(default)]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 impl State {
@@ -154,6 +179,9 @@ pub struct Config {
     /// Ports the listeners serve; empty: the engine's default ports.
     pub ports: Vec<PortProto>,
     pub sources: Vec<String>,
+    /// Wire pods with a CNI plugin (and load no ruleset); `None`: the lab's
+    /// own veths and the compiled rulesets.
+    pub cni: Option<Cni>,
 }
 
 /// A running lab. Dropping it stops in-process listeners and removes the
@@ -165,8 +193,10 @@ pub struct Lab {
     keep: bool,
 }
 
-fn run(cmd: &mut Command, input: Option<&str>) -> Result<String> {
-    let what = format!("{cmd:?}");
+/// Runs `cmd` with `input` on stdin and collects its output, whatever its
+/// exit status (a command that exits without reading its input is no
+/// error here: its status and output tell).
+fn run_output(cmd: &mut Command, input: Option<&str>) -> std::io::Result<Output> {
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
@@ -174,14 +204,24 @@ fn run(cmd: &mut Command, input: Option<&str>) -> Result<String> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(io_err(what.clone()))?;
+    let mut child = cmd.spawn()?;
     if let Some(i) = input {
         let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(i.as_bytes())
-            .map_err(io_err(what.clone()))?;
+        match stdin.write_all(i.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            _ => {}
+        }
     }
-    let out = child.wait_with_output().map_err(io_err(what.clone()))?;
+    child.wait_with_output()
+}
+
+fn run(cmd: &mut Command, input: Option<&str>) -> Result<String> {
+    let what = format!("{cmd:?}");
+    let out = run_output(cmd, input).map_err(io_err(what.clone()))?;
     if !out.status.success() {
         return Err(Error::Msg(format!(
             "{what} failed: {}{}",
@@ -277,7 +317,10 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
         return Err(Error::Msg("the lab needs root".into()));
     }
     check_name(&cfg.name)?;
-    if state_path(&cfg.name).exists() || !existing_netns(&cfg.name).is_empty() {
+    if state_path(&cfg.name).exists()
+        || !existing_netns(&cfg.name).is_empty()
+        || cni::ipam_dir(&cfg.name).exists()
+    {
         return Err(Error::Msg(format!(
             "lab {:?} exists; run `lab down --name {}` first",
             cfg.name, cfg.name
@@ -318,6 +361,9 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
             netns: format!("{pfx}p{j}"),
             node: n,
             ips: p.ips.clone(),
+            addresses: Vec::new(),
+            host_interface: None,
+            cni: None,
         });
     }
     let fabric = format!("{pfx}fab");
@@ -334,6 +380,8 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
         sources: cfg.sources.clone(),
         tcp_ports,
         udp_ports,
+        cni: cfg.cni.as_ref().map(|c| c.plugin.clone()),
+        cni_bin_dir: cfg.cni.as_ref().map(|c| c.bin_dir.clone()),
     };
     // Record intent first: a failure half-way can still be cleaned up.
     state.save()?;
@@ -343,12 +391,12 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
         threads: Vec::new(),
         keep: false,
     };
-    lab.build(engine, &cfg.serve)?;
+    lab.build(engine, cfg)?;
     Ok(lab)
 }
 
 impl Lab {
-    fn build(&mut self, engine: &Engine, serve: &Serve) -> Result<()> {
+    fn build(&mut self, engine: &Engine, cfg: &Config) -> Result<()> {
         let st = &self.state;
         let fabric = st.netns[0].clone();
         ip_batch(
@@ -384,7 +432,32 @@ impl Lab {
             fab += &format!("addr add 169.254.200.1/32 dev n{n}\n");
             fab += &format!("addr add fe80::1/64 dev n{n} nodad\n");
             fab += &format!("route add 169.254.100.{nid}/32 dev n{n} scope link\n");
+            if cfg.cni.is_some() {
+                // The plugin wires the local pods; remote ones are the
+                // fabric's, even where a local subnet contains them.
+                for ip in st.pods.iter().filter(|p| p.node != n).flat_map(|p| &p.ips) {
+                    match ip {
+                        IpAddr::V4(a) => {
+                            b += &format!("route add {a}/32 via 169.254.200.1 dev fab0\n")
+                        }
+                        IpAddr::V6(a) => b += &format!("route add {a}/128 via fe80::1 dev fab0\n"),
+                    }
+                }
+            }
             for pod in st.pods.iter().filter(|p| p.node == n) {
+                for ip in &pod.ips {
+                    match ip {
+                        IpAddr::V4(a) => {
+                            fab += &format!("route add {a}/32 via 169.254.100.{nid} dev n{n}\n");
+                        }
+                        IpAddr::V6(a) => {
+                            fab += &format!("route add {a}/128 via fe80::100:{nid:x} dev n{n}\n");
+                        }
+                    }
+                }
+                if cfg.cni.is_some() {
+                    continue;
+                }
                 let iface = palisade_nft::interface_name(&cluster.pods[pod_index[&pod.key]]);
                 b += &format!(
                     "link add {iface} type veth peer name eth0 netns {}\n",
@@ -395,20 +468,19 @@ impl Lab {
                 b += &format!("addr add fe80::1/64 dev {iface} nodad\n");
                 for ip in &pod.ips {
                     match ip {
-                        IpAddr::V4(a) => {
-                            b += &format!("route add {a}/32 dev {iface}\n");
-                            fab += &format!("route add {a}/32 via 169.254.100.{nid} dev n{n}\n");
-                        }
-                        IpAddr::V6(a) => {
-                            b += &format!("route add {a}/128 dev {iface}\n");
-                            fab += &format!("route add {a}/128 via fe80::100:{nid:x} dev n{n}\n");
-                        }
+                        IpAddr::V4(a) => b += &format!("route add {a}/32 dev {iface}\n"),
+                        IpAddr::V6(a) => b += &format!("route add {a}/128 dev {iface}\n"),
                     }
                 }
             }
             ip_batch(Some(&node.netns), &b)?;
         }
         ip_batch(Some(&fabric), &fab)?;
+        if let Some(c) = &cfg.cni {
+            // The plugin wires the pods; the node agents load the rules.
+            cni::wire(&mut self.state, c, cluster)?;
+            return self.start_listeners(&cfg.serve);
+        }
         for pod in &st.pods {
             let mut b = String::from("link set lo up\nlink set eth0 up\n");
             for ip in &pod.ips {
@@ -423,7 +495,7 @@ impl Lab {
             ip_batch(Some(&pod.netns), &b)?;
         }
         self.apply(engine)?;
-        self.start_listeners(serve)?;
+        self.start_listeners(&cfg.serve)?;
         Ok(())
     }
 
@@ -610,8 +682,9 @@ pub fn load(name: &str) -> Result<State> {
     serde_json::from_str(&text).map_err(|e| Error::Msg(format!("{}: {e}", p.display())))
 }
 
-/// Removes everything lab `name` made: its listener processes, its
-/// namespaces (with their veths) and its state file.
+/// Removes everything lab `name` made: its listener processes, in CNI mode
+/// its pods' wiring (`CNI_COMMAND=DEL`) and IPAM directory, its namespaces
+/// (with their veths) and its state file.
 pub fn down(name: &str) -> Result<()> {
     check_name(name)?;
     let state = load(name).ok();
@@ -625,6 +698,9 @@ pub fn down(name: &str) -> Result<()> {
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
         }
+    }
+    if let Some(st) = &state {
+        cni::unwire(st);
     }
     let mut names: BTreeSet<String> = existing_netns(name).into_iter().collect();
     if let Some(st) = &state {
@@ -640,6 +716,7 @@ pub fn down(name: &str) -> Result<()> {
                 .collect::<String>(),
         )?;
     }
+    cni::remove_ipam(name)?;
     let p = state_path(name);
     if p.exists() {
         std::fs::remove_file(&p).map_err(io_err(p.display().to_string()))?;

@@ -44,6 +44,7 @@ fn up(name: &str, engine: &Engine) -> Lab {
                 "80/UDP".parse().unwrap(),
             ],
             sources: Vec::new(),
+            cni: None,
         },
     )
     .unwrap()

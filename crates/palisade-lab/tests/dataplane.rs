@@ -27,6 +27,7 @@ fn up(name: &str, engine: &Engine, ports: &[PortProto]) -> Lab {
             serve: Serve::Threads,
             ports: ports.to_vec(),
             sources: Vec::new(),
+            cni: None,
         },
     )
     .unwrap_or_else(|e| panic!("lab {name}: {e}"))

@@ -47,6 +47,7 @@ fn random_clusters_agree_with_the_engine() {
                             serve: Serve::Threads,
                             ports: ports.clone(),
                             sources: Vec::new(),
+                            cni: None,
                         },
                     )
                     .unwrap_or_else(|e| panic!("seed {seed}: {e}"));

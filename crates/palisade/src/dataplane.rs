@@ -23,10 +23,29 @@ pub enum ProbeFormat {
     Json,
 }
 
+/// The CNI plugin that wires the lab's pods.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CniArg {
+    /// One veth per pod and a host route to it.
+    Ptp,
+    /// One bridge `cni0` per node, the pods' veths its ports.
+    Bridge,
+}
+
+impl From<CniArg> for palisade_lab::CniPlugin {
+    fn from(a: CniArg) -> Self {
+        match a {
+            CniArg::Ptp => palisade_lab::CniPlugin::Ptp,
+            CniArg::Bridge => palisade_lab::CniPlugin::Bridge,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum LabCommand {
     /// Create one network namespace per node and pod, wire them, start
-    /// listeners and load each node's compiled ruleset.
+    /// listeners and load each node's compiled ruleset (with `--cni`: wire
+    /// the pods with a CNI plugin and load no ruleset).
     Up {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -35,6 +54,15 @@ pub enum LabCommand {
         /// Ports the listeners serve (default: the pods' container ports).
         #[arg(long, value_delimiter = ',')]
         ports: Vec<PortProto>,
+        /// Wire each pod as a container runtime does, by running this CNI
+        /// plugin (IPAM host-local, the pods keep the cluster's addresses),
+        /// and load no ruleset: the node agents do. The plugins must be
+        /// installed (Debian package `containernetworking-plugins`).
+        #[arg(long, value_enum)]
+        cni: Option<CniArg>,
+        /// Where the CNI plugins are.
+        #[arg(long, requires = "cni", default_value = palisade_lab::cni::DEFAULT_BIN_DIR)]
+        cni_bin_dir: PathBuf,
     },
     /// Probe every pod pair with real connections (IPv4 and IPv6) and compare
     /// with the engine. Exit 1 on any disagreement.
@@ -205,7 +233,13 @@ pub fn apply(
 
 pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
     match cmd {
-        LabCommand::Up { files, name, ports } => {
+        LabCommand::Up {
+            files,
+            name,
+            ports,
+            cni,
+            cni_bin_dir,
+        } => {
             let engine = input::engine(&files)?;
             let sources = files
                 .iter()
@@ -223,12 +257,20 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                     serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
                     ports,
                     sources,
+                    cni: cni.map(|c| palisade_lab::Cni {
+                        plugin: c.into(),
+                        bin_dir: cni_bin_dir,
+                    }),
                 },
             )?;
             println!(
-                "lab {name}: {} nodes, {} pods; probe with `palisade lab probe --name {name}`",
+                "lab {name}: {} nodes, {} pods{}; probe with `palisade lab probe --name {name}`",
                 lab.state.nodes.len(),
-                lab.state.pods.len()
+                lab.state.pods.len(),
+                match &lab.state.cni {
+                    Some(p) => format!(", wired by CNI {}, no ruleset loaded", p.binary()),
+                    None => String::new(),
+                }
             );
             lab.keep();
             Ok(ExitCode::SUCCESS)

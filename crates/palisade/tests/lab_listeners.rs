@@ -37,6 +37,7 @@ fn up(name: &str, program: &Path) -> palisade_lab::Result<palisade_lab::Lab> {
             serve: Serve::Spawn(program.to_path_buf()),
             ports: vec!["8080/TCP".parse().unwrap()],
             sources: Vec::new(),
+            cni: None,
         },
     )
 }

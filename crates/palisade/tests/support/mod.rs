@@ -88,6 +88,7 @@ pub fn lab_up(name: &str, engine: &Engine) -> (Lab, Vec<(String, String)>) {
                 protocol: palisade_model::Protocol::Tcp,
             }],
             sources: Vec::new(),
+            cni: None,
         },
     )
     .expect("lab up");
