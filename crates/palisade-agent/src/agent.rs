@@ -938,8 +938,9 @@ impl<B: Backend> Agent<B> {
     }
 }
 
-/// Sends one datagram to each address (see [`Agent::set_poke`]).
-pub type Poke = Box<dyn FnMut(&[IpAddr]) + Send>;
+/// Deletes stale neighbour entries `(interface, address)`, then sends
+/// one datagram to each address (see [`Agent::set_poke`]).
+pub type Poke = Box<dyn FnMut(&[(u32, IpAddr)], &[IpAddr]) + Send>;
 
 /// The scope the node source's facts count as (see [`AgentConfig::scopes`]).
 pub const NODE_SCOPE: &str = "node";
@@ -1018,6 +1019,11 @@ impl<B: Backend> Agent<B> {
             self.health_mut().unwired = unwired;
         }
         let now = Instant::now();
+        // A new or vanished bridge port may be where an address went:
+        // worth asking again at once.
+        if r.wiring.bridge.ports != self.wiring.bridge.ports {
+            self.poked.clear();
+        }
         self.poked.retain(|ip, _| r.to_poke.contains(ip));
         let due: Vec<IpAddr> = r
             .to_poke
@@ -1030,7 +1036,13 @@ impl<B: Backend> Agent<B> {
             })
             .collect();
         if let (Some(poke), false) = (self.poke.as_mut(), due.is_empty()) {
-            poke(&due);
+            let stale: Vec<(u32, IpAddr)> = r
+                .stale
+                .iter()
+                .copied()
+                .filter(|(_, ip)| due.contains(ip))
+                .collect();
+            poke(&stale, &due);
             for ip in due {
                 self.poked.insert(ip, now);
             }

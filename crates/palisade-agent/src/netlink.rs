@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
@@ -236,6 +237,42 @@ pub fn poke(netns: Option<&str>, addrs: &[IpAddr]) -> Result<(), NetlinkError> {
     })
 }
 
+/// Deletes neighbour entries `(interface index, address)` in `netns`, so
+/// the next packet to the address resolves it anew (an entry whose MAC
+/// went with a pod's old interface would otherwise be used, and fail,
+/// for seconds), then [`poke`]s `addrs`. Entries already gone are fine.
+pub fn refresh_neighbours(
+    netns: Option<&str>,
+    forget: &[(u32, IpAddr)],
+    addrs: &[IpAddr],
+) -> Result<(), NetlinkError> {
+    let forget = forget.to_vec();
+    run_in(netns, move || {
+        let mut conn = Conn::open()?;
+        for (index, addr) in forget {
+            let mut m = NeighbourMessage::default();
+            m.header.ifindex = index;
+            m.header.family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            m.attributes
+                .push(NeighbourAttribute::Destination(match addr {
+                    IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                    IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+                }));
+            match conn.request("neighbour deletion", RouteNetlinkMessage::DelNeighbour(m)) {
+                Err(NetlinkError::Refused { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    })?;
+    poke(netns, addrs)
+}
+
 /// A socket for request/dump exchanges with the kernel.
 struct Conn {
     socket: Socket,
@@ -288,6 +325,48 @@ impl Conn {
             interrupted |= self.dump(what, request, &mut each)?;
         }
         Ok((!interrupted).then_some(facts))
+    }
+
+    /// Sends one request and waits for the kernel's acknowledgement.
+    fn request(
+        &mut self,
+        what: &'static str,
+        request: RouteNetlinkMessage,
+    ) -> Result<(), NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        header.sequence_number = self.seq;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(request));
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        self.socket
+            .send(&bytes, 0)
+            .map_err(NetlinkError::io(format!("cannot send the {what}")))?;
+        loop {
+            let len = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                len => len.map_err(NetlinkError::io(format!("no answer to the {what}")))?,
+            };
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[..len])
+                .map_err(|e| NetlinkError::Decode {
+                    what,
+                    detail: e.to_string(),
+                })?;
+            if msg.header.sequence_number != self.seq {
+                continue;
+            }
+            if let NetlinkPayload::Error(e) = msg.payload {
+                return match e.code {
+                    None => Ok(()),
+                    Some(_) => Err(NetlinkError::Refused {
+                        what,
+                        source: e.to_io(),
+                    }),
+                };
+            }
+        }
     }
 
     /// Sends one dump request and hands each reply to `each` until the

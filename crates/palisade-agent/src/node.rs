@@ -16,38 +16,68 @@ use crate::netlink::{self, NetlinkError};
 /// Changes closer together than this are read once.
 const SETTLE: Duration = Duration::from_millis(20);
 
+enum Kick {
+    Changed,
+    Failed(String),
+    Stop,
+}
+
+/// The running source; dropping it stops it (the agent's loop ends when
+/// every source has stopped).
+pub struct NodeSource {
+    kick: Sender<Kick>,
+}
+
+impl Drop for NodeSource {
+    fn drop(&mut self) {
+        let _ = self.kick.send(Kick::Stop);
+    }
+}
+
 /// Starts the source in `netns` (or the agent's own namespace). The first
 /// facts are sent before this returns; the watch is subscribed before the
 /// first read, so no change after it is missed.
-pub fn spawn(netns: Option<String>, tx: Sender<Input>) -> Result<(), NetlinkError> {
-    let (kick, kicked) = channel::<()>();
-    let down = tx.clone();
+pub fn spawn(netns: Option<String>, tx: Sender<Input>) -> Result<NodeSource, NetlinkError> {
+    // The watch thread holds no sender of the agent's: only this source's
+    // own thread does, so stopping it lets the agent's loop end.
+    let (kick, kicked) = channel::<Kick>();
     let failed_kick = kick.clone();
+    let watch_kick = kick.clone();
     netlink::watch(
         netns.as_deref(),
-        move || kick.send(()).is_ok(),
+        move || watch_kick.send(Kick::Changed).is_ok(),
         move |e| {
-            let _ = down.send(Input::SourceDown {
-                scope: NODE_SCOPE.into(),
-                reason: format!("the node's netlink watch stopped: {e}"),
-            });
-            drop(failed_kick);
+            let _ = failed_kick.send(Kick::Failed(e.to_string()));
         },
     )?;
     let first = netlink::read(netns.as_deref())?;
+    let source = NodeSource { kick };
     if tx.send(Input::NodeFacts(first)).is_err() {
-        return Ok(());
+        return Ok(source);
     }
     std::thread::Builder::new()
         .name("node-facts".into())
         .spawn(move || {
-            while kicked.recv().is_ok() {
+            loop {
+                match kicked.recv() {
+                    Ok(Kick::Changed) => {}
+                    Ok(Kick::Failed(e)) => {
+                        let _ = tx.send(Input::SourceDown {
+                            scope: NODE_SCOPE.into(),
+                            reason: format!("the node's netlink watch stopped: {e}"),
+                        });
+                        return;
+                    }
+                    Ok(Kick::Stop) | Err(_) => return,
+                }
                 // Drain the burst.
                 loop {
                     match kicked.recv_timeout(SETTLE) {
-                        Ok(()) => continue,
+                        Ok(Kick::Changed) => continue,
                         Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        Ok(Kick::Stop | Kick::Failed(_)) | Err(RecvTimeoutError::Disconnected) => {
+                            return
+                        }
                     }
                 }
                 let input = match netlink::read(netns.as_deref()) {
@@ -69,5 +99,5 @@ pub fn spawn(netns: Option<String>, tx: Sender<Input>) -> Result<(), NetlinkErro
             what: "starting the node source".into(),
             source: e,
         })?;
-    Ok(())
+    Ok(source)
 }

@@ -100,6 +100,10 @@ pub struct Resolved {
     /// Bridged addresses whose port is not known yet: a datagram from the
     /// node makes the kernel resolve them ([`crate::netlink::poke`]).
     pub to_poke: Vec<IpAddr>,
+    /// Of those, neighbour entries (bridge index, address) whose MAC is on
+    /// no port of the bridge (a pod's old interface, or a reused address):
+    /// deleted first, or the kernel would keep using them.
+    pub stale: Vec<(u32, IpAddr)>,
 }
 
 impl Resolved {
@@ -226,13 +230,33 @@ impl Resolver {
                 } else if let Some(b) = bridge_of(ip) {
                     wanted.insert(ip);
                     w.pod_interfaces.insert(b.name.clone());
-                    w.sources.insert((b.name.clone(), ip));
                     for port in facts.links.iter().filter(|l| l.master == Some(b.index)) {
                         w.bridge.ports.insert(port.name.clone());
                     }
                     let port = self.bind(facts, b, ip);
-                    if port.is_none() {
-                        out.to_poke.push(ip);
+                    // Known to the inet table only once the bridge table
+                    // checks its port.
+                    match port {
+                        Some(_) => {
+                            w.sources.insert((b.name.clone(), ip));
+                        }
+                        None => {
+                            out.to_poke.push(ip);
+                            if let Some(n) = facts.neighs.iter().find(|n| {
+                                n.index == b.index
+                                    && n.addr == ip
+                                    && !n.mac.is_some_and(|m| {
+                                        facts.fdb.iter().any(|f| {
+                                            f.mac == m
+                                                && facts
+                                                    .link(f.port)
+                                                    .is_some_and(|l| l.master == Some(b.index))
+                                        })
+                                    })
+                            }) {
+                                out.stale.push((n.index, n.addr));
+                            }
+                        }
                     }
                     Reach::Bridged {
                         bridge: b.name.clone(),
@@ -439,6 +463,10 @@ mod tests {
         let w = &out.wiring;
         assert_eq!(w.pod_interfaces, ["cni0".to_string()].into());
         assert!(w.sources.contains(&("cni0".into(), ip("10.78.1.10"))));
+        assert!(
+            !w.sources.contains(&("cni0".into(), ip("10.78.1.11"))),
+            "an unbound pod is not a source"
+        );
         assert_eq!(
             w.bridge.ports,
             ["veth0a", "veth0b"].map(String::from).into()
@@ -453,6 +481,7 @@ mod tests {
             .into()
         );
         assert_eq!(out.to_poke, vec![ip("10.78.1.11")]);
+        assert!(out.stale.is_empty());
         assert_eq!(out.unwired(), vec!["a/api"]);
     }
 
@@ -479,6 +508,14 @@ mod tests {
                 ip("10.78.1.10")
             )]
             .into()
+        );
+        // A neighbour entry whose MAC is on no port is stale.
+        let mut gone = bridged();
+        gone.fdb.clear();
+        let mut fresh = Resolver::new(PodInterfaces::Auto);
+        assert_eq!(
+            fresh.resolve(&gone, &pods).stale,
+            vec![(3, ip("10.78.1.10"))]
         );
         // The port goes away: the binding goes with it, and is learned anew.
         f.links.retain(|l| l.name != "veth0a");

@@ -603,36 +603,9 @@ pub(crate) fn wire(state: &mut State, cni: &Cni, cluster: &Cluster) -> Result<()
             bridge_nf(&node.netns)?;
         }
     }
-    let bridge = (cni.plugin == CniPlugin::Bridge).then_some(BRIDGE);
     for j in 0..state.pods.len() {
-        let pod = &state.pods[j];
-        crate::ip_batch(Some(&pod.netns), "link set lo up\n")?;
-        let pc = pod.cni.as_ref().expect("set above");
-        let call = Call {
-            bin_dir: &cni.bin_dir,
-            plugin: &cni.plugin,
-            node_netns: &state.nodes[pod.node].netns,
-            pod,
-            cni: pc,
-        };
-        let fail = |e: String| {
-            Error::Msg(format!(
-                "pod {}: CNI {} ADD failed: {e}",
-                pod.key,
-                cni.plugin.binary()
-            ))
-        };
-        let out = call.run("ADD", &pc.netconf).map_err(fail)?;
-        let raw: Value = serde_json::from_str(&out)
-            .map_err(|e| fail(format!("unreadable result ({e}): {out}")))?;
-        let (addresses, host) = parse_result(&out)
-            .and_then(|r| r.check(&pod.ips, bridge))
-            .map_err(fail)?;
-        let pod = &mut state.pods[j];
-        pod.addresses = addresses;
-        pod.host_interface = Some(host);
-        pod.cni.as_mut().expect("set above").result = Some(raw);
-        state.save()?;
+        crate::ip_batch(Some(&state.pods[j].netns), "link set lo up\n")?;
+        add(state, j, &cni.plugin, &cni.bin_dir)?;
     }
     if cni.plugin == CniPlugin::Bridge {
         for n in 0..state.nodes.len() {
@@ -640,6 +613,69 @@ pub(crate) fn wire(state: &mut State, cni: &Cni, cluster: &Cluster) -> Result<()
         }
     }
     Ok(())
+}
+
+/// ADD for pod `j`, whose network configuration the state holds; the
+/// result must give exactly its addresses, and is recorded.
+pub(crate) fn add(state: &mut State, j: usize, plugin: &CniPlugin, bin_dir: &Path) -> Result<()> {
+    let bridge = (*plugin == CniPlugin::Bridge).then_some(BRIDGE);
+    let pod = &state.pods[j];
+    let pc = pod
+        .cni
+        .as_ref()
+        .ok_or_else(|| Error::Msg(format!("pod {} is not wired by CNI", pod.key)))?;
+    let call = Call {
+        bin_dir,
+        plugin,
+        node_netns: &state.nodes[pod.node].netns,
+        pod,
+        cni: pc,
+    };
+    let fail = |e: String| {
+        Error::Msg(format!(
+            "pod {}: CNI {} ADD failed: {e}",
+            pod.key,
+            plugin.binary()
+        ))
+    };
+    let out = call.run("ADD", &pc.netconf).map_err(fail)?;
+    let raw: Value =
+        serde_json::from_str(&out).map_err(|e| fail(format!("unreadable result ({e}): {out}")))?;
+    let (addresses, host) = parse_result(&out)
+        .and_then(|r| r.check(&pod.ips, bridge))
+        .map_err(fail)?;
+    let pod = &mut state.pods[j];
+    pod.addresses = addresses;
+    pod.host_interface = Some(host);
+    pod.cni.as_mut().expect("checked above").result = Some(raw);
+    state.save()
+}
+
+/// DEL for pod `j`, as a runtime does when the pod's sandbox goes.
+pub(crate) fn del(state: &mut State, j: usize) -> Result<()> {
+    let (Some(plugin), Some(bin_dir)) = (&state.cni, &state.cni_bin_dir) else {
+        return Err(Error::Msg(format!(
+            "lab {} is not wired by CNI",
+            state.name
+        )));
+    };
+    let pod = &state.pods[j];
+    let Some(pc) = &pod.cni else {
+        return Err(Error::Msg(format!("pod {} is not wired by CNI", pod.key)));
+    };
+    let call = Call {
+        bin_dir,
+        plugin,
+        node_netns: &state.nodes[pod.node].netns,
+        pod,
+        cni: pc,
+    };
+    call.run("DEL", &del_netconf(&pc.netconf, pc.result.as_ref()))
+        .map_err(|e| Error::Msg(format!("pod {}: CNI DEL failed: {e}", pod.key)))?;
+    let pod = &mut state.pods[j];
+    pod.host_interface = None;
+    pod.cni.as_mut().expect("checked above").result = None;
+    state.save()
 }
 
 /// DEL for every pod the state says was (or was about to be) wired; what

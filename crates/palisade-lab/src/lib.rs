@@ -643,6 +643,35 @@ impl Lab {
         self.keep = true;
     }
 
+    /// CNI mode: the runtime's DEL for one pod (its interface goes; its
+    /// namespace and listeners stay).
+    pub fn cni_del(&mut self, key: &str) -> Result<()> {
+        let j = self.pod_index(key)?;
+        cni::del(&mut self.state, j)
+    }
+
+    /// CNI mode: ADD for one pod again, with the same addresses.
+    pub fn cni_add(&mut self, key: &str) -> Result<()> {
+        let j = self.pod_index(key)?;
+        let (Some(plugin), Some(bin_dir)) =
+            (self.state.cni.clone(), self.state.cni_bin_dir.clone())
+        else {
+            return Err(Error::Msg(format!(
+                "lab {} is not wired by CNI",
+                self.state.name
+            )));
+        };
+        cni::add(&mut self.state, j, &plugin, &bin_dir)
+    }
+
+    fn pod_index(&self, key: &str) -> Result<usize> {
+        self.state
+            .pods
+            .iter()
+            .position(|p| p.key == key)
+            .ok_or_else(|| Error::Msg(format!("no pod {key} in lab {}", self.state.name)))
+    }
+
     pub fn pod(&self, key: &str) -> Option<&PodState> {
         self.state.pods.iter().find(|p| p.key == key)
     }

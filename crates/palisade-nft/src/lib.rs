@@ -1444,17 +1444,53 @@ fn to_pod_rules() -> Vec<Rule> {
             Stmt::Goto("ingress".into()),
         ]));
     }
-    rules.push(commented(
-        vec![
+    for v4 in [true, false] {
+        let mut stmts = vec![
+            nfproto(v4),
             Stmt::is(
                 Expr::Meta(MetaKey::Oifname),
                 Expr::SetRef("pod_ifaces".into()),
             ),
-            Stmt::Drop,
-        ],
-        "unknown pod",
-    ));
+        ];
+        if !v4 {
+            // Bridged pods' link-local and multicast traffic (neighbour
+            // discovery, MLD) passes this hook too; it is no pod's.
+            for (a, l) in [("fe80::", 10), ("ff00::", 8)] {
+                stmts.push(Stmt::is_not(
+                    addr(false, "daddr"),
+                    Expr::Prefix(a.into(), l),
+                ));
+            }
+        }
+        stmts.push(Stmt::Drop);
+        rules.push(commented(stmts, "unknown pod"));
+    }
     rules
+}
+
+/// Neighbour discovery between pods of one bridge reaches the `inet`
+/// forward hook (bridge netfilter) with its hop limit intact, 255, which
+/// no routed packet has here: accepted before any policy, as the API
+/// does not govern it; so is neighbour discovery to the node. Its sources
+/// are the bridge table's to check.
+fn neighbour_discovery() -> Rule {
+    commented(
+        vec![
+            Stmt::is(
+                Expr::payload("icmpv6", "type"),
+                Expr::AnonSet(vec![
+                    "nd-router-solicit",
+                    "nd-router-advert",
+                    "nd-neighbor-solicit",
+                    "nd-neighbor-advert",
+                    "nd-redirect",
+                ]),
+            ),
+            Stmt::is(Expr::payload("ip6", "hoplimit"), Expr::Int(255)),
+            Stmt::Accept,
+        ],
+        "neighbour discovery between bridged pods",
+    )
 }
 
 /// The base chains.
@@ -1499,23 +1535,24 @@ fn chains(stages: Stages) -> Vec<Chain> {
             Stmt::Drop,
         ]),
     ];
-    let mut forward: Vec<Rule> = [true, false]
-        .into_iter()
-        .map(|v4| {
-            rule(vec![
-                nfproto(v4),
-                pod_source(v4),
-                Stmt::Goto("from_pod".into()),
-            ])
-        })
-        .collect();
+    let mut forward = vec![neighbour_discovery()];
+    forward.extend([true, false].into_iter().map(|v4| {
+        rule(vec![
+            nfproto(v4),
+            pod_source(v4),
+            Stmt::Goto("from_pod".into()),
+        ])
+    }));
     forward.extend(unknown_source_rules(false));
     forward.extend(conntrack.clone());
     forward.extend(to_pod_rules());
     let mut pod = conntrack;
     pod.push(rule(vec![Stmt::Jump("egress".into())]));
     pod.extend(to_pod_rules());
-    let input = unknown_source_rules(true);
+    // A bridged pod that is not bound yet answers the node's neighbour
+    // solicitation from its own address: how it gets bound.
+    let mut input = vec![neighbour_discovery()];
+    input.extend(unknown_source_rules(true));
     let mut out = vec![
         Chain {
             name: "forward".into(),

@@ -124,10 +124,14 @@ pub fn bridge_text(table: Option<&Ruleset>) -> String {
 ///   another's frames by poisoning the forwarding database. Unknown MACs
 ///   pass, so the bridge and the node's neighbour table learn new pods.
 /// - `forward` and `input` (frames to other ports and to the node): an
-///   IPv4 or IPv6 frame from a pod port must carry a bound `port . MAC .
-///   address`; ARP from a pod port must not claim a bound address from
-///   another port or MAC. IPv6 link-local and unspecified sources
-///   (neighbour discovery) are exempt, as in the `inet` table.
+///   IPv4 or IPv6 frame from a known pod port must carry its bound `port
+///   . MAC . address`; from any port (a port that appeared a moment ago
+///   included: bridge-family rules cannot name the bridge), a bound
+///   address only with its binding; ARP may not claim a bound address
+///   either. IPv6 link-local and unspecified sources (neighbour discovery)
+///   are exempt, as in the `inet` table. An unbound address passes here
+///   and meets the `inet` table, which knows bridged pods only once bound
+///   ([`Wiring::sources`]): fail closed.
 ///
 /// Stateless: bridge-family tables have no conntrack here, and need none.
 pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
@@ -144,7 +148,7 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         })
         .collect();
     let mut src = [Vec::new(), Vec::new()];
-    let mut bound4 = BTreeSet::new();
+    let mut bound = [BTreeSet::new(), BTreeSet::new()];
     let mut macs = BTreeSet::new();
     let mut port_macs = BTreeSet::new();
     for (p, mac, ip) in &w.bindings {
@@ -153,12 +157,11 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
             key: vec![port(p), Value::Ether(*mac), v.clone()],
             data: None,
         });
-        if fam == 0 {
-            bound4.insert(v);
-        }
+        bound[fam].insert(v);
         macs.insert(*mac);
         port_macs.insert((p.clone(), *mac));
     }
+    let [bound4, bound6] = bound;
     let [s4, s6] = src.map(|mut v| {
         v.sort();
         v
@@ -185,6 +188,12 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
             "",
         ),
         set(
+            "bound6",
+            &[Type::Ipv6],
+            bound6.into_iter().map(|v| el(vec![v])).collect(),
+            "",
+        ),
+        set(
             "bound_macs",
             &[Type::Ether],
             macs.into_iter()
@@ -207,7 +216,6 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     let from_port = || Stmt::is(iif(), Expr::SetRef("ports".into()));
     let prerouting = vec![rule(
         vec![
-            from_port(),
             Stmt::is(esrc(), Expr::SetRef("bound_macs".into())),
             Stmt::is_not(
                 Expr::Concat(vec![iif(), esrc()]),
@@ -218,53 +226,69 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         "MAC of another pod",
     )];
     let ether_type = |t: &'static str| Stmt::is(Expr::payload("ether", "type"), Expr::Symbol(t));
-    let check = vec![
-        rule(
+    let mut check = Vec::new();
+    for (v4, proto) in [(true, "ip"), (false, "ip6")] {
+        let (srcset, boundset) = if v4 {
+            ("port_src4", "bound4")
+        } else {
+            ("port_src6", "bound6")
+        };
+        let saddr = || Expr::payload(proto, "saddr");
+        let binding = || {
+            Stmt::is_not(
+                Expr::Concat(vec![iif(), esrc(), saddr()]),
+                Expr::SetRef(srcset.into()),
+            )
+        };
+        if !v4 {
+            // A new pod answers the node's neighbour solicitation from its
+            // unbound address: that answer is how its port is learned.
+            check.push(rule(
+                vec![
+                    ether_type(proto),
+                    Stmt::is(
+                        Expr::payload("icmpv6", "type"),
+                        Expr::AnonSet(vec!["nd-neighbor-solicit", "nd-neighbor-advert"]),
+                    ),
+                    Stmt::is(Expr::payload("ip6", "hoplimit"), Expr::Int(255)),
+                    Stmt::is_not(saddr(), Expr::SetRef(boundset.into())),
+                    Stmt::Accept,
+                ],
+                "neighbour discovery of an unbound address",
+            ));
+        }
+        let mut own = vec![from_port(), ether_type(proto)];
+        if !v4 {
+            own.push(Stmt::is_not(saddr(), Expr::Prefix("fe80::".into(), 10)));
+            own.push(Stmt::is_not(saddr(), Expr::Prefix("::".into(), 128)));
+        }
+        own.extend([binding(), Stmt::Drop]);
+        check.push(rule(own, "spoofed source"));
+        check.push(rule(
             vec![
-                ether_type("ip"),
-                Stmt::is_not(
-                    Expr::Concat(vec![iif(), esrc(), Expr::payload("ip", "saddr")]),
-                    Expr::SetRef("port_src4".into()),
-                ),
+                ether_type(proto),
+                Stmt::is(saddr(), Expr::SetRef(boundset.into())),
+                binding(),
                 Stmt::Drop,
             ],
-            "spoofed source",
-        ),
-        rule(
-            vec![
-                ether_type("ip6"),
-                Stmt::is_not(
-                    Expr::payload("ip6", "saddr"),
-                    Expr::Prefix("fe80::".into(), 10),
-                ),
-                Stmt::is_not(
-                    Expr::payload("ip6", "saddr"),
-                    Expr::Prefix("::".into(), 128),
-                ),
-                Stmt::is_not(
-                    Expr::Concat(vec![iif(), esrc(), Expr::payload("ip6", "saddr")]),
-                    Expr::SetRef("port_src6".into()),
-                ),
-                Stmt::Drop,
-            ],
-            "spoofed source",
-        ),
-        rule(
-            vec![
-                ether_type("arp"),
-                Stmt::is(
-                    Expr::payload("arp", "saddr ip"),
-                    Expr::SetRef("bound4".into()),
-                ),
-                Stmt::is_not(
-                    Expr::Concat(vec![iif(), esrc(), Expr::payload("arp", "saddr ip")]),
-                    Expr::SetRef("port_src4".into()),
-                ),
-                Stmt::Drop,
-            ],
-            "ARP for another pod's address",
-        ),
-    ];
+            "another pod's address",
+        ));
+    }
+    check.push(rule(
+        vec![
+            ether_type("arp"),
+            Stmt::is(
+                Expr::payload("arp", "saddr ip"),
+                Expr::SetRef("bound4".into()),
+            ),
+            Stmt::is_not(
+                Expr::Concat(vec![iif(), esrc(), Expr::payload("arp", "saddr ip")]),
+                Expr::SetRef("port_src4".into()),
+            ),
+            Stmt::Drop,
+        ],
+        "ARP for another pod's address",
+    ));
     let hooked = |name: &str, hook: &'static str, priority: i32, rules| Chain {
         name: name.into(),
         hook: Some(Hook { hook, priority }),
@@ -272,7 +296,7 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     };
     let jump = || {
         vec![Rule {
-            stmts: vec![from_port(), Stmt::Jump("check".into())],
+            stmts: vec![Stmt::Jump("check".into())],
             comment: None,
         }]
     };

@@ -172,12 +172,12 @@ fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Resul
     cfg.pod_interfaces = args.pod_interfaces.clone();
     let mut agent = Agent::new(cfg, backend);
     let netns = args.netns.clone();
-    agent.set_poke(Box::new(move |ips| {
-        if let Err(e) = palisade_agent::netlink::poke(netns.as_deref(), ips) {
+    agent.set_poke(Box::new(move |stale, ips| {
+        if let Err(e) = palisade_agent::netlink::refresh_neighbours(netns.as_deref(), stale, ips) {
             tracing::warn!("cannot reach bridged pods to learn their ports: {e}");
         }
     }));
-    palisade_agent::node::spawn(args.netns.clone(), tx.clone())
+    let _node = palisade_agent::node::spawn(args.netns.clone(), tx.clone())
         .context("reading the node's links and routes")?;
     let addr =
         http::serve(&args.listen, agent.metrics(), agent.health()).map_err(anyhow::Error::msg)?;

@@ -1,0 +1,318 @@
+//! Agents enforcing pods wired by the reference CNI plugins (`ptp`:
+//! routed, `bridge`: bridged), with real packets: every case of
+//! `tests/cases` and random clusters agree with the engine; spoofed
+//! sources are dropped; a pod whose interface appears after the agent
+//! knows it is never a hole. Root only (CI runs as root).
+
+mod harness;
+
+use std::collections::BTreeSet;
+
+use harness::{agents, lab_up, probe, root, wait_settled};
+use palisade_engine::{synth, Engine, PortProto};
+use palisade_lab::CniPlugin;
+
+/// The plugins to run (`PALISADE_CNI_PLUGINS=ptp,bridge`, the default).
+fn plugins() -> Vec<CniPlugin> {
+    let want = std::env::var("PALISADE_CNI_PLUGINS").unwrap_or_default();
+    [CniPlugin::Ptp, CniPlugin::Bridge]
+        .into_iter()
+        .filter(|p| want.is_empty() || want.split(',').any(|w| w == tag(p)))
+        .collect()
+}
+
+/// The cases to run (`PALISADE_CNI_CASES=name,...`; default all).
+fn wanted(case: &str) -> bool {
+    let want = std::env::var("PALISADE_CNI_CASES").unwrap_or_default();
+    want.is_empty() || want.split(',').any(|w| w == case)
+}
+
+fn tag(p: &CniPlugin) -> &'static str {
+    match p {
+        CniPlugin::Ptp => "ptp",
+        CniPlugin::Bridge => "bridge",
+    }
+}
+
+fn case_ports(case: &palisade_testkit::Case, engine: &Engine) -> Vec<PortProto> {
+    let p: BTreeSet<PortProto> = case.expectations.iter().map(|e| e.port).collect();
+    if p.is_empty() {
+        engine.default_ports()
+    } else {
+        p.into_iter().collect()
+    }
+}
+
+/// Lab, agents, settle, probe, tear down: the disagreements.
+fn run(
+    name: &str,
+    what: &str,
+    engine: &Engine,
+    plugin: CniPlugin,
+    ports: &[PortProto],
+) -> Vec<String> {
+    let lab = lab_up(name, engine, plugin.clone(), ports);
+    let agents = agents(&lab, engine);
+    wait_settled(&agents, what);
+    let (bad, n) = probe(&lab, engine, ports, what);
+    assert!(n > 0 || lab.state.pods.len() < 2, "{what}: nothing probed");
+    eprintln!("{what}: {n} probes, {} disagreements", bad.len());
+    drop(agents);
+    lab.down().unwrap();
+    bad
+}
+
+fn every_case(plugin: CniPlugin) {
+    if !root() || !plugins().contains(&plugin) {
+        return;
+    }
+    let mut bad = Vec::new();
+    for case in palisade_testkit::all_cases() {
+        let case = case.unwrap();
+        if !wanted(&case.name) {
+            continue;
+        }
+        let engine = Engine::new(case.cluster.clone());
+        let ports = case_ports(&case, &engine);
+        let what = format!("{} ({})", case.name, tag(&plugin));
+        let name = format!("cnic{}", tag(&plugin));
+        bad.extend(run(&name, &what, &engine, plugin.clone(), &ports));
+    }
+    assert!(
+        bad.is_empty(),
+        "{} disagreements:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// `PALISADE_CNI_CLUSTERS` random clusters (default 20); even seeds add
+/// two AdminNetworkPolicies and a baseline.
+fn random_clusters(plugin: CniPlugin) {
+    if !root() || !plugins().contains(&plugin) {
+        return;
+    }
+    let n: u64 = std::env::var("PALISADE_CNI_CLUSTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut bad = Vec::new();
+    for seed in 1..=n {
+        let params = synth::Params {
+            admin_policies: if seed % 2 == 0 { 2 } else { 0 },
+            ..synth::Params::small(seed)
+        };
+        let engine = Engine::new(synth::cluster(&params));
+        let ports = engine.default_ports();
+        let what = format!("seed {seed} ({})", tag(&plugin));
+        let name = format!("cnis{}", tag(&plugin));
+        bad.extend(run(&name, &what, &engine, plugin.clone(), &ports));
+    }
+    assert!(
+        bad.is_empty(),
+        "{} disagreements:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn every_case_agrees_with_the_engine_routed() {
+    every_case(CniPlugin::Ptp);
+}
+
+#[test]
+fn every_case_agrees_with_the_engine_bridged() {
+    every_case(CniPlugin::Bridge);
+}
+
+#[test]
+fn random_clusters_agree_with_the_engine_routed() {
+    random_clusters(CniPlugin::Ptp);
+}
+
+#[test]
+fn random_clusters_agree_with_the_engine_bridged() {
+    random_clusters(CniPlugin::Bridge);
+}
+
+mod spoof;
+
+use std::time::Duration;
+
+use spoof::{flood, ip, ip_cmd, listen, netns, received, send};
+
+const FAMILIES: [(&str, &str, &str, &str, &str); 2] = [
+    // a1, a2, a3, b1, prefix length
+    ("10.78.1.10", "10.78.1.11", "10.78.1.12", "10.78.2.10", "32"),
+    (
+        "fd78::1:10",
+        "fd78::1:11",
+        "fd78::1:12",
+        "fd78::2:10",
+        "128",
+    ),
+];
+
+fn tcp80() -> Vec<PortProto> {
+    vec![PortProto {
+        port: 80,
+        protocol: palisade_model::Protocol::Tcp,
+    }]
+}
+
+fn mac_of(netns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+/// A pod sending as another pod is dropped, same node and across nodes,
+/// IPv4 and IPv6, routed and bridged; bridged, also with the other pod's
+/// MAC. The real pod still gets through afterwards.
+fn spoofing(plugin: CniPlugin) {
+    if !root() || !plugins().contains(&plugin) {
+        return;
+    }
+    let engine = spoof::engine();
+    let lab = lab_up(
+        &format!("cnif{}", tag(&plugin)),
+        &engine,
+        plugin.clone(),
+        &tcp80(),
+    );
+    let agents = agents(&lab, &engine);
+    wait_settled(&agents, "spoofing");
+    let [n1, n2, n3, nb] = ["a1", "a2", "a3", "b1"].map(|p| netns(&lab, p));
+    let wait = Duration::from_millis(700);
+    for (a1, a2, a3, b1, len) in FAMILIES {
+        let (a1, a2, a3, b1) = (ip(a1), ip(a2), ip(a3), ip(b1));
+        let (l3, lb) = (listen(&n3, a3), listen(&nb, b1));
+        send(&n2, a2, a3);
+        send(&n2, a2, b1);
+        assert!(
+            received(&l3, wait).contains(&a2),
+            "trusted {a2} reaches {a3}"
+        );
+        assert!(
+            received(&lb, wait).contains(&a2),
+            "trusted {a2} reaches {b1}"
+        );
+        send(&n1, a1, a3);
+        send(&n1, a1, b1);
+        assert!(received(&l3, wait).is_empty(), "policy denies {a1} -> {a3}");
+        assert!(received(&lb, wait).is_empty(), "policy denies {a1} -> {b1}");
+        // a1 takes a2's address.
+        let spoofed = format!("{a2}/{len}");
+        ip_cmd(&n1, &["addr", "add", &spoofed, "dev", "eth0", "nodad"]);
+        send(&n1, a2, a3);
+        send(&n1, a2, b1);
+        let got = (received(&l3, wait), received(&lb, wait));
+        assert_eq!(got, (vec![], vec![]), "{} mode: a1 as {a2}", tag(&plugin));
+        if plugin == CniPlugin::Bridge {
+            // ...and its MAC.
+            let own = mac_of(&n1);
+            let theirs = mac_of(&n2);
+            ip_cmd(&n1, &["link", "set", "eth0", "address", &theirs]);
+            send(&n1, a2, a3);
+            send(&n1, a2, b1);
+            let got = (received(&l3, wait), received(&lb, wait));
+            ip_cmd(&n1, &["link", "set", "eth0", "address", &own]);
+            assert_eq!(got, (vec![], vec![]), "a1 as {a2} with its MAC {theirs}");
+        }
+        ip_cmd(&n1, &["addr", "del", &spoofed, "dev", "eth0"]);
+        send(&n2, a2, a3);
+        send(&n2, a2, b1);
+        assert!(received(&l3, wait).contains(&a2), "{a2} still reaches {a3}");
+        assert!(received(&lb, wait).contains(&a2), "{a2} still reaches {b1}");
+    }
+    drop(agents);
+    lab.down().unwrap();
+}
+
+#[test]
+fn spoofed_sources_are_dropped_routed() {
+    spoofing(CniPlugin::Ptp);
+}
+
+#[test]
+fn spoofed_sources_are_dropped_bridged() {
+    spoofing(CniPlugin::Bridge);
+}
+
+/// The runtime deletes a pod's interface and makes it again while the
+/// agents run: from the first packet the new interface carries, the pod's
+/// egress policy holds (a2 may send only to targets; a1 is none), and once
+/// the agents know the interface the pod's allowed traffic flows.
+fn late_interface(plugin: CniPlugin) {
+    if !root() || !plugins().contains(&plugin) {
+        return;
+    }
+    let engine = spoof::engine();
+    let mut lab = lab_up(
+        &format!("cnil{}", tag(&plugin)),
+        &engine,
+        plugin.clone(),
+        &tcp80(),
+    );
+    let agents = agents(&lab, &engine);
+    wait_settled(&agents, "late interface");
+    let [n1, n2, n3] = ["a1", "a2", "a3"].map(|p| netns(&lab, p));
+    lab.cni_del("s/a2").unwrap();
+    let t = std::time::Instant::now();
+    while !agents[0]
+        .health
+        .lock()
+        .unwrap()
+        .unwired
+        .contains(&"s/a2".to_string())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agent never saw a2's interface go"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut watch = Vec::new();
+    for (a1, a2, ..) in FAMILIES {
+        watch.push((listen(&n1, ip(a1)), flood(&n2, ip(a2), ip(a1))));
+    }
+    lab.cni_add("s/a2").unwrap();
+    wait_settled(&agents, "late interface: after ADD");
+    std::thread::sleep(Duration::from_millis(300));
+    for (l1, (stop, h)) in watch {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = h.join().unwrap();
+        assert!(sent > 0, "the new interface carried nothing");
+        let got = received(&l1, Duration::from_millis(300));
+        assert!(
+            got.is_empty(),
+            "{} mode: {} of {sent} denied datagrams passed",
+            tag(&plugin),
+            got.len()
+        );
+    }
+    for (_, a2, a3, ..) in FAMILIES {
+        let l3 = listen(&n3, ip(a3));
+        send(&n2, ip(a2), ip(a3));
+        assert!(
+            received(&l3, Duration::from_millis(700)).contains(&ip(a2)),
+            "{a2} reaches {a3} again"
+        );
+    }
+    drop(agents);
+    lab.down().unwrap();
+}
+
+#[test]
+fn a_late_interface_is_enforced_from_its_first_packet_routed() {
+    late_interface(CniPlugin::Ptp);
+}
+
+#[test]
+fn a_late_interface_is_enforced_from_its_first_packet_bridged() {
+    late_interface(CniPlugin::Bridge);
+}
