@@ -8,25 +8,26 @@
 //! independent of the number of pods and policies. Policies never become
 //! rules; they become set elements.
 //!
-//! - **Hooks.** A `forward` base chain sees pod traffic. Packets entering
-//!   from a local pod interface (`iifname @pod_ifaces`) go to `from_pod` and
-//!   meet the *egress* check of their source; packets leaving to a local pod
-//!   interface (`oifname @pod_ifaces`) meet the *ingress* check of their
-//!   destination. A same-node pod-to-pod flow meets both; across nodes the
-//!   source node checks egress and the destination node ingress.
-//! - **Anti-spoofing, then conntrack.** In `from_pod`, one rule per family:
-//!   a packet from a local pod interface must carry one of that pod's
-//!   addresses (`iifname . ip saddr @pod_src4`; IPv6 link-local and
-//!   unspecified sources, neighbour discovery, are exempt: the kernel never
-//!   forwards them). Then `ct state established,related accept` and `ct
+//! - **Hooks.** A `forward` base chain sees pod traffic. A packet whose
+//!   `iifname . saddr` is a local pod's, as the node's [`Wiring`] says
+//!   (`pod_src4/6`), goes to `from_pod` and meets the *egress* check of its
+//!   source; a new connection to a local pod's address (`local4/6`) meets
+//!   the *ingress* check of its destination, whatever interface it leaves
+//!   on. A same-node pod-to-pod flow meets both; across nodes the source
+//!   node checks egress and the destination node ingress.
+//! - **Anti-spoofing, fail closed, then conntrack.** The `pod_src` lookup
+//!   is also the anti-spoofing check; anything else from a pod interface
+//!   (`pod_ifaces`), and a local pod's address from any other interface (a
+//!   pod whose interface is not known yet), is dropped before conntrack:
+//!   conntrack finds a packet's entry by addresses, protocol and ports,
+//!   not by interface, so a pod sending exactly the tuple of another pod's
+//!   connection would otherwise ride that entry. IPv6 link-local and
+//!   unspecified sources are exempt (the kernel never forwards them), and
+//!   neighbour discovery with hop limit 255 (bridged, never routed) is
+//!   accepted first. Then `ct state established,related accept` and `ct
 //!   state invalid drop`: only the first packet of a connection meets
-//!   policy, and replies of allowed connections always pass. An established
-//!   packet costs one `iifname` lookup, plus one `iifname . saddr` lookup if
-//!   it comes from a pod. Anti-spoofing must run on established packets too:
-//!   conntrack finds a packet's entry by addresses, protocol and ports, not
-//!   by interface, so a pod sending exactly the tuple of another pod's
-//!   connection (as that pod, or as its peer answering it) would otherwise
-//!   ride that entry. The same check guards the `input` hook.
+//!   policy. The same checks guard the `input` hook. Bridged pods' ports
+//!   are checked in a second table ([`compile_bridge`]).
 //! - **First packets** walk at most three chains per direction, with one
 //!   lookup each on the usual path: the local pod's group (written into `ct
 //!   mark` and jumped on in one rule: a miss means not isolated and ends the

@@ -58,13 +58,34 @@ impl Report {
 /// The kernel features the compiled tables use, each as a table the kernel
 /// is asked to check (`nft -c`: validated, never committed).
 const FEATURES: [(&str, &str); 7] = [
-    ("inet tables with a forward hook", "table inet palisade_doctor { chain f { type filter hook forward priority filter; policy accept; } }"),
-    ("concatenated hash sets", "table inet palisade_doctor { set s { type ifname . ipv4_addr; elements = { \"x\" . 10.0.0.1 } } }"),
-    ("concatenated interval sets", "table inet palisade_doctor { set s { type mark . ipv4_addr . inet_proto . inet_service; flags interval; elements = { 1 . 10.0.0.0/8 . tcp . 80-90 } } }"),
-    ("verdict maps on concatenations", "table inet palisade_doctor { map m { type mark . mark . inet_proto . inet_service : verdict; flags interval; elements = { 1 . 2 . tcp . 1-2 : drop } } chain c { meta mark . ct mark . meta l4proto . th dport vmap @m } }"),
-    ("conntrack state and marks", "table inet palisade_doctor { chain c { ct state established,related accept; ct mark set 1; meta mark set ct mark } }"),
-    ("fib lookups", "table inet palisade_doctor { chain c { type filter hook prerouting priority filter; policy accept; fib saddr . iif oif missing drop } }"),
-    ("bridge tables with MAC and address sets", "table bridge palisade_doctor { set s { type ifname . ether_addr . ipv4_addr; } chain c { type filter hook forward priority 0; policy accept; ether type ip iifname . ether saddr . ip saddr != @s drop } }"),
+    (
+        "inet tables with a forward hook",
+        "table inet palisade_doctor {\n chain f {\n type filter hook forward priority filter; policy accept;\n }\n}\n",
+    ),
+    (
+        "concatenated hash sets",
+        "table inet palisade_doctor {\n set s {\n type ifname . ipv4_addr\n elements = { \"x\" . 10.0.0.1 }\n }\n}\n",
+    ),
+    (
+        "concatenated interval sets",
+        "table inet palisade_doctor {\n set s {\n type mark . ipv4_addr . inet_proto . inet_service\n flags interval\n elements = { 1 . 10.0.0.0/8 . tcp . 80-90 }\n }\n}\n",
+    ),
+    (
+        "verdict maps on concatenations",
+        "table inet palisade_doctor {\n map m {\n type mark . mark . inet_proto . inet_service : verdict\n flags interval\n elements = { 1 . 2 . tcp . 1-2 : drop }\n }\n chain c {\n meta mark . ct mark . meta l4proto . th dport vmap @m\n }\n}\n",
+    ),
+    (
+        "conntrack state and marks",
+        "table inet palisade_doctor {\n chain c {\n ct state established,related accept\n ct mark set 1\n meta mark set ct mark\n }\n}\n",
+    ),
+    (
+        "fib lookups",
+        "table inet palisade_doctor {\n chain c {\n type filter hook prerouting priority filter; policy accept;\n fib saddr . iif oif missing drop\n }\n}\n",
+    ),
+    (
+        "bridge tables with MAC and address sets",
+        "table bridge palisade_doctor {\n set s {\n type ifname . ether_addr . ipv4_addr\n }\n chain c {\n type filter hook forward priority 0; policy accept;\n ether type ip iifname . ether saddr . ip saddr != @s drop\n }\n}\n",
+    ),
 ];
 
 fn nft(netns: Option<&str>) -> Command {
@@ -149,15 +170,44 @@ fn check_wiring(r: &mut Report, a: &DoctorArgs, facts: &NodeFacts) -> Result<()>
         }
         _ => Vec::new(),
     };
-    let res = Resolver::new(a.pod_interfaces.clone()).resolve(facts, &pods);
+    let mut resolver = Resolver::new(a.pod_interfaces.clone());
+    let mut res = resolver.resolve(facts, &pods);
+    let mut facts = facts.clone();
+    if !res.to_poke.is_empty() {
+        // As the agent does: ask bridged pods whose port the node has not
+        // learned yet, then look again.
+        let ns = a.netns.as_deref();
+        if netlink::refresh_neighbours(ns, &res.stale, &res.to_poke).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if let Ok(f) = netlink::read(ns) {
+                facts = f;
+                res = resolver.resolve(&facts, &pods);
+            }
+        }
+    }
+    let facts = &facts;
     let w = &res.wiring;
+    // A bridge is a pod bridge when a local pod sits behind it, or, with
+    // no pods given, when a port's peer lives in another namespace.
     let bridges: Vec<&str> = facts
         .links
         .iter()
-        .filter(|l| w.pod_interfaces.contains(&l.name) && l.kind.as_deref() == Some("bridge"))
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .filter(|b| {
+            w.pod_interfaces.contains(&b.name)
+                || (pods.is_empty()
+                    && facts
+                        .links
+                        .iter()
+                        .any(|p| p.master == Some(b.index) && p.peer_netns))
+        })
         .map(|l| l.name.as_str())
         .collect();
-    let routed = w.pod_interfaces.len() - bridges.len();
+    let routed = w
+        .pod_interfaces
+        .iter()
+        .filter(|i| !bridges.contains(&i.as_str()))
+        .count();
     r.ok(format!(
         "pod interfaces ({}): {routed} routed (a host route each), {} bridge{} {}",
         a.pod_interfaces,

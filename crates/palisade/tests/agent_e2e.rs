@@ -173,7 +173,11 @@ fn agents_enforce_etcd_state_on_two_nodes() {
     datastore("apply", &other_file, &ep);
 
     let name = "agente2e";
-    let (lab, nodes) = lab_up(name, &engine(&[BASE, &other("other")]));
+    let (lab, nodes) = lab_up(
+        name,
+        &engine(&[BASE, &other("other")]),
+        palisade_lab::CniPlugin::Ptp,
+    );
     assert_eq!(nodes.len(), 2);
     let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
     let start = |i: usize, tag: &str| {

@@ -1,5 +1,6 @@
 //! The agent against a real Kubernetes API server, as root: a two-node
-//! namespace lab, one `palisade agent --kube` per node authenticated as the
+//! namespace lab whose pods the reference CNI `bridge` plugin wires, one
+//! `palisade agent --kube` per node authenticated as the
 //! ServiceAccount of `deploy/agent.yaml` and authorized by exactly its
 //! ClusterRole, and real packets after every change made through the API.
 //! Needs root and the server that `scripts/kube-tools` builds (CI runs
@@ -189,7 +190,11 @@ fn agents_enforce_what_the_api_server_says() {
     rt.block_on(server::put(&admin, &other));
 
     let name = "kubeapi";
-    let (lab, nodes) = lab_up(name, &engine(&[&ns0, BASE, &client, &other]));
+    let (lab, nodes) = lab_up(
+        name,
+        &engine(&[&ns0, BASE, &client, &other]),
+        palisade_lab::CniPlugin::Bridge,
+    );
     let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
     let logs: Vec<_> = (0..2)
         .map(|i| tmp.path().join(format!("agent-{i}.log")))

@@ -73,10 +73,15 @@ pub fn converge(state: &palisade_lab::State, engine: &Engine, what: &str) -> usi
     }
 }
 
-/// A lab of `engine`'s nodes and pods listening on 80/TCP (one left over
-/// by an interrupted run is removed first), with each node's name and
-/// network namespace.
-pub fn lab_up(name: &str, engine: &Engine) -> (Lab, Vec<(String, String)>) {
+/// A lab of `engine`'s nodes and pods listening on 80/TCP, wired by the
+/// reference CNI `plugin` and enforcing nothing until agents load their
+/// tables (one left over by an interrupted run is removed first), with
+/// each node's name and network namespace.
+pub fn lab_up(
+    name: &str,
+    engine: &Engine,
+    plugin: palisade_lab::CniPlugin,
+) -> (Lab, Vec<(String, String)>) {
     let _ = palisade_lab::down(name);
     let lab = palisade_lab::up(
         engine,
@@ -88,7 +93,7 @@ pub fn lab_up(name: &str, engine: &Engine) -> (Lab, Vec<(String, String)>) {
                 protocol: palisade_model::Protocol::Tcp,
             }],
             sources: Vec::new(),
-            cni: None,
+            cni: Some(palisade_lab::Cni::new(plugin)),
         },
     )
     .expect("lab up");

@@ -1,0 +1,126 @@
+//! `palisade doctor` on lab nodes wired by the reference CNI plugins: it
+//! finds routed and bridged pods, and fails with a sentence when bridged
+//! traffic would bypass the inet table. Root only (CI runs as root).
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: t}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIPs: [{ip: 10.77.1.10}, {ip: "fd77::1:10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: t}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIPs: [{ip: 10.77.1.11}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: late, namespace: t}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {phase: Running, podIPs: [{ip: 10.77.1.99}]}
+"#;
+
+fn root() -> bool {
+    if palisade_lab::sys::is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "under CI: needs root");
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(BIN).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn doctor_reads_routed_and_bridged_nodes() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.yaml");
+    std::fs::write(&file, CLUSTER).unwrap();
+    let file = file.to_str().unwrap();
+    // The lab wires a and b; `late` is in the datastore only.
+    let wired = CLUSTER.split("---").take(2).collect::<Vec<_>>().join("---");
+    let lab_file = tmp.path().join("lab.yaml");
+    std::fs::write(&lab_file, wired).unwrap();
+    for (plugin, name) in [("ptp", "docptp"), ("bridge", "docbridge")] {
+        let _ = palisade_lab::down(name);
+        let (code, _, err) = run(&[
+            "lab",
+            "up",
+            "-f",
+            lab_file.to_str().unwrap(),
+            "--name",
+            name,
+            "--cni",
+            plugin,
+        ]);
+        assert_eq!(code, 0, "lab up --cni {plugin}: {err}");
+        let netns = format!("pl-{name}-n0");
+        let (code, out, err) = run(&["doctor", "--netns", &netns, "--node", "n1", "-f", file]);
+        let routed_line = out
+            .lines()
+            .find(|l| l.contains("pod interfaces"))
+            .unwrap_or_default()
+            .to_string();
+        match plugin {
+            "ptp" => assert!(
+                routed_line.contains("2 routed") && routed_line.contains("0 bridges"),
+                "{out}"
+            ),
+            _ => {
+                assert!(
+                    routed_line.contains("0 routed") && routed_line.contains("1 bridge cni0"),
+                    "{out}"
+                );
+                assert!(out.contains("bridge-nf-call-iptables = 1"), "{out}");
+            }
+        }
+        assert!(
+            out.contains("ok    kernel: concatenated interval sets"),
+            "{out}"
+        );
+        assert!(
+            out.contains("1 of 3 local pods have no interface") && out.contains("t/late"),
+            "{out}"
+        );
+        assert_eq!(code, 0, "{plugin}: {out}{err}");
+        if plugin == "bridge" {
+            // Bridged traffic that would bypass the inet table is a failure.
+            let set = |v: &str| {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &netns, "sysctl", "-qw"])
+                    .arg(format!("net.bridge.bridge-nf-call-iptables={v}"))
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok);
+            };
+            set("0");
+            let (code, out, err) = run(&["doctor", "--netns", &netns]);
+            set("1");
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                err.contains("net.bridge.bridge-nf-call-iptables is 0")
+                    && err.contains("not enforced"),
+                "{err}"
+            );
+        }
+        let (code, _, err) = run(&["lab", "down", "--name", name]);
+        assert_eq!(code, 0, "{err}");
+    }
+}
