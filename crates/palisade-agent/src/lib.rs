@@ -58,6 +58,7 @@ pub mod message;
 pub mod metrics;
 pub mod netlink;
 pub mod node;
+pub mod snapshot;
 pub mod store;
 pub mod wiring;
 

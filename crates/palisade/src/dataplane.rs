@@ -76,6 +76,13 @@ pub enum LabCommand {
         /// Timeout of a denied connection attempt, in milliseconds.
         #[arg(long, default_value_t = 300)]
         timeout_ms: u64,
+        /// Expect what this etcd datastore says (as agents reading it are
+        /// told), not the files the lab was made from.
+        #[arg(long, value_delimiter = ',', conflicts_with = "kube")]
+        etcd: Vec<String>,
+        /// Expect what the Kubernetes API says (kubeconfig or in-cluster).
+        #[arg(long)]
+        kube: bool,
     },
     /// Remove everything the lab made.
     Down {
@@ -280,10 +287,27 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             ports,
             output,
             timeout_ms,
+            etcd,
+            kube,
         } => {
             let state = palisade_lab::load(&name)?;
-            let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
-            let engine = input::engine(&files)?;
+            let engine = if kube || !etcd.is_empty() {
+                use palisade_agent::snapshot::{read, Datastore};
+                let ds = if kube {
+                    Datastore::Kube
+                } else {
+                    Datastore::Etcd(etcd)
+                };
+                let (cluster, rejected) =
+                    read(ds, std::time::Duration::from_secs(60)).map_err(anyhow::Error::msg)?;
+                for r in rejected {
+                    eprintln!("warning: refused, as agents refuse it: {r}");
+                }
+                palisade_engine::Engine::new(cluster)
+            } else {
+                let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
+                input::engine(&files)?
+            };
             let ports = if ports.is_empty() {
                 engine.default_ports()
             } else {

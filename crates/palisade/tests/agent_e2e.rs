@@ -209,6 +209,23 @@ fn agents_enforce_etcd_state_on_two_nodes() {
         allowed < all,
         "the policy denies something ({allowed} of {all})"
     );
+    // `lab probe --etcd` compares the lab with what the agents were told.
+    let out = palisade(&[
+        "lab", "probe", "--name", name, "--etcd", &ep, "--ports", "80/TCP", "-o", "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "lab probe --etcd: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let denied = probed
+        .as_array()
+        .or_else(|| probed["observations"].as_array())
+        .map(|a| a.iter().filter(|o| o["observed"] == false).count())
+        .unwrap_or_default();
+    assert!(denied > 0, "the probe saw the policy deny: {probed}");
 
     // Relabel `other` into the allowed peers.
     let relabelled = write(tmp.path(), "other2.yaml", &other("client"));

@@ -252,6 +252,21 @@ fn agents_enforce_what_the_api_server_says() {
         "policy created",
     );
     assert!(allowed < all, "the policy denies something");
+    // `lab probe --kube` compares the lab with what the API server says,
+    // read as the agents read it (their credentials).
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "lab", "probe", "--name", name, "--kube", "--ports", "80/TCP",
+        ])
+        .env("KUBECONFIG", &agent_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lab probe --kube: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Update: `other` is admitted once its namespace is labelled team=a.
     put(POLICY_V2);
