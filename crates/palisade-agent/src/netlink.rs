@@ -327,22 +327,26 @@ impl Conn {
         Ok((!interrupted).then_some(facts))
     }
 
+    /// Sends `request` with `flags` under the next sequence number.
+    fn send(&mut self, flags: u16, request: RouteNetlinkMessage) -> io::Result<usize> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(request));
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)
+    }
+
     /// Sends one request and waits for the kernel's acknowledgement.
     fn request(
         &mut self,
         what: &'static str,
         request: RouteNetlinkMessage,
     ) -> Result<(), NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        header.sequence_number = self.seq;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(request));
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
+        self.send(NLM_F_REQUEST | NLM_F_ACK, request)
             .map_err(NetlinkError::io(format!("cannot send the {what}")))?;
         loop {
             let len = match self.socket.recv(&mut &mut self.buf[..], 0) {
@@ -378,16 +382,7 @@ impl Conn {
         request: RouteNetlinkMessage,
         mut each: impl FnMut(RouteNetlinkMessage),
     ) -> Result<bool, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(request));
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
+        self.send(NLM_F_REQUEST | NLM_F_DUMP, request)
             .map_err(NetlinkError::io(format!(
                 "cannot send the {what} dump request"
             )))?;
