@@ -55,14 +55,14 @@ const WATCH_GROUPS: [libc::c_uint; 4] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("cannot enter network namespace {netns}: {source}")]
-    Netns { netns: String, source: io::Error },
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error("the kernel refused the {what} dump: {source}")]
+    #[error("cannot enter network namespace {netns}: {error}")]
+    Netns { netns: String, error: io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
+    #[error("the kernel refused the {what} dump: {error}")]
     Refused {
         what: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("cannot decode a message of the kernel's {what} dump: {detail}")]
     Decode { what: &'static str, detail: String },
@@ -75,7 +75,7 @@ pub enum NetlinkError {
 impl NetlinkError {
     fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let what = what.into();
-        move |source| Self::Io { what, source }
+        move |error| Self::Io { what, error }
     }
 }
 
@@ -113,9 +113,9 @@ fn run_in<T: Send + 'static>(
 }
 
 fn enter(netns: &str) -> Result<(), NetlinkError> {
-    let failed = |source| NetlinkError::Netns {
+    let failed = |error| NetlinkError::Netns {
         netns: netns.to_owned(),
-        source,
+        error,
     };
     let path = if netns.contains('/') {
         Path::new(netns).to_owned()
@@ -177,10 +177,10 @@ pub fn watch(
                         // Notifications were lost: the caller re-reads
                         // everything anyway, so this is one more change.
                         Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
-                        Err(source) => {
+                        Err(error) => {
                             failed(NetlinkError::Io {
                                 what: "cannot receive netlink notifications".into(),
-                                source,
+                                error,
                             });
                             return;
                         }
@@ -263,8 +263,8 @@ pub fn refresh_neighbours(
                     IpAddr::V6(a) => NeighbourAddress::Inet6(a),
                 }));
             match conn.request("neighbour deletion", RouteNetlinkMessage::DelNeighbour(m)) {
-                Err(NetlinkError::Refused { source, .. })
-                    if source.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(NetlinkError::Io { error, .. })
+                    if error.raw_os_error() == Some(libc::ENOENT) => {}
                 other => other?,
             }
         }
@@ -364,9 +364,9 @@ impl Conn {
             if let NetlinkPayload::Error(e) = msg.payload {
                 return match e.code {
                     None => Ok(()),
-                    Some(_) => Err(NetlinkError::Refused {
-                        what,
-                        source: e.to_io(),
+                    Some(_) => Err(NetlinkError::Io {
+                        what: format!("the kernel refused the {what}"),
+                        error: e.to_io(),
                     }),
                 };
             }
@@ -416,13 +416,13 @@ impl Conn {
                 match msg.payload {
                     NetlinkPayload::InnerMessage(m) => each(m),
                     NetlinkPayload::Done(done) if done.code < 0 => {
-                        let source = io::Error::from_raw_os_error(-done.code);
-                        return Err(NetlinkError::Refused { what, source });
+                        let error = io::Error::from_raw_os_error(-done.code);
+                        return Err(NetlinkError::Refused { what, error });
                     }
                     NetlinkPayload::Done(_) => return Ok(interrupted),
                     NetlinkPayload::Error(e) if e.code.is_some() => {
-                        let source = e.to_io();
-                        return Err(NetlinkError::Refused { what, source });
+                        let error = e.to_io();
+                        return Err(NetlinkError::Refused { what, error });
                     }
                     _ => {}
                 }

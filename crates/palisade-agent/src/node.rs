@@ -97,7 +97,7 @@ pub fn spawn(netns: Option<String>, tx: Sender<Input>) -> Result<NodeSource, Net
         })
         .map_err(|e| NetlinkError::Io {
             what: "starting the node source".into(),
-            source: e,
+            error: e,
         })?;
     Ok(source)
 }
