@@ -268,6 +268,8 @@ pub struct Agent<B: Backend> {
     /// Sends a datagram to addresses whose bridge port is not known yet.
     poke: Option<Poke>,
     poked: HashMap<IpAddr, Instant>,
+    /// The facts or the local pods changed since the wiring was resolved.
+    wiring_stale: bool,
     /// The last full build's state for the incremental path; `None` when
     /// that cluster is one it refuses (then `fast` is kept instead).
     incr: Option<Incr>,
@@ -300,6 +302,7 @@ impl<B: Backend> Agent<B> {
             bridge: None,
             poke: None,
             poked: HashMap::new(),
+            wiring_stale: true,
             incr: None,
             pending: BTreeMap::new(),
             pending_full: false,
@@ -441,6 +444,7 @@ impl<B: Backend> Agent<B> {
             };
             let changed = f != self.facts;
             self.facts = f;
+            self.wiring_stale |= changed;
             if self.health_mut().sources_down.remove(NODE_SCOPE).is_some() {
                 self.update_degraded();
             }
@@ -464,6 +468,19 @@ impl<B: Backend> Agent<B> {
             Input::Delete { origin } => debug!(%origin, "delete"),
             Input::NodeFacts(_) => {}
         }
+        // Only local pods and the facts decide the wiring: other changes
+        // need not resolve it again.
+        let local = |objs: &[Located<Object>]| {
+            objs.iter().any(|o| {
+                matches!(&o.value, Object::Pod(p) if p.node.as_deref() == Some(self.cfg.node.as_str()))
+            })
+        };
+        self.wiring_stale |= match &input {
+            Input::Upsert(e) => local(&e.objects) || self.store.get(&e.origin).is_some_and(local),
+            Input::Delete { origin } => self.store.get(origin).is_some_and(local),
+            Input::Resync { .. } => true,
+            Input::SourceDown { .. } | Input::NodeFacts(_) => false,
+        };
         if self.fast.is_some() || self.incr.is_some() {
             match &input {
                 Input::Upsert(Entry { origin, .. }) | Input::Delete { origin } => {
@@ -987,6 +1004,11 @@ impl<B: Backend> Agent<B> {
     /// The local pods as the store has them, resolved against the node's
     /// facts.
     fn rewire(&mut self) {
+        // Without new facts or local pods nothing can have changed (a
+        // bridged pod not bound yet is asked again when the facts change).
+        if !std::mem::take(&mut self.wiring_stale) {
+            return;
+        }
         let mut pods: BTreeMap<String, LocalPod> = BTreeMap::new();
         for o in self.store.objects() {
             if let Object::Pod(p) = &o.value {
