@@ -967,24 +967,7 @@ pub const NODE_SCOPE: &str = "node";
 fn wiring_deltas(applied: &Ruleset, w: &Wiring) -> Option<Vec<SetDelta>> {
     let mut out = Vec::new();
     for (name, want) in w.inet_elements() {
-        let have = &applied.set(name)?.elements;
-        let want_set: BTreeSet<&palisade_nft::Element> = want.iter().collect();
-        let have_set: BTreeSet<&palisade_nft::Element> = have.iter().collect();
-        let remove: Vec<_> = have_set
-            .difference(&want_set)
-            .map(|e| (*e).clone())
-            .collect();
-        let add: Vec<_> = want_set
-            .difference(&have_set)
-            .map(|e| (*e).clone())
-            .collect();
-        if !remove.is_empty() || !add.is_empty() {
-            out.push(SetDelta {
-                set: name.to_string(),
-                remove,
-                add,
-            });
-        }
+        out.extend(delta::set_delta(name, &applied.set(name)?.elements, &want));
     }
     Some(out)
 }

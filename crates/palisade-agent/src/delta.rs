@@ -117,6 +117,16 @@ fn diff_elements(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element
     (remove, add)
 }
 
+/// What brings set `name` from `old` to `new` elements, if anything.
+pub fn set_delta(name: &str, old: &[Element], new: &[Element]) -> Option<SetDelta> {
+    let (remove, add) = diff_elements(old, new);
+    (!remove.is_empty() || !add.is_empty()).then(|| SetDelta {
+        set: name.to_string(),
+        remove,
+        add,
+    })
+}
+
 /// How many elements `sets` remove from interval sets of `table` (each
 /// costs the kernel far more than an addition).
 pub fn interval_removals(sets: &[SetDelta], table: &Ruleset) -> usize {
@@ -134,17 +144,12 @@ pub fn diff(old: Option<&Ruleset>, new: &Ruleset) -> Delta {
     if !same_structure(old, new) {
         return Delta::Replace(Box::new(new.clone()));
     }
-    let mut out = Vec::new();
-    for (a, b) in old.sets.iter().zip(&new.sets) {
-        let (remove, add) = diff_elements(&a.elements, &b.elements);
-        if !remove.is_empty() || !add.is_empty() {
-            out.push(SetDelta {
-                set: b.name.clone(),
-                remove,
-                add,
-            });
-        }
-    }
+    let out: Vec<SetDelta> = old
+        .sets
+        .iter()
+        .zip(&new.sets)
+        .filter_map(|(a, b)| set_delta(&b.name, &a.elements, &b.elements))
+        .collect();
     if out.is_empty() {
         Delta::Noop
     } else {
