@@ -438,10 +438,7 @@ impl<B: Backend> Agent<B> {
             .get_or_create(&label("type", input.kind()))
             .inc();
         let mut scope_up = None;
-        if let Input::NodeFacts(_) = &input {
-            let Input::NodeFacts(f) = input else {
-                unreachable!()
-            };
+        if let Input::NodeFacts(f) = input {
             let changed = f != self.facts;
             self.facts = f;
             self.wiring_stale |= changed;
@@ -979,11 +976,6 @@ impl<B: Backend> Agent<B> {
         self.poke = Some(poke);
     }
 
-    /// The wiring of the last sync.
-    pub fn wiring(&self) -> &Wiring {
-        &self.wiring
-    }
-
     /// The local pods as the store has them, resolved against the node's
     /// facts.
     fn rewire(&mut self) {
@@ -999,13 +991,7 @@ impl<B: Backend> Agent<B> {
                     && !p.host_network
                     && p.is_endpoint()
                 {
-                    pods.insert(
-                        p.key(),
-                        LocalPod {
-                            key: p.key(),
-                            ips: p.ips.clone(),
-                        },
-                    );
+                    pods.insert(p.key(), LocalPod::of(p));
                 }
             }
         }

@@ -79,6 +79,24 @@ pub struct LocalPod {
     pub ips: Vec<IpAddr>,
 }
 
+impl LocalPod {
+    pub fn of(p: &palisade_model::Pod) -> LocalPod {
+        LocalPod {
+            key: p.key(),
+            ips: p.ips.clone(),
+        }
+    }
+
+    /// The local pods of `engine`'s cluster (see [`palisade_nft::local_pods`]).
+    pub fn all(engine: &palisade_engine::Engine, local: &palisade_nft::Local) -> Vec<LocalPod> {
+        let pods = &engine.cluster().pods;
+        palisade_nft::local_pods(engine, local)
+            .into_iter()
+            .map(|i| LocalPod::of(&pods[i]))
+            .collect()
+    }
+}
+
 /// How one local pod is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reach {

@@ -146,14 +146,7 @@ pub fn node_wiring(
         Some(n) => palisade_nft::Local::Node(n.to_string()),
         None => palisade_nft::Local::All,
     };
-    let pods = &engine.cluster().pods;
-    let local: Vec<palisade_agent::wiring::LocalPod> = palisade_nft::local_pods(engine, &local)
-        .into_iter()
-        .map(|i| palisade_agent::wiring::LocalPod {
-            key: pods[i].key(),
-            ips: pods[i].ips.clone(),
-        })
-        .collect();
+    let local = palisade_agent::wiring::LocalPod::all(engine, &local);
     let r = palisade_agent::wiring::Resolver::new(mode.clone()).resolve(&facts, &local);
     for k in r.unwired() {
         eprintln!("warning: pod {k} has no interface on this node; its packets will be dropped");

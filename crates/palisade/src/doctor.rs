@@ -159,14 +159,7 @@ fn check_wiring(r: &mut Report, a: &DoctorArgs, facts: &NodeFacts) -> Result<()>
     let pods: Vec<LocalPod> = match (&a.node, a.files.is_empty()) {
         (Some(node), false) => {
             let engine = input::engine(&a.files)?;
-            let pods = &engine.cluster().pods;
-            palisade_nft::local_pods(&engine, &palisade_nft::Local::Node(node.clone()))
-                .into_iter()
-                .map(|i| LocalPod {
-                    key: pods[i].key(),
-                    ips: pods[i].ips.clone(),
-                })
-                .collect()
+            LocalPod::all(&engine, &palisade_nft::Local::Node(node.clone()))
         }
         _ => Vec::new(),
     };
