@@ -1374,19 +1374,14 @@ fn fam(v4: bool) -> &'static str {
     }
 }
 
-/// `iifname . ip saddr` is a local pod's, as the wiring says.
-fn pod_source(v4: bool) -> Stmt {
-    Stmt::is(
-        Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
-        Expr::SetRef(format!("pod_src{}", fam(v4))),
-    )
-}
-
-fn not_pod_source(v4: bool) -> Stmt {
-    Stmt::is_not(
-        Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
-        Expr::SetRef(format!("pod_src{}", fam(v4))),
-    )
+/// `iifname . ip saddr` is (`Op::Eq`) or is not (`Op::Ne`) a local pod's,
+/// as the wiring says.
+fn pod_source(v4: bool, op: Op) -> Stmt {
+    Stmt::Match {
+        left: Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
+        op,
+        right: Expr::SetRef(format!("pod_src{}", fam(v4))),
+    }
 }
 
 fn on_pod_interface() -> Stmt {
@@ -1397,8 +1392,9 @@ fn on_pod_interface() -> Stmt {
 }
 
 /// IPv6 link-local and unspecified sources (neighbour discovery) are
-/// exempt from anti-spoofing: the kernel never forwards them.
-fn not_link_local() -> Vec<Stmt> {
+/// exempt from anti-spoofing: the kernel never forwards them. Shared by
+/// the bridge table.
+pub(crate) fn not_link_local() -> Vec<Stmt> {
     vec![
         Stmt::is_not(src(false), Expr::Prefix("fe80::".into(), 10)),
         Stmt::is_not(src(false), Expr::Prefix("::".into(), 128)),
@@ -1417,7 +1413,7 @@ fn unknown_source_rules(input: bool) -> Vec<Rule> {
             stmts.extend(not_link_local());
         }
         if input {
-            stmts.push(not_pod_source(v4));
+            stmts.push(pod_source(v4, Op::Ne));
         }
         stmts.push(Stmt::Drop);
         rules.push(commented(stmts, "unknown source on a pod interface"));
@@ -1425,7 +1421,7 @@ fn unknown_source_rules(input: bool) -> Vec<Rule> {
     for v4 in [true, false] {
         let mut stmts = vec![Stmt::is(src(v4), Expr::SetRef(format!("local{}", fam(v4))))];
         if input {
-            stmts.push(not_pod_source(v4));
+            stmts.push(pod_source(v4, Op::Ne));
         }
         stmts.push(Stmt::Drop);
         rules.push(commented(stmts, "local pod address on another interface"));
@@ -1475,23 +1471,24 @@ fn to_pod_rules() -> Vec<Rule> {
 /// does not govern it; so is neighbour discovery to the node. Its sources
 /// are the bridge table's to check.
 fn neighbour_discovery() -> Rule {
-    commented(
-        vec![
-            Stmt::is(
-                Expr::payload("icmpv6", "type"),
-                Expr::AnonSet(vec![
-                    "nd-router-solicit",
-                    "nd-router-advert",
-                    "nd-neighbor-solicit",
-                    "nd-neighbor-advert",
-                    "nd-redirect",
-                ]),
-            ),
-            Stmt::is(Expr::payload("ip6", "hoplimit"), Expr::Int(255)),
-            Stmt::Accept,
-        ],
-        "neighbour discovery between bridged pods",
-    )
+    let mut stmts = on_link(vec![
+        "nd-router-solicit",
+        "nd-router-advert",
+        "nd-neighbor-solicit",
+        "nd-neighbor-advert",
+        "nd-redirect",
+    ]);
+    stmts.push(Stmt::Accept);
+    commented(stmts, "neighbour discovery between bridged pods")
+}
+
+/// ICMPv6 of these types with hop limit 255: sent on the link, never
+/// routed. Shared by the bridge table.
+pub(crate) fn on_link(types: Vec<&'static str>) -> Vec<Stmt> {
+    vec![
+        Stmt::is(Expr::payload("icmpv6", "type"), Expr::AnonSet(types)),
+        Stmt::is(Expr::payload("ip6", "hoplimit"), Expr::Int(255)),
+    ]
 }
 
 /// The base chains.
@@ -1540,7 +1537,7 @@ fn chains(stages: Stages) -> Vec<Chain> {
     forward.extend([true, false].into_iter().map(|v4| {
         rule(vec![
             nfproto(v4),
-            pod_source(v4),
+            pod_source(v4, Op::Eq),
             Stmt::Goto("from_pod".into()),
         ])
     }));

@@ -243,24 +243,18 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         if !v4 {
             // A new pod answers the node's neighbour solicitation from its
             // unbound address: that answer is how its port is learned.
-            check.push(rule(
-                vec![
-                    ether_type(proto),
-                    Stmt::is(
-                        Expr::payload("icmpv6", "type"),
-                        Expr::AnonSet(vec!["nd-neighbor-solicit", "nd-neighbor-advert"]),
-                    ),
-                    Stmt::is(Expr::payload("ip6", "hoplimit"), Expr::Int(255)),
-                    Stmt::is_not(saddr(), Expr::SetRef(boundset.into())),
-                    Stmt::Accept,
-                ],
-                "neighbour discovery of an unbound address",
-            ));
+            let mut nd = vec![ether_type(proto)];
+            nd.extend(crate::on_link(vec![
+                "nd-neighbor-solicit",
+                "nd-neighbor-advert",
+            ]));
+            nd.push(Stmt::is_not(saddr(), Expr::SetRef(boundset.into())));
+            nd.push(Stmt::Accept);
+            check.push(rule(nd, "neighbour discovery of an unbound address"));
         }
         let mut own = vec![from_port(), ether_type(proto)];
         if !v4 {
-            own.push(Stmt::is_not(saddr(), Expr::Prefix("fe80::".into(), 10)));
-            own.push(Stmt::is_not(saddr(), Expr::Prefix("::".into(), 128)));
+            own.extend(crate::not_link_local());
         }
         own.extend([binding(), Stmt::Drop]);
         check.push(rule(own, "spoofed source"));
