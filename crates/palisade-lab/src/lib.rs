@@ -774,6 +774,25 @@ impl Observation {
     }
 }
 
+/// `src -> dst (src_ip -> dst_ip) port/proto: engine allowed, kernel denied`.
+impl std::fmt::Display for Observation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = |b: bool| if b { "allowed" } else { "denied" };
+        write!(
+            f,
+            "{} -> {} ({} -> {}) {}/{}: engine {}, kernel {}",
+            self.src,
+            self.dst,
+            self.src_ip,
+            self.dst_ip,
+            self.port,
+            self.protocol,
+            word(self.expected),
+            word(self.observed)
+        )
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     /// How long a denied connection attempt waits.

@@ -383,12 +383,7 @@ fn lab_wires_and_connects(name: &str, plugin: CniPlugin) {
     let bad: Vec<String> = obs
         .iter()
         .filter(|o| !o.observed || !o.agrees())
-        .map(|o| {
-            format!(
-                "{} -> {} ({} -> {}) {}/{}: engine {}, kernel {}",
-                o.src, o.dst, o.src_ip, o.dst_ip, o.port, o.protocol, o.expected, o.observed
-            )
-        })
+        .map(|o| o.to_string())
         .collect();
     assert!(bad.is_empty(), "{name}: {}", bad.join("\n"));
     for v4 in [true, false] {

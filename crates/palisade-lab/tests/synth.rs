@@ -58,12 +58,7 @@ fn random_clusters_agree_with_the_engine() {
                     let bad: Vec<String> = obs
                         .iter()
                         .filter(|o| !o.agrees())
-                        .map(|o| {
-                            format!(
-                                "seed {seed}: {} -> {} ({}) {}/{}: engine {}, kernel {}",
-                                o.src, o.dst, o.dst_ip, o.port, o.protocol, o.expected, o.observed
-                            )
-                        })
+                        .map(|o| format!("seed {seed}: {o}"))
                         .collect();
                     eprintln!(
                         "seed {seed}: {} probes, {} allowed, {} disagreements",

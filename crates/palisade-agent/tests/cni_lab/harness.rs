@@ -136,19 +136,7 @@ pub fn wait_settled(agents: &[NodeAgent], what: &str) {
 pub fn disagreements(obs: &[Observation], what: &str) -> Vec<String> {
     obs.iter()
         .filter(|o| !o.agrees())
-        .map(|o| {
-            format!(
-                "{what}: {} -> {} ({} -> {}) {}/{}: engine {}, kernel {}",
-                o.src,
-                o.dst,
-                o.src_ip,
-                o.dst_ip,
-                o.port,
-                o.protocol,
-                if o.expected { "allowed" } else { "denied" },
-                if o.observed { "allowed" } else { "denied" }
-            )
-        })
+        .map(|o| format!("{what}: {o}"))
         .collect()
 }
 
