@@ -262,9 +262,10 @@ pub struct Agent<B: Backend> {
     resolver: Resolver,
     /// The wiring of the last sync.
     wiring: Wiring,
-    /// The bridge table as last applied; `None` when unknown (start, or a
-    /// failed transaction): the next sync writes it.
-    bridge: Option<Option<Ruleset>>,
+    /// The bridge wiring the bridge table was last written for; `None`
+    /// when unknown (start, or a failed transaction): the next sync writes
+    /// it.
+    bridge: Option<palisade_nft::BridgeWiring>,
     /// Sends a datagram to addresses whose bridge port is not known yet.
     poke: Option<Poke>,
     poked: HashMap<IpAddr, Instant>,
@@ -1045,14 +1046,14 @@ impl<B: Backend> Agent<B> {
     /// wiring: replaced whole when it changes (it holds a few elements per
     /// local pod), removed when no pod is bridged.
     fn sync_bridge(&mut self) -> Result<(), SyncError> {
-        let want = palisade_nft::compile_bridge(&self.wiring.bridge);
-        if self.bridge.as_ref() == Some(&want) {
+        if self.bridge.as_ref() == Some(&self.wiring.bridge) {
             return Ok(());
         }
+        let want = palisade_nft::compile_bridge(&self.wiring.bridge);
         let text = palisade_nft::bridge_text(want.as_ref());
         match self.backend.apply_bridge(&text) {
             Ok(()) => {
-                self.bridge = Some(want);
+                self.bridge = Some(self.wiring.bridge.clone());
                 Ok(())
             }
             Err(e) => {
