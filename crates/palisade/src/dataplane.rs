@@ -148,8 +148,17 @@ pub fn node_wiring(
     };
     let local = palisade_agent::wiring::LocalPod::all(engine, &local);
     let r = palisade_agent::wiring::Resolver::new(mode.clone()).resolve(&facts, &local);
-    for k in r.unwired() {
-        eprintln!("warning: pod {k} has no interface on this node; its packets will be dropped");
+    let unwired = r.unwired();
+    if !unwired.is_empty() {
+        let shown: Vec<&str> = unwired.iter().take(5).copied().collect();
+        let more = unwired.len() - shown.len();
+        eprintln!(
+            "warning: {} of {} local pods have no interface on this node; their packets will be dropped: {}{}",
+            unwired.len(),
+            local.len(),
+            shown.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
     }
     Ok(r.wiring)
 }
