@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod index;
+pub mod live;
 pub mod matrix;
 pub mod synth;
 mod verdict;

@@ -6,8 +6,9 @@
 //! the full compilation, as the agent does; refusals must stay rare.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use palisade_engine::live::{IdentityKey, Live, Op as Sel, SelectionDelta};
 use palisade_engine::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{
@@ -40,6 +41,125 @@ fn full(c: &Cluster) -> Ruleset {
         wiring: Default::default(),
     };
     compile_numbered(&engine, &opts, Numbering::Stable).unwrap()
+}
+
+type PodKey = (String, String);
+
+/// The engine's live index fed the same changes, with what its selection
+/// deltas say each NetworkPolicy selects, summed since it was built.
+struct Selections {
+    live: Live,
+    identities: BTreeSet<IdentityKey>,
+    selected: BTreeMap<PodKey, BTreeSet<IdentityKey>>,
+}
+
+impl Selections {
+    fn new(c: &Cluster) -> Option<Selections> {
+        let engine = Engine::new(assembled(c));
+        let (live, delta) = Live::build(&engine).ok()?;
+        let mut sel = Selections {
+            live,
+            identities: BTreeSet::new(),
+            selected: BTreeMap::new(),
+        };
+        sel.sum(delta);
+        Some(sel)
+    }
+
+    /// Applies the changes; `false` when the live index refuses one.
+    fn apply(&mut self, changes: &[Change]) -> bool {
+        for c in changes {
+            let Ok(delta) = self.live.apply(c.clone()) else {
+                return false;
+            };
+            self.sum(delta);
+        }
+        true
+    }
+
+    fn sum(&mut self, delta: SelectionDelta) {
+        for (ik, op) in delta.identities {
+            match op {
+                Sel::Add => assert!(self.identities.insert(ik), "an identity added twice"),
+                Sel::Remove => assert!(self.identities.remove(&ik), "an unknown identity removed"),
+            }
+        }
+        for (pk, ik, op) in delta.subjects {
+            let set = self.selected.entry(pk).or_default();
+            match op {
+                Sel::Add => assert!(set.insert(ik), "a selection added twice"),
+                Sel::Remove => assert!(set.remove(&ik), "an unknown selection removed"),
+            }
+        }
+        self.selected.retain(|_, s| !s.is_empty());
+    }
+    /// The summed deltas against a full index of the same cluster: the
+    /// same identities (as partitions of the endpoint pods) and, for every
+    /// NetworkPolicy, the same selected pods.
+    fn check(&self, c: &Cluster) -> Result<(), String> {
+        let engine = Engine::new(assembled(c));
+        let (cluster, idx) = (engine.cluster(), engine.index());
+        let key = |i: usize| {
+            (
+                cluster.pods[i].namespace.clone(),
+                cluster.pods[i].name.clone(),
+            )
+        };
+        let live_ids: BTreeSet<&IdentityKey> = self.live.identities().map(|i| &i.key).collect();
+        if live_ids != self.identities.iter().collect() {
+            return Err("identity deltas disagree with the live identities".into());
+        }
+        let want: BTreeSet<BTreeSet<PodKey>> = idx
+            .identities
+            .iter()
+            .map(|i| i.members.iter().map(|&m| key(m)).collect())
+            .collect();
+        let got: BTreeSet<BTreeSet<PodKey>> =
+            self.live.identities().map(|i| i.members.clone()).collect();
+        if want != got {
+            return Err(format!("identities differ:\n want {want:?}\n got  {got:?}"));
+        }
+        let mut want: BTreeMap<PodKey, BTreeSet<PodKey>> = BTreeMap::new();
+        for ident in &idx.identities {
+            for &p in ident.ingress_policies.iter().chain(&ident.egress_policies) {
+                let pk = (
+                    cluster.policies[p].namespace.clone(),
+                    cluster.policies[p].name.clone(),
+                );
+                want.entry(pk)
+                    .or_default()
+                    .extend(ident.members.iter().map(|&m| key(m)));
+            }
+        }
+        // The index records the policies that isolate an identity; one
+        // with neither direction selects but isolates nothing.
+        let isolates = |pk: &PodKey| {
+            let p = self.live.policy(pk).expect("a selecting policy exists");
+            p.ingress.is_some() || p.egress.is_some()
+        };
+        let got: BTreeMap<PodKey, BTreeSet<PodKey>> = self
+            .selected
+            .iter()
+            .filter(|(pk, _)| isolates(pk))
+            .map(|(pk, ids)| {
+                let pods = ids
+                    .iter()
+                    .flat_map(|ik| {
+                        self.live
+                            .identity(ik)
+                            .expect("a live identity")
+                            .members
+                            .clone()
+                    })
+                    .collect();
+                (pk.clone(), pods)
+            })
+            .collect();
+        if want != got {
+            return Err(format!("selections differ:\n want {want:?}\n got  {got:?}"));
+        }
+        Ok(())
+    }
 }
 
 fn state(c: &Cluster) -> Option<Incremental> {
@@ -397,6 +517,7 @@ fn incremental_compile_equals_full_compile() {
     });
     let (applied, refused) = (Cell::new(0usize), Cell::new(0usize));
     let deferred = Cell::new(0usize);
+    let selections = Cell::new(0usize);
     runner
         .run(
             &(1u64..10_000, prop::collection::vec(op(), 1..30)),
@@ -412,10 +533,23 @@ fn incremental_compile_equals_full_compile() {
                 let mut c = synth::cluster(&params);
                 let mut rs = full(&c);
                 let mut st = state(&c);
+                let mut sel = Selections::new(&c);
                 let mut n = 0;
                 for op in &ops {
                     let changes = step(&mut c, &mut n, op);
                     let want = full(&c);
+                    // The engine's selection deltas, summed, agree with a
+                    // full index of the new cluster.
+                    match sel.as_mut().map(|s| s.apply(&changes)) {
+                        Some(true) => {
+                            let s = sel.as_ref().unwrap();
+                            if let Err(e) = s.check(&c) {
+                                prop_assert!(false, "after {:?}: {}", op, e);
+                            }
+                            selections.set(selections.get() + 1);
+                        }
+                        Some(false) | None => sel = Selections::new(&c),
+                    }
                     match st.as_mut().map(|s| s.apply(changes)) {
                         Some(Ok(delta)) => {
                             patch(&mut rs, delta.into_changes());
@@ -468,6 +602,11 @@ fn incremental_compile_equals_full_compile() {
         deferred.get()
     );
     assert!(deferred.get() > 0, "no removal was ever deferred");
+    assert!(
+        selections.get() > 4 * refused,
+        "selection deltas checked only {} times",
+        selections.get()
+    );
     assert!(
         applied > 4 * refused,
         "{refused} refused against {applied} applied"
