@@ -7,6 +7,7 @@
 //! pods rather than pairs.
 
 pub mod classify;
+pub mod first_match;
 pub mod index;
 pub mod live;
 pub mod matrix;

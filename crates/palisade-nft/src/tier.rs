@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use palisade_engine::first_match::{first_match, first_match_2d, AddrBox, PortVerdict};
 use palisade_engine::index::{FlatPort, FlatPortKind, FlatRule, PeerMatch};
 use palisade_engine::{Direction, Engine};
 use palisade_model::AdminAction;
@@ -43,9 +44,6 @@ pub(crate) struct Compiled {
     /// for peers that are not pods.
     pub cidr: [Vec<Element>; 2],
 }
-
-/// An action over a disjoint port range of one protocol.
-pub(crate) type PortVerdict = (u8, u16, u16, AdminAction);
 
 /// Named container ports as the engine interns them: (name, protocol, port).
 type Named = Vec<(u32, u8, u16)>;
@@ -88,97 +86,6 @@ fn port_names(rules: &[FlatRule]) -> BTreeSet<u32> {
             FlatPortKind::Range(..) => None,
         })
         .collect()
-}
-
-/// First match over ports: `rules` in evaluation order, each an action and
-/// the port ranges it covers; the result partitions what any rule covers
-/// into disjoint ranges labelled with the earliest covering rule's action.
-pub(crate) fn first_match(rules: &[(AdminAction, Vec<PortItem>)]) -> Vec<PortVerdict> {
-    let mut out: Vec<PortVerdict> = Vec::new();
-    for proto in crate::ALL_PROTOCOLS.map(|p| p.number()) {
-        let mut cuts: BTreeSet<u32> = BTreeSet::new();
-        for (_, items) in rules {
-            for &(p, a, b) in items {
-                if p == proto && a <= b {
-                    cuts.insert(u32::from(a));
-                    cuts.insert(u32::from(b) + 1);
-                }
-            }
-        }
-        let cuts: Vec<u32> = cuts.into_iter().collect();
-        for w in cuts.windows(2) {
-            let (lo, hi) = (w[0], w[1] - 1);
-            let action = rules.iter().find_map(|(action, items)| {
-                items
-                    .iter()
-                    .any(|&(p, a, b)| p == proto && u32::from(a) <= lo && hi <= u32::from(b))
-                    .then_some(*action)
-            });
-            let Some(action) = action else { continue };
-            let (lo, hi) = (lo as u16, hi as u16);
-            match out.last_mut() {
-                Some(last)
-                    if last.0 == proto && last.3 == action && last.2 as u32 + 1 == lo as u32 =>
-                {
-                    last.2 = hi;
-                }
-                _ => out.push((proto, lo, hi, action)),
-            }
-        }
-    }
-    out
-}
-
-/// A box of the address × port space claimed by rule `rule`.
-pub(crate) struct AddrBox {
-    pub(crate) lo: u128,
-    pub(crate) hi: u128,
-    pub(crate) rule: usize,
-}
-
-/// First match over addresses and ports: cut the address axis at every box
-/// edge, resolve the ports of each slice by the rules covering it, and join
-/// adjacent slices that resolve alike.
-pub(crate) fn first_match_2d(
-    boxes: &[AddrBox],
-    rules: &[(AdminAction, Vec<PortItem>)],
-) -> Vec<(u128, u128, Vec<PortVerdict>)> {
-    let mut cuts: BTreeSet<u128> = BTreeSet::new();
-    for b in boxes {
-        cuts.insert(b.lo);
-        if b.hi < u128::MAX {
-            cuts.insert(b.hi + 1);
-        }
-    }
-    let cuts: Vec<u128> = cuts.into_iter().collect();
-    let mut memo: HashMap<Vec<usize>, Vec<PortVerdict>> = HashMap::new();
-    let mut out: Vec<(u128, u128, Vec<PortVerdict>)> = Vec::new();
-    for (i, &lo) in cuts.iter().enumerate() {
-        let hi = cuts.get(i + 1).map_or(u128::MAX, |n| n - 1);
-        let covering: Vec<usize> = boxes
-            .iter()
-            .filter(|b| b.lo <= lo && hi <= b.hi)
-            .map(|b| b.rule)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if covering.is_empty() {
-            continue;
-        }
-        let ports = memo
-            .entry(covering)
-            .or_insert_with_key(|c| {
-                let list: Vec<(AdminAction, Vec<PortItem>)> =
-                    c.iter().map(|&r| rules[r].clone()).collect();
-                first_match(&list)
-            })
-            .clone();
-        match out.last_mut() {
-            Some(last) if last.1.checked_add(1) == Some(lo) && last.2 == ports => last.1 = hi,
-            _ => out.push((lo, hi, ports)),
-        }
-    }
-    out
 }
 
 pub(crate) fn verdict(a: AdminAction) -> Option<Value> {

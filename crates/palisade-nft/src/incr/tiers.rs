@@ -8,8 +8,9 @@ use palisade_model::{AdminAction, AdminPort, Pod};
 
 use super::{ElementDelta, Group, Incremental, Op, TierKey};
 use crate::numbering::hash32;
-use crate::tier::{first_match, first_match_2d, verdict, AddrBox};
+use crate::tier::verdict;
 use crate::{addr_value, block_ranges_of, proto_value, Dir, Element, PortItem, Value};
+use palisade_engine::first_match::{first_match, first_match_2d, AddrBox};
 
 impl Incremental {
     fn admin_rules(&self, ai: usize, dir: Dir) -> &[palisade_model::AdminRule] {
