@@ -274,83 +274,10 @@ fn rules(cx: &mut Cx, spec: &Map<String, Value>, dir: &str, flavor: Flavor) -> V
                 ),
             );
         }
-        let action = match get_str(cx, m, &rp, "action") {
-            Some(a) => match flavor.action(a) {
-                Ok(a) => Some(a),
-                Err(expected) => {
-                    cx.error(
-                        &join(&rp, "action"),
-                        format!(
-                            "unknown action {a:?} for {} (expected {expected})",
-                            flavor.kind()
-                        ),
-                    );
-                    None
-                }
-            },
-            None => {
-                if !has(m, "action") {
-                    cx.error(&join(&rp, "action"), "missing action");
-                }
-                None
-            }
-        };
-
-        let pp = join(&rp, peers_key);
-        let mut peers = Vec::new();
-        match get_list(cx, m, &rp, peers_key) {
-            None => {
-                if !has(m, peers_key) {
-                    cx.error(&pp, format!("missing {peers_key}: list at least one peer"));
-                }
-            }
-            Some(l) if l.is_empty() => {
-                cx.error(&pp, format!("{peers_key} must list at least one peer"));
-            }
-            Some(l) => {
-                if l.len() > max {
-                    cx.error(&pp, format!("{} peers; at most {max} are allowed", l.len()));
-                }
-                for (j, p) in l.iter().enumerate() {
-                    if let Some(p) = peer(cx, p, &index(&pp, j), egress, flavor) {
-                        peers.push(p);
-                    }
-                }
-            }
-        }
-
+        let action = rule_action(cx, m, &rp, flavor);
+        let peers = rule_peers(cx, m, &rp, peers_key, egress, flavor);
         let kp = join(&rp, ports_key);
-        let ports = match get_list(cx, m, &rp, ports_key) {
-            None => None,
-            Some(l) if l.is_empty() => {
-                cx.error(
-                    &kp,
-                    format!("{ports_key} is empty: list at least one port, or leave {ports_key} out to match all ports"),
-                );
-                None
-            }
-            Some(l) => {
-                if l.len() > max {
-                    cx.error(
-                        &kp,
-                        format!("{} entries; at most {max} are allowed", l.len()),
-                    );
-                }
-                let ports: Vec<AdminPort> = l
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, p)| {
-                        let p2 = index(&kp, j);
-                        match flavor {
-                            Flavor::Cnp => cnp_protocol(cx, p, &p2),
-                            _ => anp_port(cx, p, &p2),
-                        }
-                    })
-                    .collect();
-                Some(ports)
-            }
-        };
-
+        let ports = rule_ports(cx, m, &rp, ports_key, flavor);
         let named = ports
             .as_ref()
             .is_some_and(|p| p.iter().any(|p| matches!(p, AdminPort::Named(_))));
@@ -374,6 +301,110 @@ fn rules(cx: &mut Cx, spec: &Map<String, Value>, dir: &str, flavor: Flavor) -> V
         }
     }
     out
+}
+
+fn rule_action(
+    cx: &mut Cx,
+    m: &Map<String, Value>,
+    rp: &str,
+    flavor: Flavor,
+) -> Option<palisade_model::AdminAction> {
+    match get_str(cx, m, rp, "action") {
+        Some(a) => match flavor.action(a) {
+            Ok(a) => Some(a),
+            Err(expected) => {
+                cx.error(
+                    &join(rp, "action"),
+                    format!(
+                        "unknown action {a:?} for {} (expected {expected})",
+                        flavor.kind()
+                    ),
+                );
+                None
+            }
+        },
+        None => {
+            if !has(m, "action") {
+                cx.error(&join(rp, "action"), "missing action");
+            }
+            None
+        }
+    }
+}
+
+fn rule_peers(
+    cx: &mut Cx,
+    m: &Map<String, Value>,
+    rp: &str,
+    peers_key: &str,
+    egress: bool,
+    flavor: Flavor,
+) -> Vec<AdminPeer> {
+    let max = flavor.max_items();
+    let pp = join(rp, peers_key);
+    let mut peers = Vec::new();
+    match get_list(cx, m, rp, peers_key) {
+        None => {
+            if !has(m, peers_key) {
+                cx.error(&pp, format!("missing {peers_key}: list at least one peer"));
+            }
+        }
+        Some(l) if l.is_empty() => {
+            cx.error(&pp, format!("{peers_key} must list at least one peer"));
+        }
+        Some(l) => {
+            if l.len() > max {
+                cx.error(&pp, format!("{} peers; at most {max} are allowed", l.len()));
+            }
+            for (j, p) in l.iter().enumerate() {
+                if let Some(p) = peer(cx, p, &index(&pp, j), egress, flavor) {
+                    peers.push(p);
+                }
+            }
+        }
+    }
+    peers
+}
+
+fn rule_ports(
+    cx: &mut Cx,
+    m: &Map<String, Value>,
+    rp: &str,
+    ports_key: &str,
+    flavor: Flavor,
+) -> Option<Vec<AdminPort>> {
+    let max = flavor.max_items();
+    let kp = join(rp, ports_key);
+    match get_list(cx, m, rp, ports_key) {
+        None => None,
+        Some(l) if l.is_empty() => {
+            cx.error(
+                &kp,
+                format!("{ports_key} is empty: list at least one port, or leave {ports_key} out to match all ports"),
+            );
+            None
+        }
+        Some(l) => {
+            if l.len() > max {
+                cx.error(
+                    &kp,
+                    format!("{} entries; at most {max} are allowed", l.len()),
+                );
+            }
+            let ports: Vec<AdminPort> = l
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| {
+                    let p2 = index(&kp, j);
+                    match flavor {
+                        Flavor::Cnp => cnp_protocol(cx, p, &p2),
+                        _ => anp_port(cx, p, &p2),
+                    }
+                })
+                .collect();
+            Some(ports)
+        }
+    }
 }
 
 fn peer(cx: &mut Cx, v: &Value, path: &str, egress: bool, flavor: Flavor) -> Option<AdminPeer> {
