@@ -248,42 +248,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             ports,
             cni,
             cni_bin_dir,
-        } => {
-            let engine = input::engine(&files)?;
-            let sources = files
-                .iter()
-                .map(|f| {
-                    std::fs::canonicalize(f)
-                        .unwrap_or_else(|_| f.clone())
-                        .display()
-                        .to_string()
-                })
-                .collect();
-            let lab = palisade_lab::up(
-                &engine,
-                &palisade_lab::Config {
-                    name: name.clone(),
-                    serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
-                    ports,
-                    sources,
-                    cni: cni.map(|c| palisade_lab::Cni {
-                        plugin: c.into(),
-                        bin_dir: cni_bin_dir,
-                    }),
-                },
-            )?;
-            println!(
-                "lab {name}: {} nodes, {} pods{}; probe with `palisade lab probe --name {name}`",
-                lab.state.nodes.len(),
-                lab.state.pods.len(),
-                match &lab.state.cni {
-                    Some(p) => format!(", wired by CNI {}, no ruleset loaded", p.binary()),
-                    None => String::new(),
-                }
-            );
-            lab.keep();
-            Ok(ExitCode::SUCCESS)
-        }
+        } => lab_up(files, name, ports, cni, cni_bin_dir),
         LabCommand::Probe {
             name,
             ports,
@@ -291,76 +256,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             timeout_ms,
             etcd,
             kube,
-        } => {
-            let state = palisade_lab::load(&name)?;
-            let engine = if kube || !etcd.is_empty() {
-                use palisade_agent::snapshot::{read, Datastore};
-                let ds = if kube {
-                    Datastore::Kube
-                } else {
-                    Datastore::Etcd(etcd)
-                };
-                let (cluster, rejected) =
-                    read(ds, std::time::Duration::from_secs(60)).map_err(anyhow::Error::msg)?;
-                for r in rejected {
-                    eprintln!("warning: refused, as agents refuse it: {r}");
-                }
-                palisade_engine::Engine::new(cluster)
-            } else {
-                let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
-                input::engine(&files)?
-            };
-            let ports = if ports.is_empty() {
-                engine.default_ports()
-            } else {
-                ports
-            };
-            let opts = palisade_lab::ProbeOptions {
-                timeout: std::time::Duration::from_millis(timeout_ms),
-                ..Default::default()
-            };
-            let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
-            let bad = obs.iter().filter(|o| !o.agrees()).count();
-            let mut out = std::io::stdout().lock();
-            match output {
-                ProbeFormat::Json => {
-                    serde_json::to_writer_pretty(&mut out, &obs)?;
-                    writeln!(out)?;
-                }
-                ProbeFormat::Table => {
-                    let w = obs
-                        .iter()
-                        .map(|o| o.src.len().max(o.dst.len()))
-                        .max()
-                        .unwrap_or(3);
-                    writeln!(
-                        out,
-                        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
-                        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
-                    )?;
-                    let v = |b: bool| if b { "allowed" } else { "denied" };
-                    for o in &obs {
-                        writeln!(
-                            out,
-                            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
-                            o.src,
-                            o.dst,
-                            format!("{}/{}", o.port, o.protocol),
-                            if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
-                            v(o.expected),
-                            v(o.observed),
-                            if o.agrees() { "" } else { "  <-- DISAGREES" }
-                        )?;
-                    }
-                    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
-                }
-            }
-            Ok(if bad == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        } => lab_probe(name, ports, output, timeout_ms, etcd, kube),
         LabCommand::Down { name } => {
             palisade_lab::down(&name)?;
             Ok(ExitCode::SUCCESS)
@@ -403,4 +299,125 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn lab_up(
+    files: Vec<PathBuf>,
+    name: String,
+    ports: Vec<palisade_engine::PortProto>,
+    cni: Option<CniArg>,
+    cni_bin_dir: PathBuf,
+) -> Result<ExitCode> {
+    let engine = input::engine(&files)?;
+    let sources = files
+        .iter()
+        .map(|f| {
+            std::fs::canonicalize(f)
+                .unwrap_or_else(|_| f.clone())
+                .display()
+                .to_string()
+        })
+        .collect();
+    let lab = palisade_lab::up(
+        &engine,
+        &palisade_lab::Config {
+            name: name.clone(),
+            serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
+            ports,
+            sources,
+            cni: cni.map(|c| palisade_lab::Cni {
+                plugin: c.into(),
+                bin_dir: cni_bin_dir,
+            }),
+        },
+    )?;
+    println!(
+        "lab {name}: {} nodes, {} pods{}; probe with `palisade lab probe --name {name}`",
+        lab.state.nodes.len(),
+        lab.state.pods.len(),
+        match &lab.state.cni {
+            Some(p) => format!(", wired by CNI {}, no ruleset loaded", p.binary()),
+            None => String::new(),
+        }
+    );
+    lab.keep();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lab_probe(
+    name: String,
+    ports: Vec<palisade_engine::PortProto>,
+    output: ProbeFormat,
+    timeout_ms: u64,
+    etcd: Vec<String>,
+    kube: bool,
+) -> Result<ExitCode> {
+    let state = palisade_lab::load(&name)?;
+    let engine = if kube || !etcd.is_empty() {
+        use palisade_agent::snapshot::{read, Datastore};
+        let ds = if kube {
+            Datastore::Kube
+        } else {
+            Datastore::Etcd(etcd)
+        };
+        let (cluster, rejected) =
+            read(ds, std::time::Duration::from_secs(60)).map_err(anyhow::Error::msg)?;
+        for r in rejected {
+            eprintln!("warning: refused, as agents refuse it: {r}");
+        }
+        palisade_engine::Engine::new(cluster)
+    } else {
+        let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
+        input::engine(&files)?
+    };
+    let ports = if ports.is_empty() {
+        engine.default_ports()
+    } else {
+        ports
+    };
+    let opts = palisade_lab::ProbeOptions {
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        ..Default::default()
+    };
+    let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
+    let bad = obs.iter().filter(|o| !o.agrees()).count();
+    let mut out = std::io::stdout().lock();
+    match output {
+        ProbeFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &obs)?;
+            writeln!(out)?;
+        }
+        ProbeFormat::Table => {
+            let w = obs
+                .iter()
+                .map(|o| o.src.len().max(o.dst.len()))
+                .max()
+                .unwrap_or(3);
+            writeln!(
+                out,
+                "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
+                "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
+            )?;
+            let v = |b: bool| if b { "allowed" } else { "denied" };
+            for o in &obs {
+                writeln!(
+                    out,
+                    "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
+                    o.src,
+                    o.dst,
+                    format!("{}/{}", o.port, o.protocol),
+                    if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
+                    v(o.expected),
+                    v(o.observed),
+                    if o.agrees() { "" } else { "  <-- DISAGREES" }
+                )?;
+            }
+            writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
+        }
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
