@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use palisade_engine::index::{subject_selects, AddressMatcher};
-use palisade_engine::Engine;
+use palisade_engine::{Engine, PodId};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminTier, ContainerPort, IpBlock, Labels,
     Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod, PortSpec,
@@ -327,11 +327,11 @@ impl Incremental {
             used_egress: HashSet::new(),
             used_ingress: HashSet::new(),
             ip_owner: HashMap::new(),
-            node_addresses: idx.node_addresses.get(node).cloned().unwrap_or_default(),
+            node_addresses: idx.node_addresses(node).cloned().unwrap_or_default(),
             host_idents: HashMap::new(),
-            admin: idx.admin.iter().map(|a| a.policy.clone()).collect(),
+            admin: idx.admin().iter().map(|a| a.policy.clone()).collect(),
             admin_matchers: idx
-                .admin
+                .admin()
                 .iter()
                 .flat_map(|a| a.policy.ingress.iter().chain(&a.policy.egress))
                 .flat_map(|r| &r.peers)
@@ -373,7 +373,7 @@ impl Incremental {
         let marks = numbering::assign(numbering::Numbering::Stable, keys.len(), |i| {
             keys[i].clone()
         });
-        for ((ident, &mark), key) in idx.identities.iter().zip(&marks).zip(&keys) {
+        for ((ident, &mark), key) in idx.identities().iter().zip(&marks).zip(&keys) {
             let key = key.clone();
             if mark != hash32(&key) || !st.used_marks.insert(mark) {
                 return None;
@@ -409,7 +409,7 @@ impl Incremental {
                         return None;
                     }
                 }
-                let ik = keys.get(idx.pod_identity[i]? as usize)?.clone();
+                let ik = keys.get(idx.identity_of(PodId::new(i))?.index())?.clone();
                 let ident = st.idents.get_mut(&ik)?;
                 ident.members.insert(key.clone());
                 if ident.members.first() == Some(&key) {

@@ -335,11 +335,8 @@ fn flags(
         .enumerate()
         .map(|(i, id)| {
             let words = &subject[subject_start[i] as usize..subject_start[i + 1] as usize];
-            let any = |m: fn(&WordMeta) -> u64| {
-                words
-                    .iter()
-                    .any(|&(w, b)| m(&meta[w as usize]) & b != 0)
-            };
+            let any =
+                |m: fn(&WordMeta) -> u64| words.iter().any(|&(w, b)| m(&meta[w as usize]) & b != 0);
             Flags {
                 host_network: id.host_network,
                 isolated: id.plan(dir).isolated,

@@ -16,8 +16,8 @@ use palisade_model::{AdminAction, Protocol};
 use crate::index::FlatRule;
 use crate::{IdentityId, RuleId};
 
-pub(crate) use partition::{key, net_bounds, Partition};
 use partition::proto_index;
+pub(crate) use partition::{key, net_bounds, Partition};
 
 /// Where a rule bit comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use palisade_model::Protocol;
 
-
 /// Sorted boundaries over an ordered key space; interval `i` covers
 /// `[bounds[i], bounds[i + 1])` and has mask row `i`.
 #[derive(Clone, Debug, Default)]

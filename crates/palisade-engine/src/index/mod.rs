@@ -77,9 +77,8 @@ impl Index {
                 [first_of_family(ips, true), first_of_family(ips, false)]
             })
             .collect();
-        let classifiers = [Direction::Ingress, Direction::Egress].map(|dir| {
-            DirClassifier::build(dir, &identities, &first_ips, &sets, &r.matchers)
-        });
+        let classifiers = [Direction::Ingress, Direction::Egress]
+            .map(|dir| DirClassifier::build(dir, &identities, &first_ips, &sets, &r.matchers));
         Index {
             addr_classes,
             classifiers,

@@ -140,13 +140,7 @@ impl Engine {
         else {
             return true;
         };
-        let m = cls.first_of_each_tier(
-            identity,
-            s.peer(),
-            flow.protocol,
-            flow.port,
-            ids.1,
-        );
+        let m = cls.first_of_each_tier(identity, s.peer(), flow.protocol, flow.port, ids.1);
         if let Some(bit) = m.admin {
             match cls.action(bit) {
                 AdminAction::Allow => return true,
@@ -172,9 +166,7 @@ impl Engine {
     #[inline]
     fn peer_matches(&self, m: &PeerMatch, ctx: &Ctx) -> bool {
         match *m {
-            PeerMatch::Set(s) => ctx
-                .peer_id
-                .is_some_and(|id| self.index.set(s).contains(id)),
+            PeerMatch::Set(s) => ctx.peer_id.is_some_and(|id| self.index.set(s).contains(id)),
             PeerMatch::Addr(a) => self.index.matcher(a).contains(&ctx.peer_ip),
         }
     }
@@ -213,12 +205,7 @@ impl Engine {
     /// One direction's subject, when it is a policy subject: an endpoint
     /// pod on the pod network.
     #[inline(always)]
-    fn subject(
-        &self,
-        dir: Direction,
-        flow: &Flow,
-        ids: Ids,
-    ) -> Option<Subject<'_>> {
+    fn subject(&self, dir: Direction, flow: &Flow, ids: Ids) -> Option<Subject<'_>> {
         let sides = Sides::of(dir, flow, ids);
         let (Endpoint::Pod(pod), Some(id)) = (sides.subject, sides.subject_id) else {
             return None;
@@ -238,12 +225,7 @@ impl Engine {
     }
 
     #[inline(always)]
-    fn classified_with(
-        &self,
-        dir: Direction,
-        flow: &Flow,
-        ids: Ids,
-    ) -> Option<Classified<'_>> {
+    fn classified_with(&self, dir: Direction, flow: &Flow, ids: Ids) -> Option<Classified<'_>> {
         let Subject {
             sides: s,
             pod: sp,
@@ -252,13 +234,7 @@ impl Engine {
             flags,
         } = self.subject(dir, flow, ids)?;
         let holder = ids.1;
-        let matches = cls.classify(
-            identity,
-            s.peer(),
-            flow.protocol,
-            flow.port,
-            holder,
-        );
+        let matches = cls.classify(identity, s.peer(), flow.protocol, flow.port, holder);
         Some(Classified {
             subject: sp,
             peer: s.peer,

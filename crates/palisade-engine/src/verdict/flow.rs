@@ -92,7 +92,10 @@ impl Engine {
         if r.stamp == self.stamp {
             (r.src, r.dst)
         } else {
-            (self.endpoint_identity(flow.src), self.endpoint_identity(flow.dst))
+            (
+                self.endpoint_identity(flow.src),
+                self.endpoint_identity(flow.dst),
+            )
         }
     }
 }

@@ -19,8 +19,8 @@ use palisade_model::{AdminAction, Protocol};
 
 use crate::IdentityId;
 
-pub use render::Who;
 pub(crate) use render::ReasonParts;
+pub use render::Who;
 
 /// One side of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -107,15 +107,15 @@ impl FromStr for PortProto {
             Some((p, proto)) => (p, proto.parse::<Protocol>().map_err(Error::Protocol)?),
             None => (s, Protocol::Tcp),
         };
-        let port: u16 = port
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| Error::InvalidPort {
-                port: port.to_string(),
-                text: s.to_string(),
-            })?;
+        let port: u16 =
+            port.trim()
+                .parse()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| Error::InvalidPort {
+                    port: port.to_string(),
+                    text: s.to_string(),
+                })?;
         Ok(PortProto {
             port,
             protocol: proto,

@@ -345,9 +345,9 @@ mod tests {
                             let Endpoint::Pod(p) = subject else {
                                 unreachable!()
                             };
-                            let id = engine.index.identity(
-                                engine.index.identity_of(PodId::new(p)).unwrap(),
-                            );
+                            let id = engine
+                                .index
+                                .identity(engine.index.identity_of(PodId::new(p)).unwrap());
                             let by = match o.direction {
                                 Direction::Ingress => &id.ingress_plan.isolated_by,
                                 Direction::Egress => &id.egress_plan.isolated_by,
