@@ -30,7 +30,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use palisade_engine::Engine;
+use palisade_engine::{Engine, PodId};
 use palisade_model::Pod;
 use palisade_nft::{Element, Ruleset, Type, Value, WIRING_SETS};
 
@@ -286,14 +286,13 @@ impl Fast {
             }
         }
         let idx = engine.index();
-        let mut reserved: HashSet<IpAddr> =
-            idx.node_addresses.values().flatten().copied().collect();
+        let mut reserved: HashSet<IpAddr> = idx.all_node_addresses().copied().collect();
         let mut pods = HashMap::new();
-        let mut members = vec![BTreeSet::new(); idx.identities.len()];
+        let mut members = vec![BTreeSet::new(); idx.identities().len()];
         let mut owners: HashMap<IpAddr, u32> = HashMap::new();
         for (i, p) in engine.cluster().pods.iter().enumerate() {
             let key = p.key();
-            let identity = idx.pod_identity[i];
+            let identity = idx.identity_of(PodId::new(i)).map(|id| id.index() as u32);
             if p.host_network {
                 reserved.extend(p.ips.iter().copied());
             } else if identity.is_some() {
@@ -461,7 +460,13 @@ impl Fast {
             return Ok(());
         };
         let identity = if new_endpoint {
-            Some(self.engine.index().identity_for(&p).ok_or("new identity")?)
+            Some(
+                self.engine
+                    .index()
+                    .identity_for(&p)
+                    .ok_or("new identity")?
+                    .index() as u32,
+            )
         } else {
             None
         };

@@ -10,7 +10,7 @@ fn main() {
         println!(
             "{:.1} ms ({} identities)",
             t.elapsed().as_secs_f64() * 1e3,
-            e.index().identities.len()
+            e.index().identities().len()
         );
     }
 }

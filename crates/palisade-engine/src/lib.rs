@@ -6,17 +6,23 @@
 //! (the reachability matrix, the dataplane compiler) work over classes of
 //! pods rather than pairs.
 
-pub mod classify;
+#![forbid(unsafe_code)]
+
+mod classify;
+mod error;
 pub mod first_match;
+mod ids;
 pub mod index;
 pub mod live;
 pub mod matrix;
 pub mod synth;
 mod verdict;
 
-pub use index::{IdSet, Identity, Index};
+pub use error::Error;
+pub use ids::{IdentityId, MatcherId, PodId, RuleId, SetId};
+pub use index::{IdSet, Identity, Index, PeerMatch};
 pub use matrix::{Matrix, PortProto};
-pub use verdict::{Decision, Direction, Endpoint, Explanation, Flow, Outcome, Verdict};
+pub use verdict::{Decision, Direction, Endpoint, Explanation, Flow, Outcome, Verdict, Who};
 
 use palisade_model::Cluster;
 

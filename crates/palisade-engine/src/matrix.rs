@@ -3,11 +3,10 @@
 //! its few hundred identities cost.
 
 use std::fmt;
-use std::str::FromStr;
 
 use palisade_model::Protocol;
 
-use crate::{Endpoint, Engine};
+use crate::{Endpoint, Engine, IdentityId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortProto {
@@ -18,27 +17,6 @@ pub struct PortProto {
 impl fmt::Display for PortProto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.port, self.protocol)
-    }
-}
-
-impl FromStr for PortProto {
-    type Err = String;
-    /// `80`, `80/TCP`, `53/udp`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (port, proto) = match s.split_once('/') {
-            Some((p, proto)) => (p, proto.parse::<Protocol>()?),
-            None => (s, Protocol::Tcp),
-        };
-        let port: u16 = port
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("invalid port {port:?} in {s:?} (expected 1-65535)"))?;
-        Ok(PortProto {
-            port,
-            protocol: proto,
-        })
     }
 }
 
@@ -55,8 +33,8 @@ pub enum Cell {
 #[derive(Clone, Debug)]
 pub struct Matrix {
     pub ports: Vec<PortProto>,
-    /// Identity ids in display order (namespace, then labels).
-    pub identities: Vec<usize>,
+    /// Identities in display order (namespace, then labels).
+    pub identities: Vec<IdentityId>,
     /// `cells[port][row * n + col]`, rows sources and columns destinations,
     /// both indexing `identities`.
     pub cells: Vec<Vec<Cell>>,
@@ -74,7 +52,7 @@ impl Engine {
     pub fn default_ports(&self) -> Vec<PortProto> {
         let mut ports: Vec<PortProto> = self
             .index()
-            .identities
+            .identities()
             .iter()
             .filter(|i| !i.host_network)
             .flat_map(|i| i.ports.iter())
@@ -96,16 +74,17 @@ impl Engine {
 
     pub fn matrix(&self, ports: &[PortProto]) -> Matrix {
         let idx = self.index();
-        let mut identities: Vec<usize> = (0..idx.identities.len())
-            .filter(|&i| !idx.identities[i].host_network)
+        let mut identities: Vec<IdentityId> = (0..idx.identities().len())
+            .map(IdentityId::new)
+            .filter(|&i| !idx.identity(i).host_network)
             .collect();
         identities.sort_by(|&a, &b| {
-            let (a, b) = (&idx.identities[a], &idx.identities[b]);
+            let (a, b) = (idx.identity(a), idx.identity(b));
             (&a.namespace, &a.labels, a.members[0]).cmp(&(&b.namespace, &b.labels, b.members[0]))
         });
         let reps: Vec<Endpoint> = identities
             .iter()
-            .map(|&i| Endpoint::Pod(idx.identities[i].members[0]))
+            .map(|&i| Endpoint::Pod(idx.identity(i).members[0].index()))
             .collect();
         let n = reps.len();
         let cells = ports

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use palisade_engine::synth::{self, Params, Rng};
-use palisade_engine::{Endpoint, Engine, Flow};
+use palisade_engine::{Endpoint, Engine, Flow, PodId};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPort, AdminSubject, AdminTier, Cluster, Labels, NamespaceScope,
     Peer, Pod, PortSpec, Protocol, Rule,
@@ -492,17 +492,18 @@ proptest! {
     fn identity_members_are_indistinguishable(seed in any::<u64>(), pods in 2usize..40, policies in 0usize..12, admin in 0usize..3) {
         let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
         let idx = engine.index();
-        let reps: Vec<usize> = idx.identities.iter().map(|i| i.members[0]).collect();
-        for id in &idx.identities {
-            for &m in &id.members[1..] {
+        let reps: Vec<usize> = idx.identities().iter().map(|i| i.members[0].index()).collect();
+        for id in idx.identities() {
+            let first = id.members[0].index();
+            for m in id.members[1..].iter().map(|m| m.index()) {
                 for &other in &reps {
                     for (port, proto) in PORTS {
-                        let a = engine.flow(Endpoint::Pod(id.members[0]), Endpoint::Pod(other), proto, port);
+                        let a = engine.flow(Endpoint::Pod(first), Endpoint::Pod(other), proto, port);
                         let b = engine.flow(Endpoint::Pod(m), Endpoint::Pod(other), proto, port);
                         if let (Ok(a), Ok(b)) = (a, b) {
                             prop_assert_eq!(engine.allowed(&a), engine.allowed(&b));
                         }
-                        let a = engine.flow(Endpoint::Pod(other), Endpoint::Pod(id.members[0]), proto, port);
+                        let a = engine.flow(Endpoint::Pod(other), Endpoint::Pod(first), proto, port);
                         let b = engine.flow(Endpoint::Pod(other), Endpoint::Pod(m), proto, port);
                         if let (Ok(a), Ok(b)) = (a, b) {
                             prop_assert_eq!(engine.allowed(&a), engine.allowed(&b));
@@ -522,7 +523,7 @@ proptest! {
     fn identity_for_finds_each_pods_identity(seed in any::<u64>(), pods in 1usize..40, policies in 0usize..12, admin in 0usize..3) {
         let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
         for (i, pod) in engine.cluster().pods.iter().enumerate() {
-            prop_assert_eq!(engine.index().identity_for(pod), engine.index().pod_identity[i]);
+            prop_assert_eq!(engine.index().identity_for(pod), engine.index().identity_of(PodId::new(i)));
         }
         let mut stranger = engine.cluster().pods[0].clone();
         stranger.labels.insert("unseen".into(), "label".into());

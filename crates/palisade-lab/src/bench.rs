@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use palisade_engine::{synth, Decision, Endpoint, Engine, PortProto};
+use palisade_engine::{synth, Decision, Endpoint, Engine, PodId, PortProto};
 use palisade_model::Protocol;
 use palisade_nft::{compile_with, interface_name, named_wiring, Local, Options};
 
@@ -370,7 +370,7 @@ fn pick_pair(engine: &Engine) -> Option<(usize, usize, u16, u8)> {
     let c = engine.cluster();
     let idx = engine.index();
     let endpoints: Vec<usize> = (0..c.pods.len())
-        .filter(|&i| idx.pod_identity[i].is_some() && !c.pods[i].host_network)
+        .filter(|&i| idx.identity_of(PodId::new(i)).is_some() && !c.pods[i].host_network)
         .collect();
     let score = |d: Decision| match d {
         Decision::Allowed { .. } => 2,
@@ -824,7 +824,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         pods: c.pods.len(),
         policies: c.policies.len(),
         admin_policies: c.admin_policies.len(),
-        identities: engine.index().identities.len(),
+        identities: engine.index().identities().len(),
         index_build,
         client,
         server,

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use palisade_engine::{Endpoint, Engine, PortProto};
+use palisade_engine::{Endpoint, Engine, PodId, PortProto};
 use palisade_model::Protocol;
 use palisade_nft::{compile_with, Local, Options};
 use serde::{Deserialize, Serialize};
@@ -332,7 +332,7 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
 
     // Lab nodes: every node a pod names; pods naming none share one.
     let pods: Vec<usize> = (0..cluster.pods.len())
-        .filter(|&i| idx.pod_identity[i].is_some() && !cluster.pods[i].host_network)
+        .filter(|&i| idx.identity_of(PodId::new(i)).is_some() && !cluster.pods[i].host_network)
         .collect();
     let mut node_names: BTreeSet<Option<String>> = BTreeSet::new();
     for &i in &pods {

@@ -134,7 +134,7 @@ pub use numbering::{Fnv, Numbering};
 pub use wiring::{bridge_text, compile_bridge, BridgeWiring, Mac, Wiring, WIRING_SETS};
 
 use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
-use palisade_engine::{Direction, Engine};
+use palisade_engine::{Direction, Engine, IdentityId, PodId};
 use palisade_model::{AdminTier, IpBlock, Pod, PortSpec, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,7 +201,9 @@ pub fn local_pods(engine: &Engine, local: &Local) -> Vec<usize> {
         }
     };
     (0..cluster.pods.len())
-        .filter(|&i| idx.pod_identity[i].is_some() && !cluster.pods[i].host_network && is_local(i))
+        .filter(|&i| {
+            idx.identity_of(PodId::new(i)).is_some() && !cluster.pods[i].host_network && is_local(i)
+        })
         .collect()
 }
 
@@ -689,12 +691,12 @@ pub fn compile_numbered(
     let local = local_pods(engine, &opts.local);
     let mut local_ids: BTreeSet<usize> = BTreeSet::new();
     for &i in &local {
-        local_ids.insert(idx.pod_identity[i].expect("filtered") as usize);
+        local_ids.insert(idx.identity_of(PodId::new(i)).expect("filtered").index());
     }
     // A representative pod per identity (named ports resolve on it).
-    let rep = |id: usize| -> &Pod { &cluster.pods[idx.identities[id].members[0]] };
-    let pod_ids: Vec<usize> = (0..idx.identities.len())
-        .filter(|&i| !idx.identities[i].host_network)
+    let rep = |id: usize| -> &Pod { &cluster.pods[idx.identities()[id].members[0].index()] };
+    let pod_ids: Vec<usize> = (0..idx.identities().len())
+        .filter(|&i| !idx.identities()[i].host_network)
         .collect();
 
     // Policy groups.
@@ -702,12 +704,12 @@ pub fn compile_numbered(
     let mut ingress_groups: IngressGroups = BTreeMap::new();
     let mut egress_of: BTreeMap<usize, u32> = BTreeMap::new();
     let mut ingress_of: BTreeMap<usize, u32> = BTreeMap::new();
-    let ingress_rules = |pi: usize| idx.policies[pi].ingress.as_deref().unwrap_or_default();
-    let egress_rules = |pi: usize| idx.policies[pi].egress.as_deref().unwrap_or_default();
+    let ingress_rules = |pi: usize| idx.policy(pi).ingress.as_deref().unwrap_or_default();
+    let egress_rules = |pi: usize| idx.policy(pi).egress.as_deref().unwrap_or_default();
     // A local identity's ingress group: its isolating policies and how the
     // named ports they use resolve on it (ingress resolves on the pod).
     let ingress_key = |id: usize| -> Option<(Vec<usize>, Vec<Option<u16>>)> {
-        let ident = &idx.identities[id];
+        let ident = &idx.identities()[id];
         if ident.ingress_policies.is_empty() {
             return None;
         }
@@ -728,7 +730,7 @@ pub fn compile_numbered(
         let mut e_keys = BTreeSet::new();
         let mut i_keys = BTreeMap::new();
         for &id in &local_ids {
-            let ident = &idx.identities[id];
+            let ident = &idx.identities()[id];
             if !ident.egress_policies.is_empty() {
                 e_keys.insert(ident.egress_policies.clone());
             }
@@ -752,7 +754,7 @@ pub fn compile_numbered(
             ingress_groups.insert(k, (g, id));
         }
         for &id in &local_ids {
-            let ident = &idx.identities[id];
+            let ident = &idx.identities()[id];
             if let Some(&g) = egress_groups.get(&ident.egress_policies) {
                 egress_of.insert(id, g);
             }
@@ -807,7 +809,7 @@ pub fn compile_numbered(
     let mut eg_map = [Vec::new(), Vec::new()];
     let mut in_map = [Vec::new(), Vec::new()];
     for &i in &local {
-        let id = idx.pod_identity[i].expect("filtered") as usize;
+        let id = idx.identity_of(PodId::new(i)).expect("filtered").index();
         for ip in &cluster.pods[i].ips {
             let (fam, v) = ip_value(*ip);
             local_addr[fam].push(Element {
@@ -829,18 +831,18 @@ pub fn compile_numbered(
         }
     }
     let mut id_map = [Vec::new(), Vec::new()];
-    for (ip, &pi) in &idx.ip_to_pod {
-        if let Some(id) = idx.pod_identity[pi] {
+    for (ip, pi) in idx.pod_addresses() {
+        if let Some(id) = idx.identity_of(pi) {
             let (fam, v) = ip_value(*ip);
             id_map[fam].push(Element {
                 key: vec![v],
-                data: Some(Value::Mark(mark_of(id as usize))),
+                data: Some(Value::Mark(mark_of(id.index()))),
             });
         }
     }
     let mut own = [Vec::new(), Vec::new()];
     if let Local::Node(n) = &opts.local {
-        let mut addrs: Vec<IpAddr> = idx.node_addresses.get(n).cloned().unwrap_or_default();
+        let mut addrs: Vec<IpAddr> = idx.node_addresses(n).cloned().unwrap_or_default();
         for p in &cluster.pods {
             if p.host_network && p.is_endpoint() && p.node.as_deref() == Some(n.as_str()) {
                 addrs.extend(p.ips.iter().copied());
@@ -892,7 +894,7 @@ pub fn compile_numbered(
     sets.extend(allow_sets("ingress", ingress));
 
     // The admin tiers.
-    let has = |t: AdminTier| idx.admin.iter().any(|a| a.policy.tier == t);
+    let has = |t: AdminTier| idx.admin().iter().any(|a| a.policy.tier == t);
     let stages = Stages {
         admin: has(AdminTier::Admin),
         baseline: has(AdminTier::Baseline),
@@ -916,7 +918,7 @@ pub fn compile_numbered(
             );
             let mut groups = [Vec::new(), Vec::new()];
             for &i in &local {
-                let id = idx.pod_identity[i].expect("filtered") as usize;
+                let id = idx.identity_of(PodId::new(i)).expect("filtered").index();
                 if let Some(&g) = c.of.get(&id) {
                     for ip in &cluster.pods[i].ips {
                         let (fam, v) = ip_value(*ip);
@@ -989,7 +991,7 @@ fn peer_allows(
     let idx = engine.index();
     match *m {
         PeerMatch::Set(s) => {
-            for id in idx.sets[s].iter() {
+            for id in idx.set(s).iter().map(IdentityId::index) {
                 for &item in items {
                     a.peer(0, g, mark_of(id), item);
                     a.peer(1, g, mark_of(id), item);
@@ -997,7 +999,7 @@ fn peer_allows(
             }
         }
         PeerMatch::Addr(x) => {
-            let blocks = matcher_blocks(&idx.matchers[x]);
+            let blocks = matcher_blocks(idx.matcher(x));
             for b in &blocks {
                 let (v4, ranges) = block_ranges(b);
                 let fam = if v4 { 0 } else { 1 };
@@ -1048,7 +1050,7 @@ fn egress_rule<'c>(
             for m in peers {
                 match *m {
                     PeerMatch::Set(s) => {
-                        for id in idx.sets[s].iter() {
+                        for id in idx.set(s).iter().map(IdentityId::index) {
                             for item in port_items(&rule.ports, Some(rep(id))) {
                                 a.peer(0, g, mark_of(id), item);
                                 a.peer(1, g, mark_of(id), item);
@@ -1061,7 +1063,7 @@ fn egress_rule<'c>(
                             // A named port only matches a pod destination:
                             // the pods inside the block, by family.
                             for &id in pod_ids {
-                                let fams = matcher_families(&idx.matchers[x], rep(id));
+                                let fams = matcher_families(idx.matcher(x), rep(id));
                                 for item in named_items(&rule.ports, rep(id)) {
                                     for (fam, inside) in fams.iter().enumerate() {
                                         if *inside {

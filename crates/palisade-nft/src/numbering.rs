@@ -116,7 +116,7 @@ pub(crate) fn matcher_hashes(
 ) -> Vec<(palisade_engine::index::AddressMatcher, u64)> {
     engine
         .index()
-        .matchers
+        .matchers()
         .iter()
         .map(|m| (m.clone(), hash64(m)))
         .collect()
@@ -158,7 +158,7 @@ pub(crate) fn mark_key(
 /// order).
 pub(crate) fn identity_marks(engine: &Engine, numbering: Numbering) -> Vec<u32> {
     if numbering == Numbering::Dense {
-        return assign(numbering, engine.index().identities.len(), |_| ());
+        return assign(numbering, engine.index().identities().len(), |_| ());
     }
     let keys = identity_keys(engine);
     assign(numbering, keys.len(), |i| keys[i].clone())
@@ -170,13 +170,13 @@ pub(crate) fn identity_keys(engine: &Engine) -> Vec<MarkKey> {
     let idx = engine.index();
     let cluster = engine.cluster();
     let matchers = matcher_hashes(engine);
-    idx.identities
+    idx.identities()
         .iter()
         .map(|ident| {
             let ips = ident
                 .members
                 .first()
-                .map(|&p| cluster.pods[p].ips.as_slice())
+                .map(|&p| cluster.pods[p.index()].ips.as_slice())
                 .unwrap_or_default();
             mark_key(
                 &ident.namespace,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use palisade_engine::first_match::{first_match, first_match_2d, AddrBox, PortVerdict};
 use palisade_engine::index::{FlatPort, FlatPortKind, FlatRule, PeerMatch};
-use palisade_engine::{Direction, Engine};
+use palisade_engine::{Direction, Engine, IdentityId};
 use palisade_model::AdminAction;
 
 use crate::numbering::{self, Numbering};
@@ -99,7 +99,7 @@ pub(crate) fn verdict(a: AdminAction) -> Option<Value> {
 }
 
 fn rules_of(engine: &Engine, id: usize, dir: Direction, tier: Tier) -> &[FlatRule] {
-    let ident = &engine.index().identities[id];
+    let ident = &engine.index().identities()[id];
     let plan = match dir {
         Direction::Ingress => &ident.ingress_plan,
         Direction::Egress => &ident.egress_plan,
@@ -111,7 +111,7 @@ fn rules_of(engine: &Engine, id: usize, dir: Direction, tier: Tier) -> &[FlatRul
 }
 
 fn named_of(engine: &Engine, id: usize) -> Named {
-    engine.index().identities[id]
+    engine.index().identities()[id]
         .named_ports
         .iter()
         .map(|&(n, p, v)| (n, p.number(), v))
@@ -160,7 +160,7 @@ pub(crate) fn compile(
     // ports by name) when numbering is stable.
     let keys: Vec<(Key, usize)> = keys.into_iter().collect();
     let port_name: BTreeMap<u32, &str> = idx
-        .port_names
+        .port_names()
         .iter()
         .map(|(n, &i)| (i, n.as_str()))
         .collect();
@@ -169,7 +169,7 @@ pub(crate) fn compile(
         let rules: Vec<(&str, &str, usize)> = rules
             .iter()
             .map(|&(owner, rule)| {
-                let p = &idx.admin[owner].policy;
+                let p = &idx.admin()[owner].policy;
                 (p.kind.as_str(), p.name.as_str(), rule)
             })
             .collect();
@@ -191,7 +191,7 @@ pub(crate) fn compile(
     let peer_addrs: Vec<[Option<IpAddr>; 2]> = peers
         .iter()
         .map(|&pid| {
-            let pod = &cluster.pods[idx.identities[pid].members[0]];
+            let pod = &cluster.pods[idx.identities()[pid].members[0].index()];
             let first = |v4: bool| pod.ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
             [first(true), first(false)]
         })
@@ -217,8 +217,8 @@ pub(crate) fn compile(
                     .filter(|(_, r)| match &r.peers {
                         None => true,
                         Some(ps) => ps.iter().any(|m| match *m {
-                            PeerMatch::Set(s) => idx.sets[s].contains(pid),
-                            PeerMatch::Addr(x) => idx.matchers[x].contains(&addr),
+                            PeerMatch::Set(s) => idx.set(s).contains(IdentityId::new(pid)),
+                            PeerMatch::Addr(x) => idx.matcher(x).contains(&addr),
                         }),
                     })
                     .map(|(i, _)| i)
@@ -278,7 +278,7 @@ pub(crate) fn compile(
                             PeerMatch::Addr(x) => Some(x),
                             PeerMatch::Set(_) => None,
                         })
-                        .flat_map(|x| block_ranges_of(&idx.matchers[x], v4))
+                        .flat_map(|x| block_ranges_of(idx.matcher(x), v4))
                         .collect(),
                 };
                 boxes.extend(

@@ -99,10 +99,10 @@ impl Selections {
     fn check(&self, c: &Cluster) -> Result<(), String> {
         let engine = Engine::new(assembled(c));
         let (cluster, idx) = (engine.cluster(), engine.index());
-        let key = |i: usize| {
+        let key = |i: palisade_engine::PodId| {
             (
-                cluster.pods[i].namespace.clone(),
-                cluster.pods[i].name.clone(),
+                cluster.pods[i.index()].namespace.clone(),
+                cluster.pods[i.index()].name.clone(),
             )
         };
         let live_ids: BTreeSet<&IdentityKey> = self.live.identities().map(|i| &i.key).collect();
@@ -110,7 +110,7 @@ impl Selections {
             return Err("identity deltas disagree with the live identities".into());
         }
         let want: BTreeSet<BTreeSet<PodKey>> = idx
-            .identities
+            .identities()
             .iter()
             .map(|i| i.members.iter().map(|&m| key(m)).collect())
             .collect();
@@ -120,7 +120,7 @@ impl Selections {
             return Err(format!("identities differ:\n want {want:?}\n got  {got:?}"));
         }
         let mut want: BTreeMap<PodKey, BTreeSet<PodKey>> = BTreeMap::new();
-        for ident in &idx.identities {
+        for ident in idx.identities() {
             for &p in ident.ingress_policies.iter().chain(&ident.egress_policies) {
                 let pk = (
                     cluster.policies[p].namespace.clone(),

@@ -68,7 +68,9 @@ fn parse_expectation(line: &str) -> Result<Expectation, String> {
         line: line.to_string(),
         src: src.into(),
         dst: dst.into(),
-        port: port.parse()?,
+        port: port
+            .parse()
+            .map_err(|e: palisade_engine::Error| e.to_string())?,
         allowed,
         reason,
     })
@@ -156,7 +158,9 @@ pub fn all_cases() -> Vec<Result<Case, String>> {
 
 /// Resolves an expectation to a flow of the engine.
 pub fn flow(engine: &Engine, e: &Expectation) -> Result<Flow, String> {
-    engine.flow_between(&e.src, &e.dst, e.port.protocol, e.port.port)
+    engine
+        .flow_between(&e.src, &e.dst, e.port.protocol, e.port.port)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks a case against the engine; returns one message per mismatch.

@@ -65,8 +65,8 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
     println!(
         "index build: {:.1} ms ({} identities, {} shared selector sets)",
         build.as_secs_f64() * 1e3,
-        engine.index().identities.len(),
-        engine.index().sets.len()
+        engine.index().identities().len(),
+        engine.index().sets().len()
     );
     println!("{}", plan_stats(&engine));
     let empty = Engine::new(synth::cluster(&Params {
@@ -137,7 +137,7 @@ pub fn run(pods: usize, policies: usize, quick: bool) {
 }
 
 pub fn plan_stats(engine: &Engine) -> String {
-    let ids = &engine.index().identities;
+    let ids = engine.index().identities();
     let n = ids.len().max(1) as f64;
     let sum = |f: &dyn Fn(&palisade_engine::Identity) -> usize| {
         ids.iter().map(f).sum::<usize>() as f64 / n

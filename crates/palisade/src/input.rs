@@ -100,7 +100,9 @@ pub fn parse_flow_lines(file: &str, text: &str) -> Result<Vec<FlowLine>> {
 }
 
 pub fn resolve_flow(engine: &Engine, src: &str, dst: &str, port: &str) -> Result<Flow> {
-    let pp: PortProto = port.parse().map_err(|e: String| anyhow!(e))?;
+    let pp: PortProto = port
+        .parse()
+        .map_err(|e: palisade_engine::Error| anyhow!(e))?;
     engine
         .flow_between(src, dst, pp.protocol, pp.port)
         .map_err(|e| anyhow!(e))

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use palisade_engine::matrix::Cell;
-use palisade_engine::{Engine, Flow, Matrix, Verdict};
+use palisade_engine::{Engine, Flow, IdentityId, Matrix, PodId, Verdict};
 use serde_json::json;
 
 use crate::CheckFormat;
@@ -66,7 +66,7 @@ fn axis(engine: &Engine, m: &Matrix, by_workload: bool) -> Axis {
     let mut identity_row = Vec::new();
     if by_workload {
         for (row, &id) in m.identities.iter().enumerate() {
-            let ident = &idx.identities[id];
+            let ident = idx.identity(id);
             let labels: Vec<String> = ident
                 .labels
                 .iter()
@@ -81,17 +81,17 @@ fn axis(engine: &Engine, m: &Matrix, by_workload: bool) -> Axis {
             identity_row.push(row);
         }
     } else {
-        let row_of: std::collections::HashMap<usize, usize> = m
+        let row_of: std::collections::HashMap<IdentityId, usize> = m
             .identities
             .iter()
             .enumerate()
             .map(|(row, &id)| (id, row))
             .collect();
         for (i, pod) in engine.cluster().pods.iter().enumerate() {
-            let Some(id) = idx.pod_identity[i] else {
+            let Some(id) = idx.identity_of(PodId::new(i)) else {
                 continue;
             };
-            if let Some(&row) = row_of.get(&(id as usize)) {
+            if let Some(&row) = row_of.get(&id) {
                 names.push(pod.key());
                 identity_row.push(row);
             }

@@ -190,7 +190,7 @@ impl Live {
         let idx = engine.index();
         let cluster = engine.cluster();
         let mut live = Live {
-            matchers: idx.matchers.clone(),
+            matchers: idx.matchers().to_vec(),
             blocks: HashMap::new(),
             ns_labels: cluster
                 .namespaces
@@ -198,9 +198,9 @@ impl Live {
                 .map(|(k, n)| (k.clone(), n.labels.clone()))
                 .collect(),
             policies: BTreeMap::new(),
-            admin: idx.admin.iter().map(|a| a.policy.clone()).collect(),
+            admin: idx.admin().iter().map(|a| a.policy.clone()).collect(),
             admin_matchers: idx
-                .admin
+                .admin()
                 .iter()
                 .flat_map(|a| a.policy.ingress.iter().chain(&a.policy.egress))
                 .flat_map(|r| &r.peers)
@@ -231,7 +231,7 @@ impl Live {
             }
             live.add_pod(key, p.clone(), &mut delta)?;
         }
-        if live.idents.len() != idx.identities.len() {
+        if live.idents.len() != idx.identities().len() {
             return refuse("identities differ from the index's");
         }
         Ok((live, delta))

@@ -1,0 +1,77 @@
+//! Where pods run, for the one rule that depends on it: an isolated pod
+//! still accepts ingress from its own node.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use palisade_model::Cluster;
+
+use crate::PodId;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Nodes {
+    /// Node name → its addresses.
+    pub(crate) addresses: HashMap<String, Vec<IpAddr>>,
+    /// Each pod's node (`Cluster::pods` order), as an index into `lists`.
+    pod_node: Vec<Option<u32>>,
+    /// Each pod's `spec.hostNetwork`, apart from `Pod` for the hot path.
+    pod_host_network: Vec<bool>,
+    lists: Vec<Vec<IpAddr>>,
+    /// Whether some node address is also an endpoint pod's address; when not,
+    /// a pod peer can never be "the pod's own node".
+    address_is_pod_address: bool,
+}
+
+impl Nodes {
+    pub(crate) fn build(cluster: &Cluster, ip_to_pod: &HashMap<IpAddr, PodId>) -> Nodes {
+        let mut addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for n in &cluster.nodes {
+            addresses.insert(n.name.clone(), n.addresses.clone());
+        }
+        let mut node_ids: HashMap<&str, u32> = HashMap::new();
+        let mut lists: Vec<Vec<IpAddr>> = Vec::new();
+        let pod_node = cluster
+            .pods
+            .iter()
+            .map(|p| {
+                let n = p.node.as_deref()?;
+                Some(*node_ids.entry(n).or_insert_with(|| {
+                    lists.push(addresses.get(n).cloned().unwrap_or_default());
+                    lists.len() as u32 - 1
+                }))
+            })
+            .collect();
+        let address_is_pod_address = cluster
+            .nodes
+            .iter()
+            .flat_map(|n| &n.addresses)
+            .any(|a| ip_to_pod.contains_key(a));
+        Nodes {
+            addresses,
+            pod_node,
+            pod_host_network: cluster.pods.iter().map(|p| p.host_network).collect(),
+            lists,
+            address_is_pod_address,
+        }
+    }
+
+    /// Whether traffic to pod `subject` from `peer` (its pod, when it is
+    /// one) at `peer_ip` comes from the subject's own node: from one of the
+    /// node's addresses, or from a host-network pod on that node.
+    #[inline]
+    pub(crate) fn is_own_node(&self, subject: PodId, peer: Option<PodId>, peer_ip: IpAddr) -> bool {
+        let Some(node) = self.pod_node[subject.index()] else {
+            return false;
+        };
+        if let Some(p) = peer {
+            let host = self.pod_host_network[p.index()];
+            if host && self.pod_node[p.index()] == Some(node) {
+                return true;
+            }
+            if !host && !self.address_is_pod_address {
+                return false;
+            }
+        }
+        self.lists[node as usize].contains(&peer_ip)
+    }
+}

@@ -1,0 +1,101 @@
+//! Building flows between endpoints: which addresses a flow uses, and the
+//! identities it carries so that a verdict need not look them up again.
+
+use std::net::IpAddr;
+
+use palisade_model::Protocol;
+
+use super::{Endpoint, Flow, Resolved};
+use crate::{Engine, Error, IdentityId, PodId};
+
+impl Engine {
+    pub(super) fn ips_of<'a>(&'a self, e: &'a Endpoint) -> &'a [IpAddr] {
+        match *e {
+            Endpoint::Pod(i) => &self.cluster.pods[i].ips,
+            Endpoint::Ip(ref ip) => std::slice::from_ref(ip),
+        }
+    }
+
+    /// Builds a flow, choosing the addresses: the family of an explicit
+    /// address, else IPv4 when both pods have it, else IPv6.
+    pub fn flow(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, Error> {
+        let families: &[bool] = match (src, dst) {
+            (Endpoint::Ip(a), _) | (_, Endpoint::Ip(a)) => {
+                if a.is_ipv4() {
+                    &[true]
+                } else {
+                    &[false]
+                }
+            }
+            _ => &[true, false],
+        };
+        for &v4 in families {
+            if let Some(f) = self.flow_in_family(src, dst, protocol, port, v4) {
+                return Ok(f);
+            }
+        }
+        Err(Error::NoCommonFamily {
+            src: self.describe(src),
+            dst: self.describe(dst),
+        })
+    }
+
+    /// Like [`Engine::flow`] but over one address family (`true`: IPv4).
+    pub fn flow_in_family(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        protocol: Protocol,
+        port: u16,
+        v4: bool,
+    ) -> Option<Flow> {
+        let s = *self.ips_of(&src).iter().find(|ip| ip.is_ipv4() == v4)?;
+        let d = *self.ips_of(&dst).iter().find(|ip| ip.is_ipv4() == v4)?;
+        Some(Flow {
+            src,
+            dst,
+            src_ip: s,
+            dst_ip: d,
+            protocol,
+            port,
+            primary: (true, true),
+            resolved: self.resolve(src, dst),
+        })
+    }
+
+    pub(super) fn resolve(&self, src: Endpoint, dst: Endpoint) -> Resolved {
+        Resolved {
+            stamp: self.stamp,
+            src: self.endpoint_identity(src),
+            dst: self.endpoint_identity(dst),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn endpoint_identity(&self, e: Endpoint) -> Option<IdentityId> {
+        match e {
+            Endpoint::Pod(p) => self.index.identity_of(PodId::new(p)),
+            Endpoint::Ip(_) => None,
+        }
+    }
+
+    /// The identities of the flow's source and destination pods.
+    #[inline(always)]
+    pub(super) fn identities_of(&self, flow: &Flow) -> (Option<IdentityId>, Option<IdentityId>) {
+        let r = &flow.resolved;
+        if r.stamp == self.stamp {
+            (r.src, r.dst)
+        } else {
+            (
+                self.endpoint_identity(flow.src),
+                self.endpoint_identity(flow.dst),
+            )
+        }
+    }
+}

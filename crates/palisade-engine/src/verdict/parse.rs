@@ -1,0 +1,124 @@
+//! What users write: `namespace/pod` or an address for an endpoint, a pair
+//! of them for a flow, `80`, `80/TCP` or `53/udp` for a port.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use palisade_model::Protocol;
+
+use super::{Endpoint, Flow};
+use crate::{Engine, Error, PodId, PortProto};
+
+impl Engine {
+    /// Resolves `namespace/name` or an IP address to an endpoint.
+    pub fn endpoint(&self, s: &str) -> Result<Endpoint, Error> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(self.endpoint_for_ip(ip));
+        }
+        let Some((ns, name)) = s.split_once('/') else {
+            return Err(Error::NotAnEndpoint(s.to_string()));
+        };
+        let Some(i) = self
+            .cluster
+            .pods
+            .iter()
+            .position(|p| p.namespace == ns && p.name == name)
+        else {
+            return Err(Error::PodNotFound(s.to_string()));
+        };
+        if self.index.identity_of(PodId::new(i)).is_none() {
+            let p = &self.cluster.pods[i];
+            return Err(Error::NotServing {
+                pod: s.to_string(),
+                has_ip: !p.ips.is_empty(),
+                phase: p.phase,
+            });
+        }
+        Ok(Endpoint::Pod(i))
+    }
+
+    /// An address is a pod when an endpoint pod (not host-network) holds it.
+    pub fn endpoint_for_ip(&self, ip: IpAddr) -> Endpoint {
+        match self.index.pod_at(&ip) {
+            Some(p) => Endpoint::Pod(p.index()),
+            None => Endpoint::Ip(ip),
+        }
+    }
+
+    /// Resolves `SRC DST` as written by a user: `namespace/pod` or an
+    /// address. An address fixes the family and, for a pod with several
+    /// addresses, which one the flow uses.
+    pub fn flow_between(
+        &self,
+        src: &str,
+        dst: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, Error> {
+        let s = self.endpoint(src)?;
+        let d = self.endpoint(dst)?;
+        let (sip, dip) = (src.parse::<IpAddr>().ok(), dst.parse::<IpAddr>().ok());
+        let Some(v4) = sip.or(dip).map(|ip| ip.is_ipv4()) else {
+            return self.flow(s, d, protocol, port);
+        };
+        if let (Some(a), Some(b)) = (sip, dip) {
+            if a.is_ipv4() != b.is_ipv4() {
+                return Err(Error::MixedFamilies {
+                    src: src.to_string(),
+                    dst: dst.to_string(),
+                });
+            }
+        }
+        let pick = |e: Endpoint, explicit: Option<IpAddr>| -> Result<IpAddr, Error> {
+            explicit
+                .or_else(|| {
+                    self.ips_of(&e)
+                        .iter()
+                        .copied()
+                        .find(|ip| ip.is_ipv4() == v4)
+                })
+                .ok_or_else(|| Error::NoAddressOfFamily {
+                    endpoint: self.describe(e),
+                    family: if v4 { "IPv4" } else { "IPv6" },
+                })
+        };
+        let (src_ip, dst_ip) = (pick(s, sip)?, pick(d, dip)?);
+        let first = |e: Endpoint, ip: IpAddr| {
+            self.ips_of(&e).iter().find(|a| a.is_ipv4() == v4) == Some(&ip)
+        };
+        Ok(Flow {
+            src: s,
+            dst: d,
+            src_ip,
+            dst_ip,
+            protocol,
+            port,
+            primary: (first(s, src_ip), first(d, dst_ip)),
+            resolved: self.resolve(s, d),
+        })
+    }
+}
+
+impl FromStr for PortProto {
+    type Err = Error;
+    /// `80`, `80/TCP`, `53/udp`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (port, proto) = match s.split_once('/') {
+            Some((p, proto)) => (p, proto.parse::<Protocol>().map_err(Error::Protocol)?),
+            None => (s, Protocol::Tcp),
+        };
+        let port: u16 =
+            port.trim()
+                .parse()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| Error::InvalidPort {
+                    port: port.to_string(),
+                    text: s.to_string(),
+                })?;
+        Ok(PortProto {
+            port,
+            protocol: proto,
+        })
+    }
+}
