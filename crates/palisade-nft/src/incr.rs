@@ -59,7 +59,10 @@ use palisade_model::{
     Namespace, NamespaceScope, NetworkPolicy, Node, Peer, Pod, PortSpec,
 };
 
+pub use crate::delta::ElementDelta;
+use crate::delta::ElementOp;
 use crate::numbering::{self, hash32, MarkKey};
+use crate::schema::{self, Family, SetId};
 use crate::tier::{first_match, first_match_2d, verdict, AddrBox};
 use crate::{
     addr_value, allow_sets, block_ranges, block_ranges_of, has_named, ip_value, named_items,
@@ -102,42 +105,12 @@ fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
     Err(Refused(why.into()))
 }
 
-/// Element changes per set name, removals and additions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ElementDelta {
-    pub sets: BTreeMap<String, (BTreeSet<Element>, BTreeSet<Element>)>,
-}
-
-impl ElementDelta {
-    fn add(&mut self, set: &str, e: Element) {
-        let (remove, add) = self.sets.entry(set.to_string()).or_default();
-        if !remove.remove(&e) {
-            add.insert(e);
-        }
-    }
-
-    fn remove(&mut self, set: &str, e: Element) {
-        let (remove, add) = self.sets.entry(set.to_string()).or_default();
-        if !add.remove(&e) {
-            remove.insert(e);
-        }
-    }
-
-    fn put(&mut self, set: &str, e: Element, add: bool) {
-        if add {
-            self.add(set, e)
-        } else {
-            self.remove(set, e)
-        }
-    }
-
-    /// `(set, removed, added)`, sets without changes left out.
-    pub fn into_changes(self) -> Vec<(String, Vec<Element>, Vec<Element>)> {
-        self.sets
-            .into_iter()
-            .filter(|(_, (r, a))| !r.is_empty() || !a.is_empty())
-            .map(|(s, (r, a))| (s, r.into_iter().collect(), a.into_iter().collect()))
-            .collect()
+/// The operation `put` takes for a helper's `add` flag.
+fn op(add: bool) -> ElementOp {
+    if add {
+        ElementOp::Add
+    } else {
+        ElementOp::Remove
     }
 }
 
@@ -175,8 +148,6 @@ type TierKey = (Vec<(usize, usize)>, Vec<(String, u8, u16)>);
 struct TierState {
     dir: Dir,
     tier: AdminTier,
-    /// `egress_admin`, `ingress_baseline`...
-    prefix: String,
     groups: BTreeMap<TierKey, Group>,
     used: HashSet<u32>,
 }
@@ -243,23 +214,6 @@ pub struct Incremental {
     /// identity mark is assigned to no pod. See [`Incremental::collect`].
     garbage: BTreeMap<String, BTreeSet<Element>>,
 }
-
-/// Interval sets whose elements start with a policy group id; in the
-/// `*_peer*` ones the second field is the peer's identity mark.
-const DEFERRABLE: [(&str, Dir, bool); 12] = [
-    ("egress_peer_range", Dir::Egress, true),
-    ("egress_peer4", Dir::Egress, true),
-    ("egress_peer6", Dir::Egress, true),
-    ("egress_cidr4", Dir::Egress, false),
-    ("egress_cidr6", Dir::Egress, false),
-    ("egress_any", Dir::Egress, false),
-    ("ingress_peer_range", Dir::Ingress, true),
-    ("ingress_peer4", Dir::Ingress, true),
-    ("ingress_peer6", Dir::Ingress, true),
-    ("ingress_cidr4", Dir::Ingress, false),
-    ("ingress_cidr6", Dir::Ingress, false),
-    ("ingress_any", Dir::Ingress, false),
-];
 
 fn pod_key(p: &Pod) -> Key {
     (p.namespace.clone(), p.name.clone())
@@ -346,14 +300,9 @@ impl Incremental {
         for dir in [Dir::Egress, Dir::Ingress] {
             for tier in [AdminTier::Admin, AdminTier::Baseline] {
                 if st.admin.iter().any(|a| a.tier == tier) {
-                    let t = match tier {
-                        AdminTier::Admin => "admin",
-                        AdminTier::Baseline => "baseline",
-                    };
                     st.tiers.push(TierState {
                         dir,
                         tier,
-                        prefix: format!("{}_{t}", dir.name()),
                         groups: BTreeMap::new(),
                         used: HashSet::new(),
                     });
@@ -615,7 +564,7 @@ impl Incremental {
             for (p, lo, hi, action) in first_match(&list) {
                 let Some(v) = verdict(action) else { continue };
                 out.put(
-                    &format!("{}_peer{}", ts.prefix, if v4 { 4 } else { 6 }),
+                    SetId::TierPeer(ts.dir, ts.tier, Family::of_v4(v4)).name(),
                     Element {
                         key: vec![
                             Value::Mark(g.id),
@@ -625,7 +574,7 @@ impl Incremental {
                         ],
                         data: Some(v),
                     },
-                    add,
+                    op(add),
                 );
             }
         }
@@ -666,7 +615,7 @@ impl Incremental {
                 for (p, plo, phi, action) in ports {
                     let Some(v) = verdict(action) else { continue };
                     out.put(
-                        &format!("{}_cidr{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                        SetId::TierCidr(ts.dir, ts.tier, Family::of_index(fam)).name(),
                         Element {
                             key: vec![
                                 Value::Mark(g.id),
@@ -676,7 +625,7 @@ impl Incremental {
                             ],
                             data: Some(v),
                         },
-                        add,
+                        op(add),
                     );
                 }
             }
@@ -1014,12 +963,12 @@ impl Incremental {
         for ip in &p.ips {
             let (fam, v) = ip_value(*ip);
             out.put(
-                ["identity4", "identity6"][fam],
+                SetId::Identity(Family::of_index(fam)).name(),
                 Element {
                     key: vec![v],
                     data: Some(Value::Mark(mark)),
                 },
-                add,
+                op(add),
             );
         }
         if !self.is_local(p) {
@@ -1035,25 +984,22 @@ impl Incremental {
         for ip in &p.ips {
             let (fam, v) = ip_value(*ip);
             out.put(
-                ["local4", "local6"][fam],
+                SetId::Local(Family::of_index(fam)).name(),
                 Element {
                     key: vec![v.clone()],
                     data: None,
                 },
-                add,
+                op(add),
             );
-            for (g, set) in [
-                (eg, ["egress_group4", "egress_group6"]),
-                (ing, ["ingress_group4", "ingress_group6"]),
-            ] {
+            for (g, dir) in [(eg, Dir::Egress), (ing, Dir::Ingress)] {
                 if let Some(g) = g {
                     out.put(
-                        set[fam],
+                        SetId::Group(dir, Family::of_index(fam)).name(),
                         Element {
                             key: vec![v.clone()],
                             data: Some(Value::Mark(g)),
                         },
-                        add,
+                        op(add),
                     );
                 }
             }
@@ -1062,12 +1008,12 @@ impl Incremental {
                     continue;
                 };
                 out.put(
-                    &format!("{}_group{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                    SetId::TierGroup(ts.dir, ts.tier, Family::of_index(fam)).name(),
                     Element {
                         key: vec![v.clone()],
                         data: Some(Value::Mark(ts.groups[k].id)),
                     },
-                    add,
+                    op(add),
                 );
             }
         }
@@ -1108,21 +1054,21 @@ impl Incremental {
         Ok(out)
     }
 
-    /// The interval sets whose removals may wait: [`DEFERRABLE`] and each
-    /// admin tier's peer and address maps.
+    /// The interval sets whose removals may wait ([`SetId::deferrable`]),
+    /// whose group ids they start with, and whether their second field is
+    /// a peer's mark.
     fn deferrable(&self) -> Vec<(String, Domain, bool)> {
-        let mut out: Vec<(String, Domain, bool)> = DEFERRABLE
-            .iter()
-            .map(|&(s, d, p)| (s.to_string(), Domain::Np(d), p))
-            .collect();
+        let mut out = Vec::new();
+        for d in [Dir::Egress, Dir::Ingress] {
+            for s in schema::allow_sets(d).into_iter().filter(|s| s.deferrable()) {
+                out.push((s.name().to_string(), Domain::Np(d), s.peer_keyed()));
+            }
+        }
         for (t, ts) in self.tiers.iter().enumerate() {
-            for (suffix, peer) in [
-                ("peer4", true),
-                ("peer6", true),
-                ("cidr4", false),
-                ("cidr6", false),
-            ] {
-                out.push((format!("{}_{suffix}", ts.prefix), Domain::Tier(t), peer));
+            for s in schema::tier_sets(ts.dir, ts.tier) {
+                if s.deferrable() {
+                    out.push((s.name().to_string(), Domain::Tier(t), s.peer_keyed()));
+                }
             }
         }
         out
@@ -1451,12 +1397,12 @@ impl Incremental {
             for ip in set {
                 let (fam, v) = ip_value(*ip);
                 out.put(
-                    ["own_node4", "own_node6"][fam],
+                    SetId::OwnNode(Family::of_index(fam)).name(),
                     Element {
                         key: vec![v],
                         data: None,
                     },
-                    add,
+                    op(add),
                 );
             }
         }
@@ -1581,9 +1527,9 @@ fn both(a: &mut Allows, g: u32, mark: u32, item: PortItem) {
 
 /// Renders allows as the full compilation does and records the elements.
 fn emit(dir: Dir, a: Allows, out: &mut ElementDelta, add: bool) {
-    for set in allow_sets(dir.name(), a) {
+    for set in allow_sets(dir, a) {
         for e in set.elements {
-            out.put(&set.name, e, add);
+            out.put(&set.name, e, op(add));
         }
     }
 }

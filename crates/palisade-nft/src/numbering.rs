@@ -12,13 +12,16 @@
 //! function of the set of keys: an incremental rebuild and a full rebuild of
 //! the same state agree, and a change only renumbers what it touches (or, on
 //! a rare collision, the key probed past it). 0 is never assigned: it means
-//! "not a pod" / "not isolated". Numbers are stable across runs of one build;
-//! another build may renumber, which costs one larger delta, never
-//! correctness.
+//! "not a pod" / "not isolated". The hashes are taken over the explicit
+//! encoding of [`crate::encode`], never over the standard library's `Hash`,
+//! so numbers are the same in every build and toolchain until that
+//! encoding's version changes.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
+
+use crate::encode::{encoding, Encode};
 
 use palisade_engine::Engine;
 
@@ -57,20 +60,21 @@ impl Hasher for Fnv {
     }
 }
 
-pub(crate) fn hash64<K: Hash + ?Sized>(k: &K) -> u64 {
+/// FNV-1a of `k`'s explicit encoding.
+pub(crate) fn hash64<K: Encode + ?Sized>(k: &K) -> u64 {
     let mut h = Fnv::new();
-    k.hash(&mut h);
+    h.write(&encoding(k));
     h.finish()
 }
 
-pub(crate) fn hash32<K: Hash + ?Sized>(k: &K) -> u32 {
+pub(crate) fn hash32<K: Encode + ?Sized>(k: &K) -> u32 {
     let x = hash64(k);
     (x ^ (x >> 32)) as u32
 }
 
 /// Numbers `n` keys: `stable(i)` is the content key of the i-th. Returns one
 /// number per key, all distinct and non-zero.
-pub(crate) fn assign<S: Hash + Ord>(
+pub(crate) fn assign<S: Encode + Ord>(
     numbering: Numbering,
     n: usize,
     stable: impl Fn(usize) -> S,

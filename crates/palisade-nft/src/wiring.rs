@@ -23,8 +23,6 @@ use crate::ir::{Chain, Element, Expr, Hook, MetaKey, Rule, Ruleset, Set, Stmt, T
 
 pub type Mac = [u8; 6];
 
-/// The `inet palisade` sets the wiring fills, and nothing else does.
-pub const WIRING_SETS: [&str; 3] = ["pod_ifaces", "pod_src4", "pod_src6"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wiring {
@@ -81,7 +79,8 @@ impl Wiring {
             v.sort();
             v
         });
-        [("pod_ifaces", ifaces), ("pod_src4", s4), ("pod_src6", s6)]
+        let [i, v4, v6] = crate::WIRING_SETS;
+        [(i, ifaces), (v4, s4), (v6, s6)]
     }
 }
 
