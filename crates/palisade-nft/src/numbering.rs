@@ -216,6 +216,74 @@ mod tests {
         assert_eq!(assign(Numbering::Dense, 3, |_| ()), vec![1, 2, 3]);
     }
 
+    /// Fixed keys, fixed numbers: these are written into every node's
+    /// table, so a change of the encoding must be deliberate (bump
+    /// [`crate::encode::FORMAT_VERSION`] and update the numbers here).
+    #[test]
+    fn stable_numbers_are_golden() {
+        use palisade_engine::index::AddressMatcher;
+        use palisade_model::{ContainerPort, IpBlock, Labels, Protocol};
+
+        let block = AddressMatcher::Block(IpBlock {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            except: vec!["10.1.0.0/16".parse().unwrap()],
+        });
+        let nodes = AddressMatcher::Nodes(vec!["192.168.0.1".parse().unwrap()]);
+        let networks = AddressMatcher::Networks(vec!["fd00::/64".parse().unwrap()]);
+        assert_eq!(hash64(&block), GOLDEN[0]);
+        assert_eq!(hash64(&nodes), GOLDEN[1]);
+        assert_eq!(hash64(&networks), GOLDEN[2]);
+
+        let matchers: Vec<_> = [block, nodes, networks]
+            .into_iter()
+            .map(|m| {
+                let h = hash64(&m);
+                (m, h)
+            })
+            .collect();
+        let labels: Labels = [("app", "web"), ("tier", "front")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ports = [ContainerPort {
+            name: Some("http".into()),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }];
+        let ips = ["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()];
+        let key = mark_key("shop", &labels, &ports, false, &ips, &matchers);
+        assert_eq!(u64::from(hash32(&key)), GOLDEN[3]);
+        let bare = mark_key("shop", &Labels::new(), &[], true, &[], &matchers);
+        assert_eq!(u64::from(hash32(&bare)), GOLDEN[4]);
+
+        // NetworkPolicy groups: the isolating policies' names (egress),
+        // with how named ports resolve (ingress).
+        let policies = vec![
+            ("shop".to_string(), "default-deny".to_string()),
+            ("shop".to_string(), "web".to_string()),
+        ];
+        assert_eq!(u64::from(hash32(&policies)), GOLDEN[5]);
+        let ingress = (policies, vec![Some(8080u16), None]);
+        assert_eq!(u64::from(hash32(&ingress)), GOLDEN[6]);
+        // Admin tier groups: (kind, name, rule) and named ports.
+        let tier = (
+            vec![("AdminNetworkPolicy", "pass-monitoring", 0usize)],
+            vec![("http", 6u8, 8080u16)],
+        );
+        assert_eq!(u64::from(hash32(&tier)), GOLDEN[7]);
+    }
+
+    const GOLDEN: [u64; 8] = [
+        17_533_080_301_700_608_104,
+        7_585_900_177_787_427_778,
+        178_345_813_281_553_303,
+        2_190_862_006,
+        1_105_394_804,
+        3_958_532_381,
+        261_920_723,
+        2_304_051_472,
+    ];
+
     #[test]
     fn collisions_are_probed() {
         // Equal content keys still get distinct numbers.
