@@ -182,7 +182,10 @@ fn set_deltas(delta: ElementDelta, applied: &Ruleset) -> Result<Vec<SetDelta>, S
         let d = by_set.swap_remove(i);
         let has = |e| s.elements.binary_search(e).is_ok();
         if !d.remove.iter().all(has) || d.add.iter().any(has) {
-            return Err(format!("set {} disagrees with the incremental state", d.set));
+            return Err(format!(
+                "set {} disagrees with the incremental state",
+                d.set
+            ));
         }
         out.push(d);
     }

@@ -1210,7 +1210,10 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
         Stmt::Return,
     ]));
     pod.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(SetId::PeerPort(dir).name().into())),
+        Stmt::is(
+            peer_port(),
+            Expr::SetRef(SetId::PeerPort(dir).name().into()),
+        ),
         Stmt::Return,
     ]));
     pod.push(rule(vec![
@@ -1221,7 +1224,10 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
         Stmt::Return,
     ]));
     pod.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(SetId::PeerRange(dir).name().into())),
+        Stmt::is(
+            peer_port(),
+            Expr::SetRef(SetId::PeerRange(dir).name().into()),
+        ),
         Stmt::Return,
     ]));
     for v4 in [true, false] {
@@ -1241,7 +1247,10 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
         for v4 in [true, false] {
             by_addr.push(commented(
                 vec![
-                    Stmt::is(addr(v4, "saddr"), Expr::SetRef(SetId::OwnNode(Family::of_v4(v4)).name().into())),
+                    Stmt::is(
+                        addr(v4, "saddr"),
+                        Expr::SetRef(SetId::OwnNode(Family::of_v4(v4)).name().into()),
+                    ),
                     Stmt::Return,
                 ],
                 "own node",
@@ -1326,7 +1335,10 @@ fn unknown_source_rules(input: bool) -> Vec<Rule> {
         rules.push(commented(stmts, "unknown source on a pod interface"));
     }
     for v4 in [true, false] {
-        let mut stmts = vec![Stmt::is(src(v4), Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()))];
+        let mut stmts = vec![Stmt::is(
+            src(v4),
+            Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()),
+        )];
         if input {
             stmts.push(pod_source(v4, Op::Ne));
         }
@@ -1344,7 +1356,10 @@ fn to_pod_rules() -> Vec<Rule> {
     let mut rules = Vec::new();
     for v4 in [true, false] {
         rules.push(rule(vec![
-            Stmt::is(addr(v4, "daddr"), Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into())),
+            Stmt::is(
+                addr(v4, "daddr"),
+                Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()),
+            ),
             Stmt::Goto("ingress".into()),
         ]));
     }
