@@ -496,7 +496,7 @@ impl Backend for Recording {
             s.fail_next -= 1;
             return Err(BackendError::Rejected("injected failure".into()));
         }
-        delta::apply_to(&mut s.table, delta).map_err(BackendError::Rejected)?;
+        delta::apply_to(&mut s.table, delta)?;
         s.deltas.push(delta.clone());
         s.texts.push(text.to_string());
         Ok(())

@@ -9,30 +9,17 @@
 //! full table, in one transaction (`flush table` would keep old elements).
 //! Either way a reader sees the old or the new table, never a mix.
 //!
-//! The full table carries an empty marker set, [`MARKER_SET`], whose
-//! comment is `palisade structure <hash>` ([`structure_hash`]), so that an
-//! agent starting against an existing table can tell whether only elements
-//! differ ([`crate::kernel`]). (nft 1.0.6 does not list table or chain
-//! comments back; set comments it does.)
-//!
-//! nft 1.0.6 deletes a single value from a concatenated interval set only
-//! when it is written as a range (`80-80`); deletions are rendered so.
+//! The syntax of both, and the structure marker that lets an agent starting
+//! against an existing table recognise it ([`crate::kernel`]), are
+//! palisade-nft's ([`palisade_nft::syntax`]); this module decides which of
+//! the two a change is.
 
-use std::cmp::Ordering;
-use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+use palisade_nft::{Element, Ruleset, SetId};
 
-use palisade_nft::{
-    element_lines, Element, Ruleset, Set, Value, Verdict, ELEMENT_CHUNK, FAMILY, TABLE,
-};
+use crate::backend::BackendError;
 
-/// Element changes of one set or map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SetDelta {
-    pub set: String,
-    pub remove: Vec<Element>,
-    pub add: Vec<Element>,
-}
+pub use palisade_nft::syntax::{replace_text, STRUCTURE_COMMENT};
+pub use palisade_nft::{same_structure, structure_hash, SetDelta};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delta {
@@ -44,87 +31,12 @@ pub enum Delta {
     Replace(Box<Ruleset>),
 }
 
-/// The prefix of the marker set's comment that records the structure hash.
-pub const STRUCTURE_COMMENT: &str = "palisade structure ";
-
 /// The name of the marker set (never referenced by a rule).
-pub const MARKER_SET: &str = "agent_structure";
-
-/// A hash of everything but the elements: chains, and each set's name, key
-/// and data types, flags and comment, in order.
-pub fn structure_hash(rs: &Ruleset) -> String {
-    let mut h = palisade_nft::Fnv::new();
-    for s in &rs.sets {
-        format!(
-            "{:?}{:?}{:?}{}{}",
-            s.name, s.key, s.data, s.interval, s.comment
-        )
-        .hash(&mut h);
-    }
-    format!("{:?}", rs.chains).hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
-/// Whether two rulesets differ in elements only.
-pub fn same_structure(a: &Ruleset, b: &Ruleset) -> bool {
-    a.chains == b.chains
-        && a.sets.len() == b.sets.len()
-        && a.sets.iter().zip(&b.sets).all(|(x, y)| {
-            x.name == y.name
-                && x.key == y.key
-                && x.data == y.data
-                && x.interval == y.interval
-                && x.comment == y.comment
-        })
-}
-
-fn sorted(v: &[Element]) -> std::borrow::Cow<'_, [Element]> {
-    if v.windows(2).all(|w| w[0] <= w[1]) {
-        std::borrow::Cow::Borrowed(v)
-    } else {
-        let mut v = v.to_vec();
-        v.sort();
-        std::borrow::Cow::Owned(v)
-    }
-}
-
-/// Elements only in `old`, and only in `new` (both sorted, linear merge).
-fn diff_elements(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element>) {
-    let (old, new) = (sorted(old), sorted(new));
-    let (mut i, mut j) = (0, 0);
-    let (mut remove, mut add) = (Vec::new(), Vec::new());
-    while i < old.len() || j < new.len() {
-        let ord = match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => a.cmp(b),
-            (Some(_), None) => Ordering::Less,
-            _ => Ordering::Greater,
-        };
-        match ord {
-            Ordering::Equal => {
-                i += 1;
-                j += 1;
-            }
-            Ordering::Less => {
-                remove.push(old[i].clone());
-                i += 1;
-            }
-            Ordering::Greater => {
-                add.push(new[j].clone());
-                j += 1;
-            }
-        }
-    }
-    (remove, add)
-}
+pub const MARKER_SET: &str = SetId::Structure.name();
 
 /// What brings set `name` from `old` to `new` elements, if anything.
 pub fn set_delta(name: &str, old: &[Element], new: &[Element]) -> Option<SetDelta> {
-    let (remove, add) = diff_elements(old, new);
-    (!remove.is_empty() || !add.is_empty()).then(|| SetDelta {
-        set: name.to_string(),
-        remove,
-        add,
-    })
+    SetDelta::between(name, old, new)
 }
 
 /// How many elements `sets` remove from interval sets of `table` (each
@@ -157,51 +69,6 @@ pub fn diff(old: Option<&Ruleset>, new: &Ruleset) -> Delta {
     }
 }
 
-/// The full table with its structure marker, replacing any existing one.
-pub fn replace_text(rs: &Ruleset) -> String {
-    let table = rs.to_nft_text();
-    let head = format!("table {FAMILY} {TABLE} {{\n");
-    let body = table.strip_prefix(&head).unwrap_or(&table);
-    format!(
-        "table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n{head}\tset {MARKER_SET} {{\n\t\ttype mark\n\t\tcomment \"{STRUCTURE_COMMENT}{}\"\n\t}}\n{body}",
-        structure_hash(rs)
-    )
-}
-
-/// One value as nft reads it; with `ranges`, single-value ranges are
-/// written `a-a`.
-fn value_text(v: &Value, ranges: bool) -> String {
-    match v {
-        Value::Ifname(s) => format!("\"{s}\""),
-        Value::Ether(m) => palisade_nft::mac_text(m),
-        Value::Ipv4(a) => a.to_string(),
-        Value::Ipv6(a) => a.to_string(),
-        Value::Ipv4Range(a, b) if a == b && !ranges => a.to_string(),
-        Value::Ipv4Range(a, b) => format!("{a}-{b}"),
-        Value::Ipv6Range(a, b) if a == b && !ranges => a.to_string(),
-        Value::Ipv6Range(a, b) => format!("{a}-{b}"),
-        Value::Mark(m) => m.to_string(),
-        Value::Proto(p) => p.to_string(),
-        Value::Port(p) => p.to_string(),
-        Value::PortRange(a, b) if a == b && !ranges => a.to_string(),
-        Value::PortRange(a, b) => format!("{a}-{b}"),
-        Value::Verdict(Verdict::Return) => "return".into(),
-        Value::Verdict(Verdict::Drop) => "drop".into(),
-    }
-}
-
-/// The keys of `elements`, for `delete element`.
-fn key_lines(template: &Set, elements: &[Element]) -> String {
-    let ranges = template.interval && template.key.len() > 1;
-    let mut s = String::new();
-    for (i, e) in elements.iter().enumerate() {
-        let key: Vec<String> = e.key.iter().map(|v| value_text(v, ranges)).collect();
-        let sep = if i + 1 < elements.len() { "," } else { "" };
-        let _ = writeln!(s, "\t\t\t{}{sep}", key.join(" . "));
-    }
-    s
-}
-
 impl Delta {
     /// The transaction for `nft -f`; `new` is the desired ruleset (for the
     /// set types).
@@ -209,36 +76,7 @@ impl Delta {
         match self {
             Delta::Noop => String::new(),
             Delta::Replace(rs) => replace_text(rs),
-            Delta::Elements(sets) => {
-                let mut s = String::new();
-                // In statements of at most ELEMENT_CHUNK elements (see
-                // there), all in this one transaction.
-                for d in sets {
-                    let Some(t) = new.set(&d.set) else { continue };
-                    for chunk in d.remove.chunks(ELEMENT_CHUNK) {
-                        let _ = write!(
-                            s,
-                            "delete element {FAMILY} {TABLE} {} {{\n{}}}\n",
-                            d.set,
-                            key_lines(t, chunk)
-                        );
-                    }
-                }
-                for d in sets {
-                    if new.set(&d.set).is_none() {
-                        continue;
-                    }
-                    for chunk in d.add.chunks(ELEMENT_CHUNK) {
-                        let _ = write!(
-                            s,
-                            "add element {FAMILY} {TABLE} {} {{\n{}}}\n",
-                            d.set,
-                            element_lines(chunk)
-                        );
-                    }
-                }
-                s
-            }
+            Delta::Elements(sets) => palisade_nft::syntax::element_transaction(sets, new),
         }
     }
 
@@ -261,9 +99,13 @@ impl Delta {
 }
 
 /// Applies a delta to an in-memory table with the kernel's strictness:
-/// deleting a missing element or adding a key that is present fails, and a
-/// failed transaction changes nothing.
-pub fn apply_to(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), String> {
+/// deleting a missing element or adding a key that is present fails
+/// ([`BackendError::Rejected`]), and a failed transaction changes nothing.
+pub fn apply_to(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), BackendError> {
+    apply_elements(table, delta).map_err(BackendError::Rejected)
+}
+
+fn apply_elements(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), String> {
     match delta {
         Delta::Noop => Ok(()),
         Delta::Replace(rs) => {

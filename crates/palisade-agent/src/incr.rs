@@ -176,22 +176,21 @@ fn set_deltas(delta: ElementDelta, applied: &Ruleset) -> Result<Vec<SetDelta>, S
     let mut by_set = delta.into_changes();
     let mut out = Vec::new();
     for s in &applied.sets {
-        let Some(i) = by_set.iter().position(|(name, _, _)| *name == s.name) else {
+        let Some(i) = by_set.iter().position(|d| d.set == s.name) else {
             continue;
         };
-        let (name, remove, add) = by_set.swap_remove(i);
+        let d = by_set.swap_remove(i);
         let has = |e| s.elements.binary_search(e).is_ok();
-        if !remove.iter().all(has) || add.iter().any(has) {
-            return Err(format!("set {name} disagrees with the incremental state"));
+        if !d.remove.iter().all(has) || d.add.iter().any(has) {
+            return Err(format!(
+                "set {} disagrees with the incremental state",
+                d.set
+            ));
         }
-        out.push(SetDelta {
-            set: name,
-            remove,
-            add,
-        });
+        out.push(d);
     }
-    if let Some((name, _, _)) = by_set.first() {
-        return Err(format!("no set {name} in the table"));
+    if let Some(d) = by_set.first() {
+        return Err(format!("no set {} in the table", d.set));
     }
     Ok(out)
 }

@@ -115,9 +115,14 @@
 //! several addresses of one family that different matchers contain is
 //! enforced as its first address.
 
+pub mod delta;
+pub mod encode;
 pub mod incr;
 mod ir;
 mod numbering;
+pub mod schema;
+mod structure;
+pub mod syntax;
 mod tier;
 mod wiring;
 
@@ -125,13 +130,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use delta::{ElementDelta, ElementOp, SetDelta};
 pub use ir::{
-    element_lines, mac_text, parse_mac, Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset,
-    Set, Stmt, Type, Value, Verdict, BRIDGE_FAMILY, ELEMENT_CHUNK, FAMILY, TABLE,
+    Chain, Element, Expr, Hook, MetaKey, Op, Rule, Ruleset, Set, Stmt, Type, Value, Verdict,
+    BRIDGE_FAMILY, FAMILY, TABLE,
 };
+pub use schema::{Family, SetId, WIRING_SETS};
+pub use structure::{same_structure, structure_hash};
+pub use syntax::{element_lines, mac_text, parse_mac, ELEMENT_CHUNK};
 
 pub use numbering::{Fnv, Numbering};
-pub use wiring::{bridge_text, compile_bridge, BridgeWiring, Mac, Wiring, WIRING_SETS};
+pub use wiring::{bridge_text, compile_bridge, BridgeWiring, Mac, Wiring};
 
 use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
 use palisade_engine::{Direction, Engine, IdentityId, PodId};
@@ -439,29 +448,6 @@ fn proto_value(p: u8) -> Value {
     Value::Proto(p)
 }
 
-fn sorted(mut v: Vec<Element>) -> Vec<Element> {
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn set(
-    name: &str,
-    key: &[Type],
-    data: Option<Type>,
-    interval: bool,
-    elements: Vec<Element>,
-) -> Set {
-    Set {
-        name: name.to_string(),
-        key: key.to_vec(),
-        data,
-        interval,
-        comment: String::new(),
-        elements: sorted(elements),
-    }
-}
-
 /// The peer allows, split by what the kernel looks them up with: most
 /// elements hold for both families and one port (`{dir}_peer_port`, a hash
 /// set) or every port of a protocol (`{dir}_peer_proto`, hash); true port
@@ -469,7 +455,7 @@ fn set(
 /// family only (a named port of a pod inside an `ipBlock`) to
 /// `{dir}_peer4` / `{dir}_peer6`. Hash sets load faster than interval sets
 /// and their lookup cost does not grow with their size.
-fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
+fn peer_sets(dir: Dir, peer: &[PeerAllows; 2]) -> Vec<Set> {
     let key = |g: u32, mark: u32, p: u8| vec![Value::Mark(g), Value::Mark(mark), proto_value(p)];
     let (mut by_port, mut by_proto, mut by_range) = (Vec::new(), Vec::new(), Vec::new());
     let mut fam_only = [Vec::new(), Vec::new()];
@@ -526,33 +512,19 @@ fn peer_sets(dir: &str, peer: &[PeerAllows; 2]) -> Vec<Set> {
         }
     }
     let [only4, only6] = fam_only;
-    let full = [Type::Mark, Type::Mark, Type::Proto, Type::Port];
     vec![
-        set(
-            &format!("{dir}_peer_all"),
-            &[Type::Mark, Type::Mark],
-            None,
-            false,
-            by_peer,
-        ),
-        set(&format!("{dir}_peer_port"), &full, None, false, by_port),
-        set(
-            &format!("{dir}_peer_proto"),
-            &[Type::Mark, Type::Mark, Type::Proto],
-            None,
-            false,
-            by_proto,
-        ),
-        set(&format!("{dir}_peer_range"), &full, None, true, by_range),
-        set(&format!("{dir}_peer4"), &full, None, true, only4),
-        set(&format!("{dir}_peer6"), &full, None, true, only6),
+        SetId::PeerAll(dir).set(by_peer),
+        SetId::PeerPort(dir).set(by_port),
+        SetId::PeerProto(dir).set(by_proto),
+        SetId::PeerRange(dir).set(by_range),
+        SetId::PeerFamily(dir, Family::V4).set(only4),
+        SetId::PeerFamily(dir, Family::V6).set(only6),
     ]
 }
 
-fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
+fn allow_sets(dir: Dir, a: Allows) -> Vec<Set> {
     let mut sets = peer_sets(dir, &a.peer);
-    for (fam, addr_t) in [(0usize, Type::Ipv4), (1, Type::Ipv6)] {
-        let suffix = if fam == 0 { "4" } else { "6" };
+    for fam in [0usize, 1] {
         let mut elems = Vec::new();
         for (&(g, p), boxes) in &a.cidr[fam] {
             for (lo, hi, ports) in disjoint_boxes(boxes) {
@@ -569,13 +541,7 @@ fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
                 }
             }
         }
-        sets.push(set(
-            &format!("{dir}_cidr{suffix}"),
-            &[Type::Mark, addr_t, Type::Proto, Type::Port],
-            None,
-            true,
-            elems,
-        ));
+        sets.push(SetId::Cidr(dir, Family::of_index(fam)).set(elems));
     }
     let mut elems = Vec::new();
     for (&(g, p), ranges) in &a.any {
@@ -586,66 +552,30 @@ fn allow_sets(dir: &str, a: Allows) -> Vec<Set> {
             });
         }
     }
-    sets.push(set(
-        &format!("{dir}_any"),
-        &[Type::Mark, Type::Proto, Type::Port],
-        None,
-        true,
-        elems,
-    ));
+    sets.push(SetId::Any(dir).set(elems));
     sets
 }
 
-/// The verdict maps of one admin tier in one direction, named
-/// `{dir}_{tier}_group4/6`, `{dir}_{tier}_peer4/6`, `{dir}_{tier}_cidr4/6`.
-fn tier_sets(
-    dir: &str,
-    tier: tier::Tier,
-    c: tier::Compiled,
-    groups: [Vec<Element>; 2],
-) -> Vec<Set> {
-    let t = tier.name();
+/// The verdict maps of one admin tier in one direction
+/// ([`schema::tier_sets`]).
+fn tier_sets(dir: Dir, tier: tier::Tier, c: tier::Compiled, groups: [Vec<Element>; 2]) -> Vec<Set> {
     let [g4, g6] = groups;
     let [p4, p6] = c.peer;
     let [c4, c6] = c.cidr;
-    let peer_key = [Type::Mark, Type::Mark, Type::Proto, Type::Port];
-    let v = Some(Type::Verdict);
-    vec![
-        set(
-            &format!("{dir}_{t}_group4"),
-            &[Type::Ipv4],
-            Some(Type::Mark),
-            false,
-            g4,
-        ),
-        set(
-            &format!("{dir}_{t}_group6"),
-            &[Type::Ipv6],
-            Some(Type::Mark),
-            false,
-            g6,
-        ),
-        set(&format!("{dir}_{t}_peer4"), &peer_key, v, true, p4),
-        set(&format!("{dir}_{t}_peer6"), &peer_key, v, true, p6),
-        set(
-            &format!("{dir}_{t}_cidr4"),
-            &[Type::Mark, Type::Ipv4, Type::Proto, Type::Port],
-            v,
-            true,
-            c4,
-        ),
-        set(
-            &format!("{dir}_{t}_cidr6"),
-            &[Type::Mark, Type::Ipv6, Type::Proto, Type::Port],
-            v,
-            true,
-            c6,
-        ),
-    ]
+    let tier = match tier {
+        tier::Tier::Admin => AdminTier::Admin,
+        tier::Tier::Baseline => AdminTier::Baseline,
+    };
+    schema::tier_sets(dir, tier)
+        .into_iter()
+        .zip([g4, g6, p4, p6, c4, c6])
+        .map(|(id, elements)| id.set(elements))
+        .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
+/// A direction of policy, as set and chain names spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dir {
     Egress,
     Ingress,
 }
@@ -863,35 +793,24 @@ pub fn compile_numbered(
     let [in4, in6] = in_map;
     let [id4, id6] = id_map;
     let [own4, own6] = own;
+    use Family::{V4, V6};
     let mut sets = vec![
-        set("pod_ifaces", &[Type::Ifname], None, false, ifaces),
-        set("pod_src4", &[Type::Ifname, Type::Ipv4], None, false, src4),
-        set("pod_src6", &[Type::Ifname, Type::Ipv6], None, false, src6),
-        set("local4", &[Type::Ipv4], None, false, local4),
-        set("local6", &[Type::Ipv6], None, false, local6),
-        set("identity4", &[Type::Ipv4], Some(Type::Mark), false, id4),
-        set("identity6", &[Type::Ipv6], Some(Type::Mark), false, id6),
-        set("egress_group4", &[Type::Ipv4], Some(Type::Mark), false, eg4),
-        set("egress_group6", &[Type::Ipv6], Some(Type::Mark), false, eg6),
-        set(
-            "ingress_group4",
-            &[Type::Ipv4],
-            Some(Type::Mark),
-            false,
-            in4,
-        ),
-        set(
-            "ingress_group6",
-            &[Type::Ipv6],
-            Some(Type::Mark),
-            false,
-            in6,
-        ),
-        set("own_node4", &[Type::Ipv4], None, false, own4),
-        set("own_node6", &[Type::Ipv6], None, false, own6),
+        SetId::PodIfaces.set(ifaces),
+        SetId::PodSrc(V4).set(src4),
+        SetId::PodSrc(V6).set(src6),
+        SetId::Local(V4).set(local4),
+        SetId::Local(V6).set(local6),
+        SetId::Identity(V4).set(id4),
+        SetId::Identity(V6).set(id6),
+        SetId::Group(Dir::Egress, V4).set(eg4),
+        SetId::Group(Dir::Egress, V6).set(eg6),
+        SetId::Group(Dir::Ingress, V4).set(in4),
+        SetId::Group(Dir::Ingress, V6).set(in6),
+        SetId::OwnNode(V4).set(own4),
+        SetId::OwnNode(V6).set(own6),
     ];
-    sets.extend(allow_sets("egress", egress));
-    sets.extend(allow_sets("ingress", ingress));
+    sets.extend(allow_sets(Dir::Egress, egress));
+    sets.extend(allow_sets(Dir::Ingress, ingress));
 
     // The admin tiers.
     let has = |t: AdminTier| idx.admin().iter().any(|a| a.policy.tier == t);
@@ -929,7 +848,7 @@ pub fn compile_numbered(
                     }
                 }
             }
-            sets.extend(tier_sets(dir.name(), t, c, groups));
+            sets.extend(tier_sets(dir, t, c, groups));
         }
     }
 
@@ -1134,14 +1053,13 @@ fn peer_identity(rules: &mut Vec<Rule>, peer_field: &'static str) {
         value: Expr::Int(0),
     }]));
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         rules.push(rule(vec![
             nfproto(v4),
             Stmt::Assign {
                 key: Expr::Meta(MetaKey::Mark),
                 value: Expr::Map {
                     key: Box::new(addr(v4, peer_field)),
-                    map: format!("identity{f}"),
+                    map: SetId::Identity(Family::of_v4(v4)).name().into(),
                 },
             },
         ]));
@@ -1149,20 +1067,19 @@ fn peer_identity(rules: &mut Vec<Rule>, peer_field: &'static str) {
 }
 
 /// `ct mark set 0`, then the local pod's group by address in `map4/6`.
-fn local_group(rules: &mut Vec<Rule>, own_field: &'static str, map: &str) {
+fn local_group(rules: &mut Vec<Rule>, own_field: &'static str, map: impl Fn(Family) -> SetId) {
     rules.push(rule(vec![Stmt::Assign {
         key: Expr::CtMark,
         value: Expr::Int(0),
     }]));
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         rules.push(rule(vec![
             nfproto(v4),
             Stmt::Assign {
                 key: Expr::CtMark,
                 value: Expr::Map {
                     key: Box::new(addr(v4, own_field)),
-                    map: format!("{map}{f}"),
+                    map: map(Family::of_v4(v4)).name().into(),
                 },
             },
         ]));
@@ -1180,31 +1097,31 @@ fn fields(dir: Dir) -> (&'static str, &'static str) {
 /// for a pod peer (by identity) and one for any other peer (by address).
 /// No element matches: the flow goes on to the next stage.
 fn tier_stage(rules: &mut Vec<Rule>, dir: Dir, t: tier::Tier) {
-    let name = dir.name();
     let (own_field, peer_field) = fields(dir);
-    let prefix = format!("{name}_{}", t.name());
-    local_group(rules, own_field, &format!("{prefix}_group"));
+    let at = match t {
+        tier::Tier::Admin => AdminTier::Admin,
+        tier::Tier::Baseline => AdminTier::Baseline,
+    };
+    local_group(rules, own_field, |f| SetId::TierGroup(dir, at, f));
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         rules.push(commented(
             vec![
                 nfproto(v4),
                 Stmt::Vmap {
                     key: Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4(), dport()]),
-                    map: format!("{prefix}_peer{f}"),
+                    map: SetId::TierPeer(dir, at, Family::of_v4(v4)).name().into(),
                 },
             ],
             &format!("{} tier, pod peer", t.name()),
         ));
     }
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         rules.push(commented(
             vec![
                 Stmt::is(Expr::Meta(MetaKey::Mark), Expr::Int(0)),
                 Stmt::Vmap {
                     key: Expr::Concat(vec![Expr::CtMark, addr(v4, peer_field), l4(), dport()]),
-                    map: format!("{prefix}_cidr{f}"),
+                    map: SetId::TierCidr(dir, at, Family::of_v4(v4)).name().into(),
                 },
             ],
             &format!("{} tier, other peer", t.name()),
@@ -1230,7 +1147,6 @@ fn direction_chain(dir: Dir, stages: Stages) -> Chain {
         tier_stage(&mut rules, dir, tier::Tier::Admin);
     }
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         rules.push(commented(
             vec![
                 nfproto(v4),
@@ -1238,7 +1154,7 @@ fn direction_chain(dir: Dir, stages: Stages) -> Chain {
                     key: Expr::CtMark,
                     value: Expr::Map {
                         key: Box::new(addr(v4, own_field)),
-                        map: format!("{name}_group{f}"),
+                        map: SetId::Group(dir, Family::of_v4(v4)).name().into(),
                     },
                 },
                 Stmt::Goto(format!("{name}_np")),
@@ -1268,7 +1184,6 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
     let (_, peer_field) = fields(dir);
     let mut np = Vec::new();
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         np.push(commented(
             vec![
                 nfproto(v4),
@@ -1276,7 +1191,7 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
                     key: Expr::Meta(MetaKey::Mark),
                     value: Expr::Map {
                         key: Box::new(addr(v4, peer_field)),
-                        map: format!("identity{f}"),
+                        map: SetId::Identity(Family::of_v4(v4)).name().into(),
                     },
                 },
                 Stmt::Goto(format!("{name}_np_pod")),
@@ -1292,30 +1207,38 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
         Stmt::is(l4(), Expr::AnonSet(vec!["tcp", "udp", "sctp"])),
         Stmt::is(
             Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark)]),
-            Expr::SetRef(format!("{name}_peer_all")),
+            Expr::SetRef(SetId::PeerAll(dir).name().into()),
         ),
         Stmt::Return,
     ]));
     pod.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_port"))),
+        Stmt::is(
+            peer_port(),
+            Expr::SetRef(SetId::PeerPort(dir).name().into()),
+        ),
         Stmt::Return,
     ]));
     pod.push(rule(vec![
         Stmt::is(
             Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4()]),
-            Expr::SetRef(format!("{name}_peer_proto")),
+            Expr::SetRef(SetId::PeerProto(dir).name().into()),
         ),
         Stmt::Return,
     ]));
     pod.push(rule(vec![
-        Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer_range"))),
+        Stmt::is(
+            peer_port(),
+            Expr::SetRef(SetId::PeerRange(dir).name().into()),
+        ),
         Stmt::Return,
     ]));
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         pod.push(rule(vec![
             nfproto(v4),
-            Stmt::is(peer_port(), Expr::SetRef(format!("{name}_peer{f}"))),
+            Stmt::is(
+                peer_port(),
+                Expr::SetRef(SetId::PeerFamily(dir, Family::of_v4(v4)).name().into()),
+            ),
             Stmt::Return,
         ]));
     }
@@ -1324,10 +1247,12 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
     let mut by_addr = Vec::new();
     if dir == Dir::Ingress {
         for v4 in [true, false] {
-            let f = if v4 { "4" } else { "6" };
             by_addr.push(commented(
                 vec![
-                    Stmt::is(addr(v4, "saddr"), Expr::SetRef(format!("own_node{f}"))),
+                    Stmt::is(
+                        addr(v4, "saddr"),
+                        Expr::SetRef(SetId::OwnNode(Family::of_v4(v4)).name().into()),
+                    ),
                     Stmt::Return,
                 ],
                 "own node",
@@ -1335,11 +1260,10 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
         }
     }
     for v4 in [true, false] {
-        let f = if v4 { "4" } else { "6" };
         by_addr.push(rule(vec![
             Stmt::is(
                 Expr::Concat(vec![Expr::CtMark, addr(v4, peer_field), l4(), dport()]),
-                Expr::SetRef(format!("{name}_cidr{f}")),
+                Expr::SetRef(SetId::Cidr(dir, Family::of_v4(v4)).name().into()),
             ),
             Stmt::Return,
         ]));
@@ -1347,7 +1271,7 @@ fn np_chains(dir: Dir) -> Vec<Chain> {
     by_addr.push(rule(vec![
         Stmt::is(
             Expr::Concat(vec![Expr::CtMark, l4(), dport()]),
-            Expr::SetRef(format!("{name}_any")),
+            Expr::SetRef(SetId::Any(dir).name().into()),
         ),
         Stmt::Return,
     ]));
@@ -1368,28 +1292,20 @@ fn src(v4: bool) -> Expr {
     addr(v4, "saddr")
 }
 
-fn fam(v4: bool) -> &'static str {
-    if v4 {
-        "4"
-    } else {
-        "6"
-    }
-}
-
 /// `iifname . ip saddr` is (`Op::Eq`) or is not (`Op::Ne`) a local pod's,
 /// as the wiring says.
 fn pod_source(v4: bool, op: Op) -> Stmt {
     Stmt::Match {
         left: Expr::Concat(vec![Expr::Meta(MetaKey::Iifname), src(v4)]),
         op,
-        right: Expr::SetRef(format!("pod_src{}", fam(v4))),
+        right: Expr::SetRef(SetId::PodSrc(Family::of_v4(v4)).name().into()),
     }
 }
 
 fn on_pod_interface() -> Stmt {
     Stmt::is(
         Expr::Meta(MetaKey::Iifname),
-        Expr::SetRef("pod_ifaces".into()),
+        Expr::SetRef(SetId::PodIfaces.name().into()),
     )
 }
 
@@ -1421,7 +1337,10 @@ fn unknown_source_rules(input: bool) -> Vec<Rule> {
         rules.push(commented(stmts, "unknown source on a pod interface"));
     }
     for v4 in [true, false] {
-        let mut stmts = vec![Stmt::is(src(v4), Expr::SetRef(format!("local{}", fam(v4))))];
+        let mut stmts = vec![Stmt::is(
+            src(v4),
+            Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()),
+        )];
         if input {
             stmts.push(pod_source(v4, Op::Ne));
         }
@@ -1439,7 +1358,10 @@ fn to_pod_rules() -> Vec<Rule> {
     let mut rules = Vec::new();
     for v4 in [true, false] {
         rules.push(rule(vec![
-            Stmt::is(addr(v4, "daddr"), Expr::SetRef(format!("local{}", fam(v4)))),
+            Stmt::is(
+                addr(v4, "daddr"),
+                Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()),
+            ),
             Stmt::Goto("ingress".into()),
         ]));
     }
@@ -1448,7 +1370,7 @@ fn to_pod_rules() -> Vec<Rule> {
             nfproto(v4),
             Stmt::is(
                 Expr::Meta(MetaKey::Oifname),
-                Expr::SetRef("pod_ifaces".into()),
+                Expr::SetRef(SetId::PodIfaces.name().into()),
             ),
         ];
         if !v4 {

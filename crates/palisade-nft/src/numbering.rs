@@ -12,13 +12,16 @@
 //! function of the set of keys: an incremental rebuild and a full rebuild of
 //! the same state agree, and a change only renumbers what it touches (or, on
 //! a rare collision, the key probed past it). 0 is never assigned: it means
-//! "not a pod" / "not isolated". Numbers are stable across runs of one build;
-//! another build may renumber, which costs one larger delta, never
-//! correctness.
+//! "not a pod" / "not isolated". The hashes are taken over the explicit
+//! encoding of [`crate::encode`], never over the standard library's `Hash`,
+//! so numbers are the same in every build and toolchain until that
+//! encoding's version changes.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
+
+use crate::encode::{encoding, Encode};
 
 use palisade_engine::Engine;
 
@@ -57,20 +60,21 @@ impl Hasher for Fnv {
     }
 }
 
-pub(crate) fn hash64<K: Hash + ?Sized>(k: &K) -> u64 {
+/// FNV-1a of `k`'s explicit encoding.
+pub(crate) fn hash64<K: Encode + ?Sized>(k: &K) -> u64 {
     let mut h = Fnv::new();
-    k.hash(&mut h);
+    h.write(&encoding(k));
     h.finish()
 }
 
-pub(crate) fn hash32<K: Hash + ?Sized>(k: &K) -> u32 {
+pub(crate) fn hash32<K: Encode + ?Sized>(k: &K) -> u32 {
     let x = hash64(k);
     (x ^ (x >> 32)) as u32
 }
 
 /// Numbers `n` keys: `stable(i)` is the content key of the i-th. Returns one
 /// number per key, all distinct and non-zero.
-pub(crate) fn assign<S: Hash + Ord>(
+pub(crate) fn assign<S: Encode + Ord>(
     numbering: Numbering,
     n: usize,
     stable: impl Fn(usize) -> S,
@@ -211,6 +215,74 @@ mod tests {
         assert!(a.iter().all(|&m| m != 0));
         assert_eq!(assign(Numbering::Dense, 3, |_| ()), vec![1, 2, 3]);
     }
+
+    /// Fixed keys, fixed numbers: these are written into every node's
+    /// table, so a change of the encoding must be deliberate (bump
+    /// [`crate::encode::FORMAT_VERSION`] and update the numbers here).
+    #[test]
+    fn stable_numbers_are_golden() {
+        use palisade_engine::index::AddressMatcher;
+        use palisade_model::{ContainerPort, IpBlock, Labels, Protocol};
+
+        let block = AddressMatcher::Block(IpBlock {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            except: vec!["10.1.0.0/16".parse().unwrap()],
+        });
+        let nodes = AddressMatcher::Nodes(vec!["192.168.0.1".parse().unwrap()]);
+        let networks = AddressMatcher::Networks(vec!["fd00::/64".parse().unwrap()]);
+        assert_eq!(hash64(&block), GOLDEN[0]);
+        assert_eq!(hash64(&nodes), GOLDEN[1]);
+        assert_eq!(hash64(&networks), GOLDEN[2]);
+
+        let matchers: Vec<_> = [block, nodes, networks]
+            .into_iter()
+            .map(|m| {
+                let h = hash64(&m);
+                (m, h)
+            })
+            .collect();
+        let labels: Labels = [("app", "web"), ("tier", "front")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ports = [ContainerPort {
+            name: Some("http".into()),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }];
+        let ips = ["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()];
+        let key = mark_key("shop", &labels, &ports, false, &ips, &matchers);
+        assert_eq!(u64::from(hash32(&key)), GOLDEN[3]);
+        let bare = mark_key("shop", &Labels::new(), &[], true, &[], &matchers);
+        assert_eq!(u64::from(hash32(&bare)), GOLDEN[4]);
+
+        // NetworkPolicy groups: the isolating policies' names (egress),
+        // with how named ports resolve (ingress).
+        let policies = vec![
+            ("shop".to_string(), "default-deny".to_string()),
+            ("shop".to_string(), "web".to_string()),
+        ];
+        assert_eq!(u64::from(hash32(&policies)), GOLDEN[5]);
+        let ingress = (policies, vec![Some(8080u16), None]);
+        assert_eq!(u64::from(hash32(&ingress)), GOLDEN[6]);
+        // Admin tier groups: (kind, name, rule) and named ports.
+        let tier = (
+            vec![("AdminNetworkPolicy", "pass-monitoring", 0usize)],
+            vec![("http", 6u8, 8080u16)],
+        );
+        assert_eq!(u64::from(hash32(&tier)), GOLDEN[7]);
+    }
+
+    const GOLDEN: [u64; 8] = [
+        17_533_080_301_700_608_104,
+        7_585_900_177_787_427_778,
+        178_345_813_281_553_303,
+        2_190_862_006,
+        1_105_394_804,
+        3_958_532_381,
+        261_920_723,
+        2_304_051_472,
+    ];
 
     #[test]
     fn collisions_are_probed() {

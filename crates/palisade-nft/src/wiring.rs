@@ -19,12 +19,10 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::ir::{Chain, Element, Expr, Hook, MetaKey, Rule, Ruleset, Set, Stmt, Type, Value};
+use crate::ir::{Chain, Element, Expr, Hook, MetaKey, Rule, Ruleset, Set, Stmt, Value};
+use crate::schema::{Family, SetId};
 
 pub type Mac = [u8; 6];
-
-/// The `inet palisade` sets the wiring fills, and nothing else does.
-pub const WIRING_SETS: [&str; 3] = ["pod_ifaces", "pod_src4", "pod_src6"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wiring {
@@ -81,19 +79,26 @@ impl Wiring {
             v.sort();
             v
         });
-        [("pod_ifaces", ifaces), ("pod_src4", s4), ("pod_src6", s6)]
+        let [i, v4, v6] = crate::WIRING_SETS;
+        [(i, ifaces), (v4, s4), (v6, s6)]
     }
 }
 
-fn set(name: &str, key: &[Type], elements: Vec<Element>, comment: &str) -> Set {
+/// The bridge table's elements come sorted (from sorted wiring and
+/// `BTreeSet`s): unlike [`SetId::set`], kept in the order given.
+fn set(id: SetId, elements: Vec<Element>) -> Set {
     Set {
-        name: name.into(),
-        key: key.to_vec(),
-        data: None,
-        interval: false,
-        comment: comment.into(),
+        name: id.name().into(),
+        key: id.key(),
+        data: id.data(),
+        interval: id.interval(),
+        comment: id.comment().into(),
         elements,
     }
+}
+
+fn set_ref(id: SetId) -> Expr {
+    Expr::SetRef(id.name().into())
 }
 
 fn rule(stmts: Vec<Stmt>, comment: &str) -> Rule {
@@ -167,59 +172,42 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         v
     });
     let el = |key: Vec<Value>| Element { key, data: None };
+    use Family::{V4, V6};
     let sets = vec![
-        set("ports", &[Type::Ifname], ports, "ports of pod bridges"),
+        set(SetId::BridgePorts, ports),
+        set(SetId::BridgePortSrc(V4), s4),
+        set(SetId::BridgePortSrc(V6), s6),
         set(
-            "port_src4",
-            &[Type::Ifname, Type::Ether, Type::Ipv4],
-            s4,
-            "",
-        ),
-        set(
-            "port_src6",
-            &[Type::Ifname, Type::Ether, Type::Ipv6],
-            s6,
-            "",
-        ),
-        set(
-            "bound4",
-            &[Type::Ipv4],
+            SetId::BridgeBound(V4),
             bound4.into_iter().map(|v| el(vec![v])).collect(),
-            "",
         ),
         set(
-            "bound6",
-            &[Type::Ipv6],
+            SetId::BridgeBound(V6),
             bound6.into_iter().map(|v| el(vec![v])).collect(),
-            "",
         ),
         set(
-            "bound_macs",
-            &[Type::Ether],
+            SetId::BridgeBoundMacs,
             macs.into_iter()
                 .map(|m| el(vec![Value::Ether(m)]))
                 .collect(),
-            "",
         ),
         set(
-            "port_macs",
-            &[Type::Ifname, Type::Ether],
+            SetId::BridgePortMacs,
             port_macs
                 .into_iter()
                 .map(|(p, m)| el(vec![port(&p), Value::Ether(m)]))
                 .collect(),
-            "",
         ),
     ];
     let iif = || Expr::Meta(MetaKey::Iifname);
     let esrc = || Expr::payload("ether", "saddr");
-    let from_port = || Stmt::is(iif(), Expr::SetRef("ports".into()));
+    let from_port = || Stmt::is(iif(), set_ref(SetId::BridgePorts));
     let prerouting = vec![rule(
         vec![
-            Stmt::is(esrc(), Expr::SetRef("bound_macs".into())),
+            Stmt::is(esrc(), set_ref(SetId::BridgeBoundMacs)),
             Stmt::is_not(
                 Expr::Concat(vec![iif(), esrc()]),
-                Expr::SetRef("port_macs".into()),
+                set_ref(SetId::BridgePortMacs),
             ),
             Stmt::Drop,
         ],
@@ -228,18 +216,10 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     let ether_type = |t: &'static str| Stmt::is(Expr::payload("ether", "type"), Expr::Symbol(t));
     let mut check = Vec::new();
     for (v4, proto) in [(true, "ip"), (false, "ip6")] {
-        let (srcset, boundset) = if v4 {
-            ("port_src4", "bound4")
-        } else {
-            ("port_src6", "bound6")
-        };
+        let f = Family::of_v4(v4);
+        let (srcset, boundset) = (SetId::BridgePortSrc(f), SetId::BridgeBound(f));
         let saddr = || Expr::payload(proto, "saddr");
-        let binding = || {
-            Stmt::is_not(
-                Expr::Concat(vec![iif(), esrc(), saddr()]),
-                Expr::SetRef(srcset.into()),
-            )
-        };
+        let binding = || Stmt::is_not(Expr::Concat(vec![iif(), esrc(), saddr()]), set_ref(srcset));
         if !v4 {
             // A new pod answers the node's neighbour solicitation from its
             // unbound address: that answer is how its port is learned.
@@ -248,7 +228,7 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
                 "nd-neighbor-solicit",
                 "nd-neighbor-advert",
             ]));
-            nd.push(Stmt::is_not(saddr(), Expr::SetRef(boundset.into())));
+            nd.push(Stmt::is_not(saddr(), set_ref(boundset)));
             nd.push(Stmt::Accept);
             check.push(rule(nd, "neighbour discovery of an unbound address"));
         }
@@ -261,7 +241,7 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         check.push(rule(
             vec![
                 ether_type(proto),
-                Stmt::is(saddr(), Expr::SetRef(boundset.into())),
+                Stmt::is(saddr(), set_ref(boundset)),
                 binding(),
                 Stmt::Drop,
             ],
@@ -273,11 +253,11 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
             ether_type("arp"),
             Stmt::is(
                 Expr::payload("arp", "saddr ip"),
-                Expr::SetRef("bound4".into()),
+                set_ref(SetId::BridgeBound(V4)),
             ),
             Stmt::is_not(
                 Expr::Concat(vec![iif(), esrc(), Expr::payload("arp", "saddr ip")]),
-                Expr::SetRef("port_src4".into()),
+                set_ref(SetId::BridgePortSrc(V4)),
             ),
             Stmt::Drop,
         ],

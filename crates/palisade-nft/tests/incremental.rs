@@ -465,15 +465,13 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
     }
 }
 
-fn patch(
-    rs: &mut Ruleset,
-    changes: Vec<(
-        String,
-        Vec<palisade_nft::Element>,
-        Vec<palisade_nft::Element>,
-    )>,
-) {
-    for (name, remove, add) in changes {
+fn patch(rs: &mut Ruleset, changes: Vec<palisade_nft::SetDelta>) {
+    for palisade_nft::SetDelta {
+        set: name,
+        remove,
+        add,
+    } in changes
+    {
         let set = rs
             .sets
             .iter_mut()

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ElementDelta, Incremental};
+use crate::schema;
 use crate::{Dir, Element, Value};
 
 /// Whose group ids an element of a deferrable set starts with.
@@ -14,39 +15,22 @@ enum Domain {
     Tier(usize),
 }
 
-/// Interval sets whose elements start with a policy group id; in the
-/// `*_peer*` ones the second field is the peer's identity mark.
-const DEFERRABLE: [(&str, Dir, bool); 12] = [
-    ("egress_peer_range", Dir::Egress, true),
-    ("egress_peer4", Dir::Egress, true),
-    ("egress_peer6", Dir::Egress, true),
-    ("egress_cidr4", Dir::Egress, false),
-    ("egress_cidr6", Dir::Egress, false),
-    ("egress_any", Dir::Egress, false),
-    ("ingress_peer_range", Dir::Ingress, true),
-    ("ingress_peer4", Dir::Ingress, true),
-    ("ingress_peer6", Dir::Ingress, true),
-    ("ingress_cidr4", Dir::Ingress, false),
-    ("ingress_cidr6", Dir::Ingress, false),
-    ("ingress_any", Dir::Ingress, false),
-];
-
 impl Incremental {
-    /// The interval sets whose removals may wait: [`DEFERRABLE`] and each
-    /// admin tier's peer and address maps.
+    /// The interval sets whose removals may wait ([`schema::SetId::deferrable`]),
+    /// whose group ids they start with, and whether their second field is
+    /// a peer's mark.
     fn deferrable(&self) -> Vec<(String, Domain, bool)> {
-        let mut out: Vec<(String, Domain, bool)> = DEFERRABLE
-            .iter()
-            .map(|&(s, d, p)| (s.to_string(), Domain::Np(d), p))
-            .collect();
+        let mut out = Vec::new();
+        for d in [Dir::Egress, Dir::Ingress] {
+            for s in schema::allow_sets(d).into_iter().filter(|s| s.deferrable()) {
+                out.push((s.name().to_string(), Domain::Np(d), s.peer_keyed()));
+            }
+        }
         for (t, ts) in self.tiers.iter().enumerate() {
-            for (suffix, peer) in [
-                ("peer4", true),
-                ("peer6", true),
-                ("cidr4", false),
-                ("cidr6", false),
-            ] {
-                out.push((format!("{}_{suffix}", ts.prefix), Domain::Tier(t), peer));
+            for s in schema::tier_sets(ts.dir, ts.tier) {
+                if s.deferrable() {
+                    out.push((s.name().to_string(), Domain::Tier(t), s.peer_keyed()));
+                }
             }
         }
         out

@@ -331,7 +331,7 @@ fn both(a: &mut Allows, g: u32, mark: u32, item: crate::PortItem) {
 
 /// Renders allows as the full compilation does and records the elements.
 fn emit(dir: Dir, a: Allows, out: &mut ElementDelta, op: Op) {
-    for set in allow_sets(dir.name(), a) {
+    for set in allow_sets(dir, a) {
         for e in set.elements {
             out.put(&set.name, e, op);
         }

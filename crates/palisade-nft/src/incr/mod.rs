@@ -67,45 +67,10 @@ use palisade_model::{AdminTier, Namespace, NetworkPolicy, Node, Pod};
 pub use palisade_engine::live::{Change, Key, Op, Refused};
 
 use crate::numbering::{self, hash32, MarkKey};
+use crate::schema::{Family, SetId};
 use crate::{ip_value, Dir, Element, Value};
 
-/// Element changes per set name, removals and additions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ElementDelta {
-    pub sets: BTreeMap<String, (BTreeSet<Element>, BTreeSet<Element>)>,
-}
-
-impl ElementDelta {
-    fn add(&mut self, set: &str, e: Element) {
-        let (remove, add) = self.sets.entry(set.to_string()).or_default();
-        if !remove.remove(&e) {
-            add.insert(e);
-        }
-    }
-
-    fn remove(&mut self, set: &str, e: Element) {
-        let (remove, add) = self.sets.entry(set.to_string()).or_default();
-        if !add.remove(&e) {
-            remove.insert(e);
-        }
-    }
-
-    fn put(&mut self, set: &str, e: Element, op: Op) {
-        match op {
-            Op::Add => self.add(set, e),
-            Op::Remove => self.remove(set, e),
-        }
-    }
-
-    /// `(set, removed, added)`, sets without changes left out.
-    pub fn into_changes(self) -> Vec<(String, Vec<Element>, Vec<Element>)> {
-        self.sets
-            .into_iter()
-            .filter(|(_, (r, a))| !r.is_empty() || !a.is_empty())
-            .map(|(s, (r, a))| (s, r.into_iter().collect(), a.into_iter().collect()))
-            .collect()
-    }
-}
+pub use crate::delta::ElementDelta;
 
 fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
     Err(Refused(why.into()))
@@ -131,8 +96,6 @@ type TierKey = (Vec<(usize, usize)>, Vec<(String, u8, u16)>);
 struct TierState {
     dir: Dir,
     tier: AdminTier,
-    /// `egress_admin`, `ingress_baseline`...
-    prefix: String,
     groups: BTreeMap<TierKey, Group>,
     used: HashSet<u32>,
 }
@@ -200,14 +163,9 @@ impl Incremental {
         for dir in [Dir::Egress, Dir::Ingress] {
             for tier in [AdminTier::Admin, AdminTier::Baseline] {
                 if st.live.admin().iter().any(|a| a.tier == tier) {
-                    let t = match tier {
-                        AdminTier::Admin => "admin",
-                        AdminTier::Baseline => "baseline",
-                    };
                     st.tiers.push(TierState {
                         dir,
                         tier,
-                        prefix: format!("{}_{t}", dir.name()),
                         groups: BTreeMap::new(),
                         used: HashSet::new(),
                     });
@@ -466,7 +424,7 @@ impl Incremental {
             for ip in set {
                 let (fam, v) = ip_value(*ip);
                 out.put(
-                    ["own_node4", "own_node6"][fam],
+                    SetId::OwnNode(Family::of_index(fam)).name(),
                     Element {
                         key: vec![v],
                         data: None,
@@ -535,7 +493,7 @@ impl Incremental {
         for ip in &p.ips {
             let (fam, v) = ip_value(*ip);
             out.put(
-                ["identity4", "identity6"][fam],
+                SetId::Identity(Family::of_index(fam)).name(),
                 Element {
                     key: vec![v],
                     data: Some(Value::Mark(mark)),
@@ -556,20 +514,17 @@ impl Incremental {
         for ip in &p.ips {
             let (fam, v) = ip_value(*ip);
             out.put(
-                ["local4", "local6"][fam],
+                SetId::Local(Family::of_index(fam)).name(),
                 Element {
                     key: vec![v.clone()],
                     data: None,
                 },
                 op,
             );
-            for (g, set) in [
-                (eg, ["egress_group4", "egress_group6"]),
-                (ing, ["ingress_group4", "ingress_group6"]),
-            ] {
+            for (g, dir) in [(eg, Dir::Egress), (ing, Dir::Ingress)] {
                 if let Some(g) = g {
                     out.put(
-                        set[fam],
+                        SetId::Group(dir, Family::of_index(fam)).name(),
                         Element {
                             key: vec![v.clone()],
                             data: Some(Value::Mark(g)),
@@ -583,7 +538,7 @@ impl Incremental {
                     continue;
                 };
                 out.put(
-                    &format!("{}_group{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                    SetId::TierGroup(ts.dir, ts.tier, Family::of_index(fam)).name(),
                     Element {
                         key: vec![v.clone()],
                         data: Some(Value::Mark(ts.groups[k].id)),

@@ -8,6 +8,7 @@ use palisade_model::{AdminAction, AdminPort, Pod};
 
 use super::{ElementDelta, Group, Incremental, Op, TierKey};
 use crate::numbering::hash32;
+use crate::schema::{Family, SetId};
 use crate::tier::verdict;
 use crate::{addr_value, block_ranges_of, proto_value, Dir, Element, PortItem, Value};
 use palisade_engine::first_match::{first_match, first_match_2d, AddrBox};
@@ -109,7 +110,7 @@ impl Incremental {
             for (p, lo, hi, action) in first_match(&list) {
                 let Some(v) = verdict(action) else { continue };
                 out.put(
-                    &format!("{}_peer{}", ts.prefix, if v4 { 4 } else { 6 }),
+                    SetId::TierPeer(ts.dir, ts.tier, Family::of_v4(v4)).name(),
                     Element {
                         key: vec![
                             Value::Mark(g.id),
@@ -160,7 +161,7 @@ impl Incremental {
                 for (p, plo, phi, action) in ports {
                     let Some(v) = verdict(action) else { continue };
                     out.put(
-                        &format!("{}_cidr{}", ts.prefix, if fam == 0 { 4 } else { 6 }),
+                        SetId::TierCidr(ts.dir, ts.tier, Family::of_index(fam)).name(),
                         Element {
                             key: vec![
                                 Value::Mark(g.id),
