@@ -222,13 +222,16 @@ fn port_masks(
     (ports, port_masks)
 }
 
-/// One mask row per named-port condition, and per identity the
-/// `(protocol, port, row)` of each of its named ports that some rule names.
+/// Per identity, the `(protocol, port, mask row)` of each of its named
+/// ports that some rule names.
+type NamedRows = Vec<Vec<(Protocol, u16, u32)>>;
+
+/// One mask row per named-port condition, and the identities' rows.
 fn named_masks(
     named_rules: &HashMap<(u32, Option<Protocol>), Vec<usize>>,
     identities: &[Identity],
     width: usize,
-) -> (Vec<u64>, Vec<Vec<(Protocol, u16, u32)>>) {
+) -> (Vec<u64>, NamedRows) {
     let mut masks = Vec::new();
     let mut row_of: HashMap<(u32, Option<Protocol>), u32> = Default::default();
     for (k, bits) in named_rules {
