@@ -168,7 +168,7 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
     let mut compile_only = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let rs = agent.desired()?;
+        let rs = agent.desired().map_err(|e| e.to_string())?;
         compile_only.push(t.elapsed());
         let d = Delta::Replace(Box::new(rs.clone()));
         Nft::new(Some(ns.to_string()))

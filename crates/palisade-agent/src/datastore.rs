@@ -11,7 +11,7 @@ use etcd_client::{Txn, TxnOp};
 use palisade_k8s::{Diagnostic, ObjectKey};
 use serde_json::Value;
 
-use crate::etcd::{connect, describe, key_of, read_prefix, ReadError, MESSAGE_LIMIT, PREFIX};
+use crate::etcd::{connect, describe, key_of, read_prefix, MESSAGE_LIMIT, PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
@@ -122,7 +122,9 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn txn(endpoints: &[String], ops: Vec<TxnOp>) -> Result<(), DatastoreError> {
-    let mut c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
+    let mut c = connect(endpoints)
+        .await
+        .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
     let mut ops = ops;
     while !ops.is_empty() {
         let rest = ops.split_off(ops.len().min(128));
@@ -171,7 +173,9 @@ pub fn get(endpoints: &[String], kind: Option<&str>) -> Result<Value, DatastoreE
         None => PREFIX.to_string(),
     };
     block_on(async {
-        let c = connect(endpoints).await.map_err(DatastoreError::Etcd)?;
+        let c = connect(endpoints)
+            .await
+            .map_err(|e| DatastoreError::Etcd(e.to_string()))?;
         let mut kv = c.kv_client().max_decoding_message_size(MESSAGE_LIMIT);
         let mut items = Vec::new();
         let mut too_large = Vec::new();
@@ -181,10 +185,10 @@ pub fn get(endpoints: &[String], kind: Option<&str>) -> Result<Value, DatastoreE
         })
         .await
         .map_err(|e| match e {
-            ReadError::Compacted => {
+            crate::Error::Compacted => {
                 DatastoreError::Etcd("etcd compacted the revision being read; try again".into())
             }
-            ReadError::Failed(why) => DatastoreError::Etcd(why),
+            other => DatastoreError::Etcd(other.to_string()),
         })?;
         if !too_large.is_empty() {
             return Err(DatastoreError::Etcd(format!(

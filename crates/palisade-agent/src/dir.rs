@@ -34,6 +34,7 @@ use tracing::warn;
 use crate::burst::Batch;
 use crate::input::{Entry, Input};
 use crate::manifests::{self, Found, ReadError, Skip, Walker};
+use crate::Error;
 
 pub const SCOPE: &str = "dir:";
 
@@ -423,28 +424,34 @@ impl DirSource {
     }
 }
 
-/// Watches `dir` on a thread, sending inputs until `tx` is closed.
-pub fn watch(dir: PathBuf, tx: Sender<Input>) -> Result<DirSource, String> {
-    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// Watches `dir` on a thread, sending inputs until `tx` is closed
+/// ([`Error::Watch`] when it cannot be watched).
+pub fn watch(dir: PathBuf, tx: Sender<Input>) -> Result<DirSource, Error> {
+    let dir =
+        std::fs::canonicalize(&dir).map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
     let (ntx, nrx) = channel();
-    let mut watcher = notify::recommended_watcher(ntx).map_err(|e| e.to_string())?;
+    let mut watcher = notify::recommended_watcher(ntx).map_err(|e| Error::Watch(e.to_string()))?;
     watcher
         .watch(&dir, RecursiveMode::Recursive)
-        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+        .map_err(|e| Error::Watch(format!("watching {}: {e}", dir.display())))?;
     let reads = Arc::new(AtomicU64::new(0));
     let mut tree = Tree::new(dir, reads.clone());
-    tx.send(tree.scan()).map_err(|e| e.to_string())?;
+    tx.send(tree.scan())
+        .map_err(|e| Error::Watch(e.to_string()))?;
     let thread = thread::Builder::new()
         .name("dir-source".into())
         .spawn(move || {
             let _watcher = watcher;
             run(tree, nrx, tx)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| Error::Start {
+            what: "the directory source",
+            error,
+        })?;
     Ok(DirSource { reads, thread })
 }
 
 /// Watches `dir` on a thread, sending inputs until `tx` is closed.
-pub fn spawn(dir: PathBuf, tx: Sender<Input>) -> Result<JoinHandle<()>, String> {
+pub fn spawn(dir: PathBuf, tx: Sender<Input>) -> Result<JoinHandle<()>, Error> {
     watch(dir, tx).map(DirSource::into_thread)
 }

@@ -37,6 +37,7 @@ use palisade_k8s::{Diagnostic, ObjectKey, Severity};
 use tracing::{info, warn};
 
 use crate::input::{Entry, Input};
+use crate::Error;
 
 pub const SCOPE: &str = "etcd:";
 pub const PREFIX: &str = "/palisade/v1/";
@@ -145,14 +146,20 @@ pub fn connect_options() -> ConnectOptions {
         .with_keep_alive_while_idle(true)
 }
 
-pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
+/// A client of `endpoints`; [`Error::Etcd`] says why there is none.
+pub async fn connect(endpoints: &[String]) -> Result<Client, Error> {
     tokio::time::timeout(
         Duration::from_secs(3),
         Client::connect(endpoints, Some(connect_options())),
     )
     .await
-    .map_err(|_| format!("etcd at {} did not answer within 3 s", endpoints.join(", ")))?
-    .map_err(|e| describe(endpoints, "connection", &e))
+    .map_err(|_| {
+        Error::Etcd(format!(
+            "etcd at {} did not answer within 3 s",
+            endpoints.join(", ")
+        ))
+    })?
+    .map_err(|e| Error::Etcd(describe(endpoints, "connection", &e)))
 }
 
 /// The innermost I/O error under `e`: what the operating system said.
@@ -255,27 +262,8 @@ pub fn describe(endpoints: &[String], doing: &str, e: &etcd_client::Error) -> St
     }
 }
 
-/// Why a prefix could not be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadError {
-    /// The first page's revision was compacted before the last page was
-    /// read: start again.
-    Compacted,
-    /// Any other failure, as a sentence.
-    Failed(String),
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Compacted => write!(f, "etcd compacted the revision being read"),
-            ReadError::Failed(why) => f.write_str(why),
-        }
-    }
-}
-
-fn read_timed_out() -> ReadError {
-    ReadError::Failed(format!(
+fn read_timed_out() -> Error {
+    Error::Etcd(format!(
         "etcd snapshot read timed out after {} s",
         CALL_TIMEOUT.as_secs()
     ))
@@ -296,13 +284,15 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Reads every key under `prefix` in pages, all at the revision of the
 /// first page, and hands each key and value to `each` as its page arrives
 /// (the value is `None` when it alone is larger than [`MESSAGE_LIMIT`]), so
-/// no more than one page's reply is held at a time. Returns the revision.
+/// no more than one page's reply is held at a time. Returns the revision;
+/// [`Error::Compacted`] when that revision was compacted before the last
+/// page was read, [`Error::Etcd`] for any other failure.
 pub async fn read_prefix(
     kv: &mut KvClient,
     endpoints: &[String],
     prefix: &str,
     mut each: impl FnMut(&str, Option<&[u8]>),
-) -> Result<i64, ReadError> {
+) -> Result<i64, Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut rev = 0;
@@ -318,7 +308,7 @@ pub async fn read_prefix(
         let resp = match tokio::time::timeout(CALL_TIMEOUT, kv.get(from.clone(), Some(opts))).await
         {
             Err(_) => return Err(read_timed_out()),
-            Ok(Err(e)) if is_compacted(&e) => return Err(ReadError::Compacted),
+            Ok(Err(e)) if is_compacted(&e) => return Err(Error::Compacted),
             Ok(Err(e)) if is_too_large(&e) && limit > 1 => {
                 limit /= 2;
                 cap = limit;
@@ -334,9 +324,9 @@ pub async fn read_prefix(
                 let r = tokio::time::timeout(CALL_TIMEOUT, kv.get(from.clone(), Some(opts)))
                     .await
                     .map_err(|_| read_timed_out())?
-                    .map_err(|e| ReadError::Failed(describe(endpoints, "read", &e)))?;
+                    .map_err(|e| Error::Etcd(describe(endpoints, "read", &e)))?;
                 let Some(big) = r.kvs().first() else {
-                    return Err(ReadError::Failed(describe(endpoints, "read", &e)));
+                    return Err(Error::Etcd(describe(endpoints, "read", &e)));
                 };
                 if let Ok(key) = big.key_str() {
                     each(key, None);
@@ -348,7 +338,7 @@ pub async fn read_prefix(
                 (limit, cap) = (PAGE_KEYS, PAGE_KEYS);
                 continue;
             }
-            Ok(Err(e)) => return Err(ReadError::Failed(describe(endpoints, "read", &e))),
+            Ok(Err(e)) => return Err(Error::Etcd(describe(endpoints, "read", &e))),
             Ok(Ok(r)) => r,
         };
         if rev == 0 {
@@ -371,10 +361,7 @@ pub async fn read_prefix(
 }
 
 /// Every key under [`PREFIX`], decoded, and the revision they were read at.
-pub async fn snapshot(
-    client: &Client,
-    endpoints: &[String],
-) -> Result<(i64, Vec<Entry>), ReadError> {
+pub async fn snapshot(client: &Client, endpoints: &[String]) -> Result<(i64, Vec<Entry>), Error> {
     let mut kv = client.kv_client().max_decoding_message_size(MESSAGE_LIMIT);
     let mut entries = Vec::new();
     let rev = read_prefix(&mut kv, endpoints, PREFIX, |key, value| {
@@ -400,14 +387,14 @@ enum End {
 async fn session(endpoints: &[String], tx: &Sender<Input>, backoff: &mut Duration) -> End {
     let client = match connect(endpoints).await {
         Ok(c) => c,
-        Err(e) => return End::Down(e),
+        Err(e) => return End::Down(e.to_string()),
     };
     let (rev, entries) = match snapshot(&client, endpoints).await {
         Ok(s) => s,
-        Err(ReadError::Compacted) => {
+        Err(Error::Compacted) => {
             return End::Resync("the snapshot's revision was compacted while it was read".into())
         }
-        Err(ReadError::Failed(why)) => return End::Down(why),
+        Err(e) => return End::Down(e.to_string()),
     };
     info!(revision = rev, keys = entries.len(), "etcd snapshot");
     // A reply may carry the events of many revisions (a watch catching up

@@ -6,18 +6,21 @@ use std::thread;
 
 use crate::agent::Health;
 use crate::metrics::Metrics;
+use crate::Error;
 
-/// Serves until the process ends; returns the bound address.
+/// Serves until the process ends; returns the bound address
+/// ([`Error::Listen`] when it cannot).
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<Health>>,
-) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+) -> Result<SocketAddr, Error> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| Error::Listen(format!("listening on {addr}: {e}")))?;
     let bound = server
         .server_addr()
         .to_ip()
-        .ok_or_else(|| format!("{addr} is not an IP address"))?;
+        .ok_or_else(|| Error::Listen(format!("{addr} is not an IP address")))?;
     thread::Builder::new()
         .name("http".into())
         .spawn(move || {
@@ -53,7 +56,10 @@ pub fn serve(
                 );
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| Error::Start {
+            what: "the HTTP server",
+            error,
+        })?;
     Ok(bound)
 }
 

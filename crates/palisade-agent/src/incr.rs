@@ -1,7 +1,8 @@
 //! The incremental path: pod, NetworkPolicy, Namespace and Node changes
 //! become element changes through [`palisade_nft::incr::Incremental`],
 //! without rebuilding the engine or compiling the node. This module only
-//! maps the store's origins onto it and refuses what would make the mapping
+//! remembers what changed since the last sync, maps the store's origins
+//! onto the compiler's objects and refuses what would make the mapping
 //! ambiguous (an object that several origins define) and admin policy
 //! changes.
 
@@ -10,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use palisade_engine::Engine;
 use palisade_k8s::{Located, Object};
-use palisade_nft::incr::{Change, ElementDelta, Incremental, Key};
+use palisade_nft::incr::{Change, Incremental, Key};
 use palisade_nft::{Element, Ruleset};
 
 use crate::delta::SetDelta;
+use crate::input::Input;
 use crate::store::Store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,10 +40,23 @@ fn key_of(o: &Object) -> Option<ObjectKey> {
     }
 }
 
+/// Origins changed since the last sync, with their objects then.
+type Pending = BTreeMap<String, Option<Vec<Located<Object>>>>;
+
+/// What the next sync asks of the incremental compiler.
+enum Next {
+    /// The changes of these origins.
+    Changes(Pending),
+    /// Nothing: an input since the last sync needs a full rebuild (a
+    /// resync). The state is kept until then for idle collection only.
+    Rebuild,
+}
+
 pub(crate) struct Incr {
     inner: Incremental,
     origin_of: HashMap<ObjectKey, String>,
     duplicated: HashSet<ObjectKey>,
+    next: Next,
 }
 
 impl Incr {
@@ -69,18 +84,46 @@ impl Incr {
             inner,
             origin_of,
             duplicated,
+            next: Next::Changes(Pending::new()),
         })
     }
 
+    /// Remembers what `input` changes; called before `store` applies it.
+    pub(crate) fn note(&mut self, input: &Input, store: &Store) {
+        let Next::Changes(pending) = &mut self.next else {
+            return;
+        };
+        match input {
+            Input::Upsert(crate::Entry { origin, .. }) | Input::Delete { origin } => {
+                if !pending.contains_key(origin) {
+                    let before = store.get(origin).map(<[_]>::to_vec);
+                    pending.insert(origin.clone(), before);
+                }
+            }
+            Input::Resync { .. } => self.next = Next::Rebuild,
+            Input::SourceDown { .. } | Input::NodeFacts(_) => {}
+        }
+    }
+
     /// The element changes that bring `applied` to the store's state after
-    /// the changes of `pending` (origins with their objects before). On
-    /// `Err` this state is spent: the caller drops it and rebuilds.
+    /// the changes noted since the last plan. On `Err` this state is
+    /// spent: the caller drops it and rebuilds.
     pub(crate) fn plan(
         &mut self,
         store: &Store,
-        pending: &BTreeMap<String, Option<Vec<Located<Object>>>>,
         applied: &Ruleset,
     ) -> Result<Vec<SetDelta>, String> {
+        let pending = match std::mem::replace(&mut self.next, Next::Changes(Pending::new())) {
+            Next::Changes(pending) => pending,
+            Next::Rebuild => return Err("a resync".into()),
+        };
+        let changes = self.changes(store, &pending)?;
+        let delta = self.inner.apply(changes).map_err(|r| r.0)?;
+        set_deltas(delta.into_changes(), applied)
+    }
+
+    /// The compiler's changes for `pending`.
+    fn changes(&mut self, store: &Store, pending: &Pending) -> Result<Vec<Change>, String> {
         let mut changes = Vec::new();
         for (origin, before) in pending {
             let after = store.get(origin).unwrap_or_default();
@@ -141,8 +184,7 @@ impl Incr {
                 });
             }
         }
-        let delta = self.inner.apply(changes).map_err(|r| r.0)?;
-        set_deltas(delta, applied)
+        Ok(changes)
     }
 
     /// How many unreachable interval elements the table still holds.
@@ -165,15 +207,17 @@ impl Incr {
         max: usize,
         applied: &Ruleset,
     ) -> Result<Vec<SetDelta>, String> {
-        set_deltas(self.inner.collect(max), applied)
+        set_deltas(self.inner.collect(max).into_changes(), applied)
     }
 }
 
-/// `delta` as set deltas in the table's set order, checked against the
-/// table: a removal of an absent element or an addition of a present one
-/// means the incremental state and the table disagree.
-fn set_deltas(delta: ElementDelta, applied: &Ruleset) -> Result<Vec<SetDelta>, String> {
-    let mut by_set = delta.into_changes();
+/// Element changes by set as set deltas in the table's set order, checked against the table: a removal of an
+/// absent element or an addition of a present one means the incremental
+/// state and the table disagree.
+fn set_deltas(
+    mut by_set: Vec<SetDelta>,
+    applied: &Ruleset,
+) -> Result<Vec<SetDelta>, String> {
     let mut out = Vec::new();
     for s in &applied.sets {
         let Some(i) = by_set.iter().position(|d| d.set == s.name) else {

@@ -1,8 +1,12 @@
 //! The Kubernetes API as a datastore, through `kube` watchers.
 //!
-//! One watcher per kind: Pod, Namespace, Node, NetworkPolicy (typed), and
+//! One watcher per kind: Pod, Namespace, Node, NetworkPolicy, and
 //! AdminNetworkPolicy, BaselineAdminNetworkPolicy (`v1alpha1`) and
-//! ClusterNetworkPolicy (`v1alpha2`) as dynamic objects. Each kind is its
+//! ClusterNetworkPolicy (`v1alpha2`). Every kind is watched as dynamic
+//! objects, whose body stays the JSON the API server sent: `palisade-k8s`
+//! decodes it once, with the same strict walk as a manifest (typed
+//! objects would first drop what they do not know, then be written back
+//! to JSON for that walk). Each kind is its
 //! own scope, `kube:<Kind>/`: the watcher's `Init` … `InitDone` (its first
 //! list, and every relist after a gap) becomes one [`Input::Resync`] of that
 //! scope, like a reflector swapping its store, so objects deleted during an
@@ -15,15 +19,15 @@ use std::thread::{self, JoinHandle};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
-use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::input::{Entry, Input};
+use crate::Error;
 
 /// The kinds whose first list must arrive before the agent applies anything.
 pub const REQUIRED: [&str; 4] = ["Pod", "Namespace", "Node", "NetworkPolicy"];
@@ -73,42 +77,49 @@ impl Mapper {
         }
     }
 
-    fn origin(&self, v: &Value) -> String {
-        let meta = v.get("metadata");
-        let get = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+    fn origin(&self, meta: &ObjectMeta) -> String {
         format!(
             "{}{}/{}",
             scope(&self.kind),
-            get("namespace").unwrap_or("_"),
-            get("name").unwrap_or("")
+            meta.namespace.as_deref().unwrap_or("_"),
+            meta.name.as_deref().unwrap_or("")
         )
     }
 
-    fn entry(&self, mut v: Value) -> Entry {
-        // List items and dynamic objects may lack their type.
-        if let Some(o) = v.as_object_mut() {
-            o.insert("apiVersion".into(), Value::String(self.api_version.clone()));
-            o.insert("kind".into(), Value::String(self.kind.clone()));
-        }
-        let origin = self.origin(&v);
+    fn entry(&self, obj: DynamicObject) -> Entry {
+        let origin = self.origin(&obj.metadata);
         let name = origin.clone();
-        Entry::decode_json(origin, &name, v)
+        Entry::decode_json(origin, &name, self.json(obj))
+    }
+
+    /// The object as the API server sent it. List items and watch events
+    /// may lack their type, so it is set from the watched kind; only the
+    /// metadata, which the watcher itself reads, is written back.
+    fn json(&self, obj: DynamicObject) -> Value {
+        let mut body = match obj.data {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let meta = serde_json::to_value(&obj.metadata).unwrap_or(Value::Null);
+        body.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+        body.insert("kind".into(), Value::String(self.kind.clone()));
+        body.insert("metadata".into(), meta);
+        Value::Object(body)
     }
 
     /// The inputs one watcher event means.
-    pub fn map<K: Serialize>(&mut self, ev: Event<K>) -> Vec<Input> {
-        let json = |k: &K| serde_json::to_value(k).unwrap_or(Value::Null);
+    pub fn map(&mut self, ev: Event<DynamicObject>) -> Vec<Input> {
         match ev {
-            Event::Apply(k) => vec![Input::Upsert(self.entry(json(&k)))],
+            Event::Apply(k) => vec![Input::Upsert(self.entry(k))],
             Event::Delete(k) => vec![Input::Delete {
-                origin: self.origin(&json(&k)),
+                origin: self.origin(&k.metadata),
             }],
             Event::Init => {
                 self.pending = Some(Vec::new());
                 Vec::new()
             }
             Event::InitApply(k) => {
-                let e = self.entry(json(&k));
+                let e = self.entry(k);
                 self.pending.get_or_insert_with(Vec::new).push(e);
                 Vec::new()
             }
@@ -136,10 +147,9 @@ fn is_not_found(e: &watcher::Error) -> bool {
 /// a new one, which lists again: a watch that resumes by itself would send
 /// nothing to say the source is back, and a list is what proves nothing
 /// was missed.
-async fn drive<K, S>(mut mapper: Mapper, optional: bool, watch: impl Fn() -> S, tx: Sender<Input>)
+async fn drive<S>(mut mapper: Mapper, optional: bool, watch: impl Fn() -> S, tx: Sender<Input>)
 where
-    K: Serialize,
-    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+    S: Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
 {
     let min = std::time::Duration::from_millis(500);
     let mut backoff = min;
@@ -200,30 +210,20 @@ where
     }
 }
 
-async fn typed<K>(client: Client, kind: &str, tx: Sender<Input>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + k8s_openapi::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    let api: Api<K> = Api::all(client);
-    let watch = || watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
-    drive(Mapper::new(kind, K::API_VERSION), false, watch, tx).await;
-}
-
-async fn dynamic(client: Client, gvk: (&str, &str, &str, &str), tx: Sender<Input>) {
-    let (group, version, kind, plural) = gvk;
-    let ar =
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+/// Watches the objects of `ar` until `tx` is closed; `optional`: the API
+/// server may not serve them (a CRD not installed), and then there are
+/// none.
+async fn watch_kind(client: Client, ar: ApiResource, optional: bool, tx: Sender<Input>) {
+    let mapper = Mapper::new(&ar.kind, &ar.api_version);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let watch = || watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
-    let mapper = Mapper::new(kind, &format!("{group}/{version}"));
-    drive(mapper, true, watch, tx).await;
+    drive(mapper, optional, watch, tx).await;
+}
+
+/// The policy CRD of one row of [`DYNAMIC`].
+fn dynamic(gvk: (&str, &str, &str, &str)) -> ApiResource {
+    let (group, version, kind, plural) = gvk;
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
 /// Every scope this source resyncs.
@@ -232,27 +232,25 @@ pub fn scopes() -> Vec<String> {
 }
 
 /// Connects (kubeconfig, or the in-cluster service account) and runs every
-/// watcher until `tx` is closed.
-pub async fn run(tx: Sender<Input>) -> Result<(), String> {
-    let client = Client::try_default().await.map_err(|e| {
-        format!(
-            "cannot configure the Kubernetes client: {}",
-            crate::message::sentence(&e)
-        )
-    })?;
-    let mut tasks = vec![
-        tokio::spawn(typed::<Pod>(client.clone(), "Pod", tx.clone())),
-        tokio::spawn(typed::<Namespace>(client.clone(), "Namespace", tx.clone())),
-        tokio::spawn(typed::<Node>(client.clone(), "Node", tx.clone())),
-        tokio::spawn(typed::<NetworkPolicy>(
-            client.clone(),
-            "NetworkPolicy",
-            tx.clone(),
-        )),
+/// watcher until `tx` is closed; [`Error::KubeConfig`] when there is no
+/// client to connect with.
+pub async fn run(tx: Sender<Input>) -> Result<(), Error> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Error::KubeConfig(crate::message::sentence(&e)))?;
+    let required = [
+        ApiResource::erase::<Pod>(&()),
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<Node>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
     ];
-    for g in DYNAMIC {
-        tasks.push(tokio::spawn(dynamic(client.clone(), g, tx.clone())));
-    }
+    let kinds = required
+        .into_iter()
+        .map(|ar| (ar, false))
+        .chain(DYNAMIC.into_iter().map(|g| (dynamic(g), true)));
+    let tasks: Vec<_> = kinds
+        .map(|(ar, optional)| tokio::spawn(watch_kind(client.clone(), ar, optional, tx.clone())))
+        .collect();
     for t in tasks {
         let _ = t.await;
     }
@@ -274,7 +272,7 @@ pub fn spawn(tx: Sender<Input>) -> std::io::Result<JoinHandle<()>> {
                 for k in REQUIRED {
                     let _ = tx.send(Input::SourceDown {
                         scope: scope(k),
-                        reason: e.clone(),
+                        reason: e.to_string(),
                     });
                 }
             }
@@ -284,32 +282,24 @@ pub fn spawn(tx: Sender<Input>) -> std::io::Result<JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
 
-    fn pod(name: &str, app: &str) -> Pod {
-        let mut p = Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("shop".into()),
-                labels: Some([("app".to_string(), app.to_string())].into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-            node_name: Some("n1".into()),
-            ..Default::default()
-        });
-        p
+    /// A pod as the API server sends it in a list (no type).
+    fn pod(name: &str, app: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"nodeName": "n1"}
+        }))
+        .unwrap()
     }
 
     #[test]
     fn watcher_events_map_to_inputs() {
         let mut m = Mapper::new("Pod", "v1");
-        assert!(m.map(Event::<Pod>::Init).is_empty());
+        assert!(m.map(Event::<DynamicObject>::Init).is_empty());
         assert!(m.map(Event::InitApply(pod("a", "web"))).is_empty());
         assert!(m.map(Event::InitApply(pod("b", "db"))).is_empty());
-        let out = m.map(Event::<Pod>::InitDone);
+        let out = m.map(Event::<DynamicObject>::InitDone);
         let [Input::Resync { scope, entries }] = out.as_slice() else {
             panic!("{out:?}")
         };
@@ -352,5 +342,28 @@ mod tests {
         assert_eq!(e.origin, "kube:AdminNetworkPolicy/_/deny-all");
         assert!(e.errors.is_empty(), "{:?}", e.errors);
         assert_eq!(e.objects.len(), 1);
+    }
+
+    /// The API server's JSON is walked as strictly as a manifest: a field
+    /// Palisade does not know in a policy is refused, not dropped.
+    #[test]
+    fn policies_are_decoded_strictly() {
+        let mut m = Mapper::new("NetworkPolicy", "networking.k8s.io/v1");
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "np", "namespace": "shop"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingres": []}
+        }))
+        .unwrap();
+        let out = m.map(Event::Apply(obj));
+        let [Input::Upsert(e)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(e.origin, "kube:NetworkPolicy/shop/np");
+        assert!(e.objects.is_empty(), "{e:?}");
+        assert!(
+            e.errors.iter().any(|d| d.to_string().contains("ingres")),
+            "{:?}",
+            e.errors
+        );
     }
 }

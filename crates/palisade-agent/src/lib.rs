@@ -25,10 +25,8 @@
 //! - **Incremental path**: pod, policy, namespace and node changes are compiled
 //!   incrementally ([`palisade_nft::incr`]): only the contributions they
 //!   touch are recomputed, no engine is rebuilt; unreachable interval
-//!   elements are removed while idle. Clusters it cannot start from keep
-//!   the **fast path** for pod events that alter no rule (a sibling pod's
-//!   elements copied with addresses substituted).
-//!   Anything else takes the full path.
+//!   elements are removed while idle. Anything it refuses, and every
+//!   change in a cluster it cannot start from, takes the full path.
 //! - **Applying**: element deltas go to one long-lived `nft -i` in the
 //!   node's network namespace, one atomic transaction per sync
 //!   ([`backend::Nft`]): no process start and no netlink socket close per
@@ -45,9 +43,9 @@ mod burst;
 pub mod datastore;
 pub mod delta;
 pub mod dir;
+mod error;
 pub mod etcd;
 pub mod facts;
-mod fast;
 pub mod http;
 mod incr;
 pub mod input;
@@ -65,5 +63,6 @@ pub mod wiring;
 pub use agent::{Agent, AgentConfig, Health, SyncPath};
 pub use backend::{Backend, BackendError, DryRun, Nft, NftCounts, Recording};
 pub use delta::Delta;
+pub use error::Error;
 pub use input::{Entry, Input};
 pub use store::Store;

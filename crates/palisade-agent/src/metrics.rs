@@ -23,9 +23,7 @@ pub struct Metrics {
     /// Transactions applied, by mode (elements, replace).
     pub applies: Family<Labels, Counter>,
     /// Successful syncs, by path (incremental: changes compiled on their
-    /// own; fast: pod changes copied from a sibling, in clusters the
-    /// incremental compiler cannot start from; full: engine rebuilt and
-    /// compiled).
+    /// own; full: engine rebuilt and compiled).
     pub syncs: Family<Labels, Counter>,
     /// Elements added and removed by transactions.
     pub elements_changed: Family<Labels, Counter>,

@@ -10,7 +10,7 @@ use palisade_model::Cluster;
 
 use crate::input::Input;
 use crate::store::Store;
-use crate::{etcd, kube};
+use crate::{etcd, kube, Error};
 
 pub enum Datastore {
     Etcd(Vec<String>),
@@ -19,16 +19,22 @@ pub enum Datastore {
 
 /// Every scope's first resync, as a cluster, with the problems of the
 /// objects the store refused (they are not in it, as for an agent).
-pub fn read(ds: Datastore, timeout: Duration) -> Result<(Cluster, Vec<String>), String> {
+/// [`Error::Snapshot`] when the sources did not deliver in `timeout`.
+pub fn read(ds: Datastore, timeout: Duration) -> Result<(Cluster, Vec<String>), Error> {
     let (tx, rx) = channel();
     let scopes = match &ds {
         Datastore::Etcd(endpoints) => {
-            etcd::spawn(endpoints.clone(), tx)
-                .map_err(|e| format!("starting the etcd source: {e}"))?;
+            etcd::spawn(endpoints.clone(), tx).map_err(|error| Error::Start {
+                what: "the etcd source",
+                error,
+            })?;
             vec![etcd::SCOPE.to_string()]
         }
         Datastore::Kube => {
-            kube::spawn(tx).map_err(|e| format!("starting the Kubernetes source: {e}"))?;
+            kube::spawn(tx).map_err(|error| Error::Start {
+                what: "the Kubernetes source",
+                error,
+            })?;
             kube::scopes()
         }
     };
@@ -40,16 +46,18 @@ pub fn read(ds: Datastore, timeout: Duration) -> Result<(Cluster, Vec<String>), 
         let input = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) => {
-                return Err(format!(
+                return Err(Error::Snapshot(format!(
                     "the datastore was not read within {timeout:?} (waiting for {}){}",
                     pending.join(", "),
                     last_down
                         .map(|d| format!("; last error: {d}"))
                         .unwrap_or_default()
-                ))
+                )))
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(last_down.unwrap_or_else(|| "the source stopped".into()))
+                return Err(Error::Snapshot(
+                    last_down.unwrap_or_else(|| "the source stopped".into()),
+                ))
             }
         };
         match &input {
