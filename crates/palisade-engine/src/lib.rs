@@ -9,7 +9,6 @@
 pub mod classify;
 pub mod index;
 pub mod matrix;
-pub mod synth;
 mod verdict;
 
 pub use index::{IdSet, Identity, Index};

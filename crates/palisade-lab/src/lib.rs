@@ -32,7 +32,6 @@
 //! The state of a lab (`/run/palisade-lab/<lab>.json`) lists what it made;
 //! [`down`] removes that and nothing else.
 
-pub mod bench;
 pub mod cni;
 mod serve;
 pub mod sys;

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::collections::BTreeSet;
 
-use palisade_engine::synth::{self, Params};
+use palisade_bench::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{
     Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, PortSpec, Protocol, Rule,

@@ -377,8 +377,8 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             if !palisade_lab::sys::is_root() {
                 bail!("`lab bench` builds network namespaces and loads nftables rulesets: run it as root");
             }
-            let large = palisade_engine::synth::Params::large();
-            let params = palisade_engine::synth::Params {
+            let large = palisade_bench::synth::Params::large();
+            let params = palisade_bench::synth::Params {
                 pods,
                 policies,
                 admin_policies,
@@ -387,14 +387,14 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                 nodes: large.nodes.min(pods.max(2)),
                 ..large
             };
-            let cfg = palisade_lab::bench::BenchConfig {
+            let cfg = palisade_bench::lab::BenchConfig {
                 params,
                 duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
                 rounds,
                 settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
                 lab: name,
             };
-            let report = palisade_lab::bench::run(&cfg, &mut |m| eprintln!("... {m}"))?;
+            let report = palisade_bench::lab::run(&cfg, &mut |m| eprintln!("... {m}"))?;
             print!("{}", report.render());
             Ok(ExitCode::SUCCESS)
         }

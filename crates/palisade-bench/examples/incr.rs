@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use palisade_engine::synth::{self, Params};
+use palisade_bench::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{LabelSelector, NamespaceScope, NetworkPolicy, Peer, Rule};
 use palisade_nft::incr::{Change, Incremental};
