@@ -293,23 +293,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             kube,
         } => {
             let state = palisade_lab::load(&name)?;
-            let engine = if kube || !etcd.is_empty() {
-                use palisade_agent::snapshot::{read, Datastore};
-                let ds = if kube {
-                    Datastore::Kube
-                } else {
-                    Datastore::Etcd(etcd)
-                };
-                let (cluster, rejected) =
-                    read(ds, std::time::Duration::from_secs(60)).map_err(anyhow::Error::msg)?;
-                for r in rejected {
-                    eprintln!("warning: refused, as agents refuse it: {r}");
-                }
-                palisade_engine::Engine::new(cluster)
-            } else {
-                let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
-                input::engine(&files)?
-            };
+            let engine = probe_engine(&state, etcd, kube)?;
             let ports = if ports.is_empty() {
                 engine.default_ports()
             } else {
@@ -327,33 +311,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                     serde_json::to_writer_pretty(&mut out, &obs)?;
                     writeln!(out)?;
                 }
-                ProbeFormat::Table => {
-                    let w = obs
-                        .iter()
-                        .map(|o| o.src.len().max(o.dst.len()))
-                        .max()
-                        .unwrap_or(3);
-                    writeln!(
-                        out,
-                        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
-                        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
-                    )?;
-                    let v = |b: bool| if b { "allowed" } else { "denied" };
-                    for o in &obs {
-                        writeln!(
-                            out,
-                            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
-                            o.src,
-                            o.dst,
-                            format!("{}/{}", o.port, o.protocol),
-                            if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
-                            v(o.expected),
-                            v(o.observed),
-                            if o.agrees() { "" } else { "  <-- DISAGREES" }
-                        )?;
-                    }
-                    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
-                }
+                ProbeFormat::Table => write_probe_table(&mut out, &obs, bad)?,
             }
             Ok(if bad == 0 {
                 ExitCode::SUCCESS
@@ -373,34 +331,112 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             rounds,
             settle,
             name,
-        } => {
-            if !palisade_lab::sys::is_root() {
-                bail!("`lab bench` builds network namespaces and loads nftables rulesets: run it as root");
-            }
-            let large = palisade_bench::synth::Params::large();
-            let params = palisade_bench::synth::Params {
-                pods,
-                policies,
-                admin_policies,
-                // The large shape's namespaces, scaled down for small runs.
-                namespaces: large.namespaces.min(pods.div_ceil(10).max(1)),
-                nodes: large.nodes.min(pods.max(2)),
-                ..large
-            };
-            let cfg = palisade_bench::lab::BenchConfig {
-                params,
-                duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
-                rounds,
-                settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
-                lab: name,
-            };
-            let report = palisade_bench::lab::run(&cfg, &mut |m| eprintln!("... {m}"))?;
-            print!("{}", report.render());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => lab_bench(
+            pods,
+            policies,
+            admin_policies,
+            seconds,
+            rounds,
+            settle,
+            name,
+        ),
         LabCommand::Serve { tcp, udp } => {
             palisade_lab::serve_forever(&tcp, &udp)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `lab bench`: the command line's figures to the benchmark's config.
+fn lab_bench(
+    pods: usize,
+    policies: usize,
+    admin_policies: usize,
+    seconds: f64,
+    rounds: usize,
+    settle: f64,
+    name: String,
+) -> Result<ExitCode> {
+    if !palisade_lab::sys::is_root() {
+        bail!("`lab bench` builds network namespaces and loads nftables rulesets: run it as root");
+    }
+    let large = palisade_bench::synth::Params::large();
+    let params = palisade_bench::synth::Params {
+        pods,
+        policies,
+        admin_policies,
+        // The large shape's namespaces, scaled down for small runs.
+        namespaces: large.namespaces.min(pods.div_ceil(10).max(1)),
+        nodes: large.nodes.min(pods.max(2)),
+        ..large
+    };
+    let cfg = palisade_bench::lab::BenchConfig {
+        params,
+        duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
+        rounds,
+        settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
+        lab: name,
+    };
+    let report = palisade_bench::lab::run(&cfg, &mut |m| eprintln!("... {m}"))?;
+    print!("{}", report.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_probe_table(
+    out: &mut impl Write,
+    obs: &[palisade_lab::Observation],
+    bad: usize,
+) -> Result<()> {
+    let w = obs
+        .iter()
+        .map(|o| o.src.len().max(o.dst.len()))
+        .max()
+        .unwrap_or(3);
+    writeln!(
+        out,
+        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
+        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
+    )?;
+    let v = |b: bool| if b { "allowed" } else { "denied" };
+    for o in obs {
+        writeln!(
+            out,
+            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
+            o.src,
+            o.dst,
+            format!("{}/{}", o.port, o.protocol),
+            if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
+            v(o.expected),
+            v(o.observed),
+            if o.agrees() { "" } else { "  <-- DISAGREES" }
+        )?;
+    }
+    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
+    Ok(())
+}
+
+/// The cluster a lab is probed against: the datastore's when one is named,
+/// else the files the lab was built from.
+fn probe_engine(
+    state: &palisade_lab::State,
+    etcd: Vec<String>,
+    kube: bool,
+) -> Result<palisade_engine::Engine> {
+    Ok(if kube || !etcd.is_empty() {
+        use palisade_agent::snapshot::{read, Datastore};
+        let ds = if kube {
+            Datastore::Kube
+        } else {
+            Datastore::Etcd(etcd)
+        };
+        let (cluster, rejected) =
+            read(ds, std::time::Duration::from_secs(60)).map_err(anyhow::Error::msg)?;
+        for r in rejected {
+            eprintln!("warning: refused, as agents refuse it: {r}");
+        }
+        palisade_engine::Engine::new(cluster)
+    } else {
+        let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
+        input::engine(&files)?
+    })
 }
