@@ -1,5 +1,5 @@
 //! Times the incremental compiler alone (no kernel) on the benchmark
-//! cluster: `cargo run --release -p palisade-nft --example incr`.
+//! cluster: `cargo run --release -p palisade-bench --example incr`.
 
 use std::time::Instant;
 
