@@ -162,11 +162,17 @@ fn measure(params: Params, events: usize, ns: &str) -> Result<(), String> {
     );
     let full_p50 = full_rebuild(&agent, ns)?;
 
-    let mut gen = Events::new(cluster, node, params.seed);
+    let mut source = Events::new(cluster, node, params.seed);
     let mut totals = Totals::default();
     let mut rows = Vec::new();
     for kind in KINDS {
-        rows.push(run_kind(&mut agent, &mut gen, kind, events, &mut totals)?);
+        rows.push(run_kind(
+            &mut agent,
+            &mut source,
+            kind,
+            events,
+            &mut totals,
+        )?);
     }
     print_rows(&rows, events, full_p50);
     totals.print(full_p50);
@@ -338,7 +344,7 @@ struct Totals {
 /// Sends `events` events of `kind`, one sync each, and times them.
 fn run_kind<B: Backend>(
     agent: &mut Agent<B>,
-    gen: &mut Events,
+    source: &mut Events,
     kind: Kind,
     events: usize,
     totals: &mut Totals,
@@ -349,7 +355,7 @@ fn run_kind<B: Backend>(
     let mut changed = Vec::new();
     let mut replaced = 0;
     for k in 0..events {
-        let obj = gen.next(kind, k);
+        let obj = source.next(kind, k);
         let t = Instant::now();
         agent.handle(Input::Upsert(entry(obj)));
         let r = agent.sync().map_err(|e| format!("{e:?}"))?;
