@@ -214,10 +214,7 @@ impl Incr {
 /// Element changes by set as set deltas in the table's set order, checked against the table: a removal of an
 /// absent element or an addition of a present one means the incremental
 /// state and the table disagree.
-fn set_deltas(
-    mut by_set: Vec<SetDelta>,
-    applied: &Ruleset,
-) -> Result<Vec<SetDelta>, String> {
+fn set_deltas(mut by_set: Vec<SetDelta>, applied: &Ruleset) -> Result<Vec<SetDelta>, String> {
     let mut out = Vec::new();
     for s in &applied.sets {
         let Some(i) = by_set.iter().position(|d| d.set == s.name) else {

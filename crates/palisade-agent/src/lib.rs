@@ -38,7 +38,6 @@
 
 pub mod agent;
 pub mod backend;
-pub mod bench;
 mod burst;
 pub mod datastore;
 pub mod delta;

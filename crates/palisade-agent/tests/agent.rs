@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use palisade_agent::bench::{entries, entry, SCOPE};
 use palisade_agent::delta::Delta;
 use palisade_agent::{Agent, AgentConfig, Entry, Input, Recording, SyncPath};
-use palisade_engine::synth::{self, Params};
+use palisade_bench::agent::{entries, entry, SCOPE};
+use palisade_bench::synth::{self, Params};
 use palisade_k8s::Object;
 use palisade_model::{Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, Rule};
 use proptest::prelude::*;

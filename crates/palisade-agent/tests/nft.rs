@@ -6,10 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use palisade_agent::backend::{Backend, BackendError};
-use palisade_agent::bench::{entries, entry, SCOPE};
 use palisade_agent::delta::{self, SetDelta};
 use palisade_agent::{Agent, AgentConfig, Delta, Input, Nft};
-use palisade_engine::synth::{self, Params};
+use palisade_bench::agent::{entries, entry, SCOPE};
+use palisade_bench::synth::{self, Params};
 use palisade_k8s::Object;
 use palisade_nft::{Element, Ruleset, Set, Type, Value, Verdict};
 

@@ -15,7 +15,6 @@ mod ids;
 pub mod index;
 pub mod live;
 pub mod matrix;
-pub mod synth;
 mod verdict;
 
 pub use error::Error;

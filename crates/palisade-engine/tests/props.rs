@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use palisade_engine::synth::{self, Params, Rng};
+use palisade_bench::synth::{self, Params, Rng};
 use palisade_engine::{Endpoint, Engine, Flow, PodId};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPort, AdminSubject, AdminTier, Cluster, Labels, NamespaceScope,

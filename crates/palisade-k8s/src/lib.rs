@@ -7,6 +7,8 @@
 //! Pods, Namespaces and Nodes are read leniently, since `kubectl get -o yaml`
 //! output carries many fields Palisade does not need.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 

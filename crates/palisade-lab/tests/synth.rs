@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use palisade_engine::{synth, Engine};
+use palisade_bench::synth;
+use palisade_engine::Engine;
 use palisade_lab::{Config, ProbeOptions, Serve};
 
 #[test]

@@ -6,6 +6,8 @@
 //! value of these types exists. The engine and the compiler therefore never
 //! re-validate.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;

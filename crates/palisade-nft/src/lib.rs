@@ -115,6 +115,8 @@
 //! several addresses of one family that different matchers contain is
 //! enforced as its first address.
 
+#![forbid(unsafe_code)]
+
 mod chains;
 mod compile;
 pub mod delta;

@@ -8,8 +8,8 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use palisade_bench::synth::{self, Params};
 use palisade_engine::live::{IdentityKey, Live, Op as Sel, SelectionDelta};
-use palisade_engine::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{
     Cluster, LabelSelector, NamespaceScope, NetworkPolicy, Peer, PortSpec, Protocol, Rule,

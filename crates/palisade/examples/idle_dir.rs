@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_engine::synth::{self, Params};
+use palisade_bench::synth::{self, Params};
 use palisade_model::{Cluster, Pod};
 
 fn yaml_labels(l: &palisade_model::Labels) -> String {

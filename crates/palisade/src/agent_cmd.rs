@@ -137,11 +137,11 @@ pub fn agent(args: AgentArgs) -> Result<ExitCode> {
         admin_policies,
     }) = args.command
     {
-        let mut p = palisade_engine::synth::Params::large();
+        let mut p = palisade_bench::synth::Params::large();
         p.pods = pods;
         p.policies = policies;
         p.admin_policies = admin_policies;
-        palisade_agent::bench::run(p, events).map_err(anyhow::Error::msg)?;
+        palisade_bench::agent::run(p, events).map_err(anyhow::Error::msg)?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(node) = args.node.clone() else {

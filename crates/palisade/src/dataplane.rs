@@ -248,7 +248,42 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             ports,
             cni,
             cni_bin_dir,
-        } => lab_up(files, name, ports, cni, cni_bin_dir),
+        } => {
+            let engine = input::engine(&files)?;
+            let sources = files
+                .iter()
+                .map(|f| {
+                    std::fs::canonicalize(f)
+                        .unwrap_or_else(|_| f.clone())
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            let lab = palisade_lab::up(
+                &engine,
+                &palisade_lab::Config {
+                    name: name.clone(),
+                    serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
+                    ports,
+                    sources,
+                    cni: cni.map(|c| palisade_lab::Cni {
+                        plugin: c.into(),
+                        bin_dir: cni_bin_dir,
+                    }),
+                },
+            )?;
+            println!(
+                "lab {name}: {} nodes, {} pods{}; probe with `palisade lab probe --name {name}`",
+                lab.state.nodes.len(),
+                lab.state.pods.len(),
+                match &lab.state.cni {
+                    Some(p) => format!(", wired by CNI {}, no ruleset loaded", p.binary()),
+                    None => String::new(),
+                }
+            );
+            lab.keep();
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Probe {
             name,
             ports,
@@ -256,7 +291,34 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             timeout_ms,
             etcd,
             kube,
-        } => lab_probe(name, ports, output, timeout_ms, etcd, kube),
+        } => {
+            let state = palisade_lab::load(&name)?;
+            let engine = probe_engine(&state, etcd, kube)?;
+            let ports = if ports.is_empty() {
+                engine.default_ports()
+            } else {
+                ports
+            };
+            let opts = palisade_lab::ProbeOptions {
+                timeout: std::time::Duration::from_millis(timeout_ms),
+                ..Default::default()
+            };
+            let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
+            let bad = obs.iter().filter(|o| !o.agrees()).count();
+            let mut out = std::io::stdout().lock();
+            match output {
+                ProbeFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &obs)?;
+                    writeln!(out)?;
+                }
+                ProbeFormat::Table => write_probe_table(&mut out, &obs, bad)?,
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         LabCommand::Down { name } => {
             palisade_lab::down(&name)?;
             Ok(ExitCode::SUCCESS)
@@ -269,31 +331,15 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             rounds,
             settle,
             name,
-        } => {
-            if !palisade_lab::sys::is_root() {
-                bail!("`lab bench` builds network namespaces and loads nftables rulesets: run it as root");
-            }
-            let large = palisade_engine::synth::Params::large();
-            let params = palisade_engine::synth::Params {
-                pods,
-                policies,
-                admin_policies,
-                // The large shape's namespaces, scaled down for small runs.
-                namespaces: large.namespaces.min(pods.div_ceil(10).max(1)),
-                nodes: large.nodes.min(pods.max(2)),
-                ..large
-            };
-            let cfg = palisade_lab::bench::BenchConfig {
-                params,
-                duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
-                rounds,
-                settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
-                lab: name,
-            };
-            let report = palisade_lab::bench::run(&cfg, &mut |m| eprintln!("... {m}"))?;
-            print!("{}", report.render());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => lab_bench(
+            pods,
+            policies,
+            admin_policies,
+            seconds,
+            rounds,
+            settle,
+            name,
+        ),
         LabCommand::Serve { tcp, udp } => {
             palisade_lab::serve_forever(&tcp, &udp)?;
             Ok(ExitCode::SUCCESS)
@@ -301,59 +347,82 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
     }
 }
 
-fn lab_up(
-    files: Vec<PathBuf>,
+/// `lab bench`: the command line's figures to the benchmark's config.
+fn lab_bench(
+    pods: usize,
+    policies: usize,
+    admin_policies: usize,
+    seconds: f64,
+    rounds: usize,
+    settle: f64,
     name: String,
-    ports: Vec<palisade_engine::PortProto>,
-    cni: Option<CniArg>,
-    cni_bin_dir: PathBuf,
 ) -> Result<ExitCode> {
-    let engine = input::engine(&files)?;
-    let sources = files
-        .iter()
-        .map(|f| {
-            std::fs::canonicalize(f)
-                .unwrap_or_else(|_| f.clone())
-                .display()
-                .to_string()
-        })
-        .collect();
-    let lab = palisade_lab::up(
-        &engine,
-        &palisade_lab::Config {
-            name: name.clone(),
-            serve: palisade_lab::Serve::Spawn(std::env::current_exe()?),
-            ports,
-            sources,
-            cni: cni.map(|c| palisade_lab::Cni {
-                plugin: c.into(),
-                bin_dir: cni_bin_dir,
-            }),
-        },
-    )?;
-    println!(
-        "lab {name}: {} nodes, {} pods{}; probe with `palisade lab probe --name {name}`",
-        lab.state.nodes.len(),
-        lab.state.pods.len(),
-        match &lab.state.cni {
-            Some(p) => format!(", wired by CNI {}, no ruleset loaded", p.binary()),
-            None => String::new(),
-        }
-    );
-    lab.keep();
+    if !palisade_lab::sys::is_root() {
+        bail!("`lab bench` builds network namespaces and loads nftables rulesets: run it as root");
+    }
+    let large = palisade_bench::synth::Params::large();
+    let params = palisade_bench::synth::Params {
+        pods,
+        policies,
+        admin_policies,
+        // The large shape's namespaces, scaled down for small runs.
+        namespaces: large.namespaces.min(pods.div_ceil(10).max(1)),
+        nodes: large.nodes.min(pods.max(2)),
+        ..large
+    };
+    let cfg = palisade_bench::lab::BenchConfig {
+        params,
+        duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
+        rounds,
+        settle: std::time::Duration::from_secs_f64(settle.max(0.0)),
+        lab: name,
+    };
+    let report = palisade_bench::lab::run(&cfg, &mut |m| eprintln!("... {m}"))?;
+    print!("{}", report.render());
     Ok(ExitCode::SUCCESS)
 }
 
-fn lab_probe(
-    name: String,
-    ports: Vec<palisade_engine::PortProto>,
-    output: ProbeFormat,
-    timeout_ms: u64,
+fn write_probe_table(
+    out: &mut impl Write,
+    obs: &[palisade_lab::Observation],
+    bad: usize,
+) -> Result<()> {
+    let w = obs
+        .iter()
+        .map(|o| o.src.len().max(o.dst.len()))
+        .max()
+        .unwrap_or(3);
+    writeln!(
+        out,
+        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
+        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
+    )?;
+    let v = |b: bool| if b { "allowed" } else { "denied" };
+    for o in obs {
+        writeln!(
+            out,
+            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
+            o.src,
+            o.dst,
+            format!("{}/{}", o.port, o.protocol),
+            if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
+            v(o.expected),
+            v(o.observed),
+            if o.agrees() { "" } else { "  <-- DISAGREES" }
+        )?;
+    }
+    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
+    Ok(())
+}
+
+/// The cluster a lab is probed against: the datastore's when one is named,
+/// else the files the lab was built from.
+fn probe_engine(
+    state: &palisade_lab::State,
     etcd: Vec<String>,
     kube: bool,
-) -> Result<ExitCode> {
-    let state = palisade_lab::load(&name)?;
-    let engine = if kube || !etcd.is_empty() {
+) -> Result<palisade_engine::Engine> {
+    Ok(if kube || !etcd.is_empty() {
         use palisade_agent::snapshot::{read, Datastore};
         let ds = if kube {
             Datastore::Kube
@@ -369,55 +438,5 @@ fn lab_probe(
     } else {
         let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
         input::engine(&files)?
-    };
-    let ports = if ports.is_empty() {
-        engine.default_ports()
-    } else {
-        ports
-    };
-    let opts = palisade_lab::ProbeOptions {
-        timeout: std::time::Duration::from_millis(timeout_ms),
-        ..Default::default()
-    };
-    let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
-    let bad = obs.iter().filter(|o| !o.agrees()).count();
-    let mut out = std::io::stdout().lock();
-    match output {
-        ProbeFormat::Json => {
-            serde_json::to_writer_pretty(&mut out, &obs)?;
-            writeln!(out)?;
-        }
-        ProbeFormat::Table => {
-            let w = obs
-                .iter()
-                .map(|o| o.src.len().max(o.dst.len()))
-                .max()
-                .unwrap_or(3);
-            writeln!(
-                out,
-                "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
-                "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
-            )?;
-            let v = |b: bool| if b { "allowed" } else { "denied" };
-            for o in &obs {
-                writeln!(
-                    out,
-                    "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
-                    o.src,
-                    o.dst,
-                    format!("{}/{}", o.port, o.protocol),
-                    if o.dst_ip.is_ipv4() { "v4" } else { "v6" },
-                    v(o.expected),
-                    v(o.observed),
-                    if o.agrees() { "" } else { "  <-- DISAGREES" }
-                )?;
-            }
-            writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
-        }
-    }
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     })
 }

@@ -3,7 +3,6 @@
 //! library crates; this file only reads files and prints.
 
 mod agent_cmd;
-mod bench;
 mod dataplane;
 mod doctor;
 mod input;
@@ -261,7 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             policies,
             quick,
         } => {
-            bench::run(pods, policies, quick);
+            palisade_bench::engine::run(pods, policies, quick);
             Ok(ExitCode::SUCCESS)
         }
     }

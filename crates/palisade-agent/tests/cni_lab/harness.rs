@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use palisade_agent::agent::NODE_SCOPE;
 use palisade_agent::node::NodeSource;
-use palisade_agent::{bench, netlink, node, Agent, AgentConfig, Health, Input, Nft};
+use palisade_agent::{netlink, node, Agent, AgentConfig, Health, Input, Nft};
+use palisade_bench::agent::{entries, SCOPE};
 use palisade_engine::{Engine, PortProto};
 use palisade_lab::{Cni, CniPlugin, Config, Lab, Observation, ProbeOptions, Serve};
 
@@ -53,7 +54,7 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn start(node: &str, netns: &str, engine: &Engine) -> NodeAgent {
-        let cfg = AgentConfig::new(node, vec![bench::SCOPE.into(), NODE_SCOPE.into()]);
+        let cfg = AgentConfig::new(node, vec![SCOPE.into(), NODE_SCOPE.into()]);
         let mut agent = Agent::new(cfg, Nft::new(Some(netns.to_string())));
         let ns = netns.to_string();
         agent.set_poke(Box::new(move |stale, ips| {
@@ -64,8 +65,8 @@ impl NodeAgent {
         let source = node::spawn(Some(netns.to_string()), tx.clone())
             .unwrap_or_else(|e| panic!("node source in {netns}: {e}"));
         tx.send(Input::Resync {
-            scope: bench::SCOPE.into(),
-            entries: bench::entries(engine.cluster()),
+            scope: SCOPE.into(),
+            entries: entries(engine.cluster()),
         })
         .unwrap();
         let thread = std::thread::spawn(move || agent.run(rx));

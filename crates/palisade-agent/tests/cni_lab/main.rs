@@ -9,7 +9,8 @@ mod harness;
 use std::collections::BTreeSet;
 
 use harness::{agents, lab_up, probe, root, wait_settled};
-use palisade_engine::{synth, Engine, PortProto};
+use palisade_bench::synth;
+use palisade_engine::{Engine, PortProto};
 use palisade_lab::CniPlugin;
 
 /// The plugins to run (`PALISADE_CNI_PLUGINS=ptp,bridge`, the default).

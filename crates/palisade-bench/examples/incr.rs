@@ -1,9 +1,9 @@
 //! Times the incremental compiler alone (no kernel) on the benchmark
-//! cluster: `cargo run --release -p palisade-nft --example incr`.
+//! cluster: `cargo run --release -p palisade-bench --example incr`.
 
 use std::time::Instant;
 
-use palisade_engine::synth::{self, Params};
+use palisade_bench::synth::{self, Params};
 use palisade_engine::Engine;
 use palisade_model::{LabelSelector, NamespaceScope, NetworkPolicy, Peer, Rule};
 use palisade_nft::incr::{Change, Incremental};

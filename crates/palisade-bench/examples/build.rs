@@ -1,5 +1,5 @@
 //! Profiling aid: `Engine::new` on the large synthetic cluster, repeated.
-use palisade_engine::synth::{self, Params};
+use palisade_bench::synth::{self, Params};
 use palisade_engine::Engine;
 
 fn main() {

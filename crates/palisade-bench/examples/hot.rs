@@ -1,7 +1,7 @@
 //! Profiling aid: the verdict loop alone, for `perf record` or
 //! `valgrind --tool=callgrind --toggle-collect=hot::run`.
-//! `cargo run --release -p palisade-engine --example hot [allowed|explain|text] [ADMIN_POLICIES]`
-use palisade_engine::synth::{self, Params};
+//! `cargo run --release -p palisade-bench --example hot [allowed|explain|text] [ADMIN_POLICIES]`
+use palisade_bench::synth::{self, Params};
 use palisade_engine::{Engine, Flow};
 use std::hint::black_box;
 

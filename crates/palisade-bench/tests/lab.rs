@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use palisade_engine::synth;
-use palisade_lab::bench::{run, BenchConfig, Setup};
+use palisade_bench::lab::{run, BenchConfig, Setup};
+use palisade_bench::synth;
 
 #[test]
 fn bench_runs_on_a_tiny_cluster() {

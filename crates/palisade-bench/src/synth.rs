@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use palisade_engine::{Endpoint, Engine, Flow};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
     ContainerPort, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy, Node,
@@ -373,10 +374,11 @@ pub const BENCH_PORTS: [(u16, Protocol); 5] = [
 /// `n` random flows between endpoint pods of `engine`'s cluster over
 /// [`BENCH_PORTS`], deterministic for a seed (fewer if the cluster has
 /// almost no endpoint pods).
-pub fn pod_flows(engine: &crate::Engine, n: usize, seed: u64) -> Vec<crate::Flow> {
+pub fn pod_flows(engine: &Engine, n: usize, seed: u64) -> Vec<Flow> {
     let mut r = Rng::new(seed);
     let pods = engine.cluster().pods.len();
-    let ids = &engine.index().pod_identity;
+    let idx = engine.index();
+    let endpoint = |p: usize| idx.identity_of(palisade_engine::PodId::new(p)).is_some();
     let mut out = Vec::with_capacity(n);
     if pods == 0 {
         return out;
@@ -388,10 +390,10 @@ pub fn pod_flows(engine: &crate::Engine, n: usize, seed: u64) -> Vec<crate::Flow
         }
         let (s, d) = (r.below(pods), r.below(pods));
         let (port, proto) = BENCH_PORTS[r.below(BENCH_PORTS.len())];
-        if ids[s].is_none() || ids[d].is_none() {
+        if !endpoint(s) || !endpoint(d) {
             continue;
         }
-        let (s, d) = (crate::Endpoint::Pod(s), crate::Endpoint::Pod(d));
+        let (s, d) = (Endpoint::Pod(s), Endpoint::Pod(d));
         if let Ok(f) = engine.flow(s, d, proto, port) {
             out.push(f);
         }
@@ -405,21 +407,24 @@ mod tests {
 
     #[test]
     fn pod_flows_are_deterministic_pod_to_pod_flows() {
-        let engine = crate::Engine::new(cluster(&Params::small(3)));
+        let engine = Engine::new(cluster(&Params::small(3)));
         let a = pod_flows(&engine, 500, 9);
         assert_eq!(a.len(), 500);
         assert_eq!(a, pod_flows(&engine, 500, 9));
         assert_ne!(a, pod_flows(&engine, 500, 10));
         for f in &a {
             for e in [f.src, f.dst] {
-                let crate::Endpoint::Pod(p) = e else {
+                let Endpoint::Pod(p) = e else {
                     panic!("not a pod: {e:?}");
                 };
-                assert!(engine.index().pod_identity[p].is_some());
+                assert!(engine
+                    .index()
+                    .identity_of(palisade_engine::PodId::new(p))
+                    .is_some());
             }
             assert!(BENCH_PORTS.contains(&(f.port, f.protocol)));
         }
-        let none = crate::Engine::new(Cluster::default());
+        let none = Engine::new(Cluster::default());
         assert!(pod_flows(&none, 10, 1).is_empty());
     }
 }

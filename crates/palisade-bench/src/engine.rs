@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use palisade_engine::synth::{self, Params};
+use crate::synth::{self, Params};
 use palisade_engine::{Engine, Flow, PortProto};
 use palisade_model::Protocol;
 

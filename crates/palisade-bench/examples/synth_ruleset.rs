@@ -1,6 +1,6 @@
 //! Prints the ruleset of one node of the large synthetic cluster:
-//! `cargo run --release -p palisade-nft --example synth_ruleset -- node1`
-use palisade_engine::synth::{self, Params};
+//! `cargo run --release -p palisade-bench --example synth_ruleset -- node1`
+use palisade_bench::synth::{self, Params};
 use palisade_engine::Engine;
 
 fn main() {
