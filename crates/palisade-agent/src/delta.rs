@@ -105,6 +105,13 @@ pub fn apply_to(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), Backen
     apply_elements(table, delta).map_err(BackendError::Rejected)
 }
 
+fn set_mut<'t>(t: &'t mut Ruleset, name: &str) -> Result<&'t mut palisade_nft::Set, String> {
+    t.sets
+        .iter_mut()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("no set {name}"))
+}
+
 fn apply_elements(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), String> {
     match delta {
         Delta::Noop => Ok(()),
@@ -115,11 +122,7 @@ fn apply_elements(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), Stri
         Delta::Elements(sets) => {
             let mut t = table.clone().ok_or("no table")?;
             for d in sets {
-                let s = t
-                    .sets
-                    .iter_mut()
-                    .find(|s| s.name == d.set)
-                    .ok_or_else(|| format!("no set {}", d.set))?;
+                let s = set_mut(&mut t, &d.set)?;
                 for e in &d.remove {
                     let pos = s
                         .elements
@@ -130,11 +133,7 @@ fn apply_elements(table: &mut Option<Ruleset>, delta: &Delta) -> Result<(), Stri
                 }
             }
             for d in sets {
-                let s = t
-                    .sets
-                    .iter_mut()
-                    .find(|s| s.name == d.set)
-                    .ok_or_else(|| format!("no set {}", d.set))?;
+                let s = set_mut(&mut t, &d.set)?;
                 for e in &d.add {
                     if s.elements.iter().any(|x| x.key == e.key) {
                         return Err(format!("{}: element exists {e:?}", d.set));

@@ -166,6 +166,14 @@ pub(crate) fn direction_chain(dir: Dir, stages: Stages) -> Chain {
     }
 }
 
+/// `return` when `key` is in set `set`.
+fn returns_if_in(key: Expr, set: SetId) -> Rule {
+    rule(vec![
+        Stmt::is(key, Expr::SetRef(set.name().into())),
+        Stmt::Return,
+    ])
+}
+
 /// The NetworkPolicy check of one direction, for an isolated pod whose
 /// group is in `ct mark`: allowed (`return`) or dropped. Three chains:
 /// `{dir}_np` looks the peer's identity up into `meta mark` and, for a pod
@@ -205,27 +213,13 @@ pub(crate) fn np_chains(dir: Dir) -> Vec<Chain> {
         ),
         Stmt::Return,
     ]));
-    pod.push(rule(vec![
-        Stmt::is(
-            peer_port(),
-            Expr::SetRef(SetId::PeerPort(dir).name().into()),
-        ),
-        Stmt::Return,
-    ]));
-    pod.push(rule(vec![
-        Stmt::is(
-            Expr::Concat(vec![Expr::CtMark, Expr::Meta(MetaKey::Mark), l4()]),
-            Expr::SetRef(SetId::PeerProto(dir).name().into()),
-        ),
-        Stmt::Return,
-    ]));
-    pod.push(rule(vec![
-        Stmt::is(
-            peer_port(),
-            Expr::SetRef(SetId::PeerRange(dir).name().into()),
-        ),
-        Stmt::Return,
-    ]));
+    let mark = || vec![Expr::CtMark, Expr::Meta(MetaKey::Mark)];
+    pod.push(returns_if_in(peer_port(), SetId::PeerPort(dir)));
+    pod.push(returns_if_in(
+        Expr::Concat([mark(), vec![l4()]].concat()),
+        SetId::PeerProto(dir),
+    ));
+    pod.push(returns_if_in(peer_port(), SetId::PeerRange(dir)));
     for v4 in [true, false] {
         pod.push(rule(vec![
             nfproto(v4),

@@ -185,15 +185,25 @@ impl WiringArgs {
     }
 }
 
+/// The node's wiring and ruleset compiled from the files.
+fn compiled(
+    files: &[PathBuf],
+    node: Option<&str>,
+    wiring: &WiringArgs,
+) -> Result<(palisade_nft::Wiring, palisade_nft::Ruleset)> {
+    let engine = input::engine(files)?;
+    let w = wiring.read(&engine, node)?;
+    let rs = palisade_nft::compile(&engine, node, &w)?;
+    Ok((w, rs))
+}
+
 pub fn compile(
     files: &[PathBuf],
     node: Option<&str>,
     wiring: &WiringArgs,
     format: RulesetFormat,
 ) -> Result<ExitCode> {
-    let engine = input::engine(files)?;
-    let w = wiring.read(&engine, node)?;
-    let rs = palisade_nft::compile(&engine, node, &w)?;
+    let (_, rs) = compiled(files, node, wiring)?;
     let mut out = std::io::stdout().lock();
     match format {
         RulesetFormat::Nft => out.write_all(rs.to_nft_text().as_bytes())?,
@@ -212,9 +222,7 @@ pub fn apply(
     wiring: &WiringArgs,
     dry_run: bool,
 ) -> Result<ExitCode> {
-    let engine = input::engine(files)?;
-    let w = wiring.read(&engine, node)?;
-    let rs = palisade_nft::compile(&engine, node, &w)?;
+    let (w, rs) = compiled(files, node, wiring)?;
     // Both tables in one transaction: bridged pods' per-port check, or
     // its removal when no pod is bridged.
     let mut text = rs.to_nft_replace_text();

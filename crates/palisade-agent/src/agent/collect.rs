@@ -33,11 +33,7 @@ impl<B: Backend> Agent<B> {
         if self.garbage_len() > self.cfg.collect_replace_above {
             return self.replace_without_garbage();
         }
-        let SyncState::Known {
-            table,
-            incr: Some(incr),
-        } = &mut self.state
-        else {
+        let Some((table, incr)) = self.state.table_and_incremental() else {
             return Ok(0);
         };
         let sets = match incr.collect(batch, table) {
@@ -69,11 +65,7 @@ impl<B: Backend> Agent<B> {
     /// element of the whole table) costs less than removing them (20-50 ms
     /// each).
     fn replace_without_garbage(&mut self) -> Result<usize, Error> {
-        let SyncState::Known {
-            table,
-            incr: Some(incr),
-        } = &mut self.state
-        else {
+        let Some((table, incr)) = self.state.table_and_incremental() else {
             return Ok(0);
         };
         let mut rs = table.clone();

@@ -39,6 +39,17 @@ pub(super) enum SyncState {
 }
 
 impl SyncState {
+    /// The known table and its incremental state, when there is one.
+    pub(super) fn table_and_incremental(&mut self) -> Option<(&mut Ruleset, &mut Incr)> {
+        match self {
+            SyncState::Known {
+                table,
+                incr: Some(incr),
+            } => Some((table, incr)),
+            _ => None,
+        }
+    }
+
     pub(super) fn start() -> SyncState {
         SyncState::Unread {
             last: None,

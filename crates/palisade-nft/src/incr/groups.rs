@@ -2,13 +2,15 @@
 //! life (acquired by their first user, released by their last) and their
 //! elements, static and per peer identity.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use palisade_engine::live::{IdentityKey, LiveIdentity};
 use palisade_engine::Direction;
-use palisade_model::{Peer, PortSpec};
+use palisade_model::{Peer, Pod, PortSpec};
 
 use super::{ElementDelta, Group, Groups, Incremental, Key, Op};
+use crate::encode::Encode;
+use crate::numbering::hash32;
 use crate::{allow_sets, block_ranges, has_named, named_items, port_items, Allows, Dir};
 
 impl Incremental {
@@ -46,41 +48,27 @@ impl Incremental {
     ) -> bool {
         let holder = self.ident(ik).rep.clone();
         if let Some(k) = &groups.egress {
-            if let Some(g) = self.egress.get_mut(k) {
-                g.users += 1;
-            } else {
-                let id = crate::numbering::hash32(k);
-                if id == 0 || !self.used_egress.insert(id) {
-                    return false;
+            match join(&mut self.egress, &mut self.used_egress, k, &holder) {
+                Joined::Existing => {}
+                Joined::Collision => return false,
+                Joined::New(g) => {
+                    if let Some(out) = out.as_deref_mut() {
+                        self.group_elements(Dir::Egress, k, &g, out, Op::Add);
+                    }
+                    self.egress.insert(k.clone(), g);
                 }
-                let g = Group {
-                    id,
-                    users: 1,
-                    holder: holder.clone(),
-                };
-                if let Some(out) = out.as_deref_mut() {
-                    self.group_elements(Dir::Egress, k, &g, out, Op::Add);
-                }
-                self.egress.insert(k.clone(), g);
             }
         }
         if let Some(k) = &groups.ingress {
-            if let Some(g) = self.ingress.get_mut(k) {
-                g.users += 1;
-            } else {
-                let id = crate::numbering::hash32(k);
-                if id == 0 || !self.used_ingress.insert(id) {
-                    return false;
+            match join(&mut self.ingress, &mut self.used_ingress, k, &holder) {
+                Joined::Existing => {}
+                Joined::Collision => return false,
+                Joined::New(g) => {
+                    if let Some(out) = out.as_deref_mut() {
+                        self.group_elements(Dir::Ingress, &k.0, &g, out, Op::Add);
+                    }
+                    self.ingress.insert(k.clone(), g);
                 }
-                let g = Group {
-                    id,
-                    users: 1,
-                    holder: holder.clone(),
-                };
-                if let Some(out) = out.as_deref_mut() {
-                    self.group_elements(Dir::Ingress, &k.0, &g, out, Op::Add);
-                }
-                self.ingress.insert(k.clone(), g);
             }
         }
         for (t, k) in groups.tiers.iter().enumerate() {
@@ -113,21 +101,13 @@ impl Incremental {
             return;
         };
         if let Some(k) = &groups.egress {
-            let g = self.egress.get_mut(k).expect("acquired");
-            g.users -= 1;
-            if g.users == 0 {
-                let g = self.egress.remove(k).expect("acquired");
+            if let Some(g) = leave(&mut self.egress, &mut self.used_egress, k) {
                 self.group_elements(Dir::Egress, k, &g, out, Op::Remove);
-                self.used_egress.remove(&g.id);
             }
         }
         if let Some(k) = &groups.ingress {
-            let g = self.ingress.get_mut(k).expect("acquired");
-            g.users -= 1;
-            if g.users == 0 {
-                let g = self.ingress.remove(k).expect("acquired");
+            if let Some(g) = leave(&mut self.ingress, &mut self.used_ingress, k) {
                 self.group_elements(Dir::Ingress, &k.0, &g, out, Op::Remove);
-                self.used_ingress.remove(&g.id);
             }
         }
         for (t, k) in groups.tiers.iter().enumerate() {
@@ -322,6 +302,48 @@ impl Incremental {
             }
         }
     }
+}
+
+/// What joining a NetworkPolicy group did.
+enum Joined {
+    Existing,
+    /// A group to create (not yet in the map): emit its elements, insert it.
+    New(Group),
+    /// Its id, a hash of its key, is taken or zero.
+    Collision,
+}
+
+fn join<K: Ord + Encode>(
+    groups: &mut BTreeMap<K, Group>,
+    used: &mut HashSet<u32>,
+    k: &K,
+    holder: &Pod,
+) -> Joined {
+    if let Some(g) = groups.get_mut(k) {
+        g.users += 1;
+        return Joined::Existing;
+    }
+    let id = hash32(k);
+    if id == 0 || !used.insert(id) {
+        return Joined::Collision;
+    }
+    Joined::New(Group {
+        id,
+        users: 1,
+        holder: holder.clone(),
+    })
+}
+
+/// Ends one use of group `k`; the group, removed, when that was its last.
+fn leave<K: Ord>(groups: &mut BTreeMap<K, Group>, used: &mut HashSet<u32>, k: &K) -> Option<Group> {
+    let g = groups.get_mut(k).expect("acquired");
+    g.users -= 1;
+    if g.users > 0 {
+        return None;
+    }
+    let g = groups.remove(k).expect("acquired");
+    used.remove(&g.id);
+    Some(g)
 }
 
 fn both(a: &mut Allows, g: u32, mark: u32, item: crate::PortItem) {
