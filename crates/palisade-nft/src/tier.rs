@@ -118,6 +118,37 @@ fn named_of(engine: &Engine, id: usize) -> Named {
         .collect()
 }
 
+/// A tier group's key: its rules (admin policy, rule) in order and, for
+/// ingress, how the named ports they use resolve on the local pod.
+type Key = (Vec<(usize, usize)>, Named);
+
+/// The identities a peer address can map to, with what the tier needs of
+/// each: its first address of each family and (egress) its named ports.
+struct Peers<'a> {
+    ids: &'a [usize],
+    addrs: Vec<[Option<IpAddr>; 2]>,
+    named: Vec<Named>,
+}
+
+impl Peers<'_> {
+    fn new<'a>(engine: &Engine, dir: Direction, ids: &'a [usize]) -> Peers<'a> {
+        let (idx, cluster) = (engine.index(), engine.cluster());
+        let addrs = ids
+            .iter()
+            .map(|&pid| {
+                let pod = &cluster.pods[idx.identities()[pid].members[0].index()];
+                let first = |v4: bool| pod.ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
+                [first(true), first(false)]
+            })
+            .collect();
+        let named = match dir {
+            Direction::Egress => ids.iter().map(|&pid| named_of(engine, pid)).collect(),
+            Direction::Ingress => Vec::new(),
+        };
+        Peers { ids, addrs, named }
+    }
+}
+
 /// Compiles one tier of one direction for the local identities `local`;
 /// `peers` are the identities a peer address can map to.
 pub(crate) fn compile(
@@ -129,14 +160,42 @@ pub(crate) fn compile(
     mark_of: &dyn Fn(usize) -> u32,
     numbering: Numbering,
 ) -> Compiled {
-    let idx = engine.index();
-    let cluster = engine.cluster();
-    let mut out = Compiled::default();
+    let (groups, of) = tier_groups(engine, dir, tier, local, numbering);
+    let peers = Peers::new(engine, dir, peers);
+    let mut out = Compiled {
+        of,
+        ..Compiled::default()
+    };
+    for ((_, local_named), &(g, rep)) in &groups {
+        let rules = rules_of(engine, rep, dir, tier);
+        peer_elements(
+            engine,
+            dir,
+            rules,
+            &peers,
+            local_named,
+            g,
+            mark_of,
+            &mut out.peer,
+        );
+        address_elements(engine, dir, rules, local_named, g, &mut out.cidr);
+    }
+    out
+}
 
+/// The tier groups of the local identities, numbered (with their
+/// representatives), and each local identity's group.
+fn tier_groups(
+    engine: &Engine,
+    dir: Direction,
+    tier: Tier,
+    local: &BTreeSet<usize>,
+    numbering: Numbering,
+) -> (BTreeMap<Key, (u32, usize)>, BTreeMap<usize, u32>) {
+    let idx = engine.index();
     // Groups: local identities with the same rules (and, for ingress, the
     // same resolution of the named ports the rules use: they resolve on the
     // destination, the local pod) share one.
-    type Key = (Vec<(usize, usize)>, Named);
     let mut keys: BTreeMap<Key, usize> = BTreeMap::new();
     let mut key_of: BTreeMap<usize, Key> = BTreeMap::new();
     for &id in local {
@@ -183,130 +242,141 @@ pub(crate) fn compile(
     for ((key, rep), g) in keys.into_iter().zip(ids) {
         groups.insert(key, (g, rep));
     }
-    for (id, key) in key_of {
-        out.of.insert(id, groups[&key].0);
-    }
-
-    // A peer identity's first address of each family.
-    let peer_addrs: Vec<[Option<IpAddr>; 2]> = peers
-        .iter()
-        .map(|&pid| {
-            let pod = &cluster.pods[idx.identities()[pid].members[0].index()];
-            let first = |v4: bool| pod.ips.iter().copied().find(|ip| ip.is_ipv4() == v4);
-            [first(true), first(false)]
-        })
+    let of = key_of
+        .into_iter()
+        .map(|(id, key)| (id, groups[&key].0))
         .collect();
-    let peer_named: Vec<Named> = match dir {
-        Direction::Egress => peers.iter().map(|&pid| named_of(engine, pid)).collect(),
-        Direction::Ingress => Vec::new(),
-    };
+    (groups, of)
+}
 
-    for ((_, local_named), &(g, rep)) in &groups {
-        let rules = rules_of(engine, rep, dir, tier);
-        // Pod peers: which rules match is a property of the peer identity
-        // (selectors, and address matchers over its address of the family).
-        let mut memo: HashMap<(Vec<usize>, usize), Vec<PortVerdict>> = HashMap::new();
-        for (k, &pid) in peers.iter().enumerate() {
-            for (fam, addr) in peer_addrs[k].iter().enumerate() {
-                let Some(addr) = *addr else {
-                    continue;
-                };
-                let matched: Vec<usize> = rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| match &r.peers {
-                        None => true,
-                        Some(ps) => ps.iter().any(|m| match *m {
-                            PeerMatch::Set(s) => idx.set(s).contains(IdentityId::new(pid)),
-                            PeerMatch::Addr(x) => idx.matcher(x).contains(&addr),
-                        }),
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
-                if matched.is_empty() {
-                    continue;
-                }
-                // Named ports resolve on the destination: the peer for
-                // egress (memoized per peer), the local pod for ingress.
-                let (named, memo_key): (&[(u32, u8, u16)], usize) = match dir {
-                    Direction::Egress => (&peer_named[k], k),
-                    Direction::Ingress => (local_named, usize::MAX),
-                };
-                let uses_names = rules_use_names(rules, &matched);
-                let memo_key = (matched, if uses_names { memo_key } else { usize::MAX });
-                let resolved = memo.entry(memo_key).or_insert_with_key(|(m, _)| {
-                    let list: Vec<(AdminAction, Vec<PortItem>)> = m
-                        .iter()
-                        .map(|&i| (rules[i].action, rule_ports(&rules[i].ports, named)))
-                        .collect();
-                    first_match(&list)
-                });
-                for &(p, lo, hi, action) in resolved.iter() {
-                    let Some(v) = verdict(action) else { continue };
-                    out.peer[fam].push(Element {
-                        key: vec![
-                            Value::Mark(g),
-                            Value::Mark(mark_of(pid)),
-                            proto_value(p),
-                            Value::PortRange(lo, hi),
-                        ],
-                        data: Some(v),
-                    });
-                }
-            }
-        }
-
-        // Other peers: only address matchers (and rules without peers)
-        // match them; a named port resolves only on a pod destination.
-        let dest_named: &[(u32, u8, u16)] = match dir {
-            Direction::Ingress => local_named,
-            Direction::Egress => &[],
-        };
-        let resolved: Vec<(AdminAction, Vec<PortItem>)> = rules
-            .iter()
-            .map(|r| (r.action, rule_ports(&r.ports, dest_named)))
-            .collect();
-        for fam in 0..2 {
-            let v4 = fam == 0;
-            let mut boxes = Vec::new();
-            for (i, r) in rules.iter().enumerate() {
-                let ranges: Vec<(u128, u128)> = match &r.peers {
-                    None => vec![(0, if v4 { u128::from(u32::MAX) } else { u128::MAX })],
-                    Some(ps) => ps
-                        .iter()
-                        .filter_map(|m| match *m {
-                            PeerMatch::Addr(x) => Some(x),
-                            PeerMatch::Set(_) => None,
-                        })
-                        .flat_map(|x| block_ranges_of(idx.matcher(x), v4))
-                        .collect(),
-                };
-                boxes.extend(
-                    ranges
-                        .into_iter()
-                        .map(|(lo, hi)| AddrBox { lo, hi, rule: i }),
-                );
-            }
-            if boxes.is_empty() {
+/// A group's elements for pod peers: which rules match is a property of
+/// the peer identity (selectors, and address matchers over its address of
+/// the family).
+#[allow(clippy::too_many_arguments)]
+fn peer_elements(
+    engine: &Engine,
+    dir: Direction,
+    rules: &[FlatRule],
+    peers: &Peers,
+    local_named: &[(u32, u8, u16)],
+    g: u32,
+    mark_of: &dyn Fn(usize) -> u32,
+    out: &mut [Vec<Element>; 2],
+) {
+    let idx = engine.index();
+    // Pod peers: which rules match is a property of the peer identity
+    // (selectors, and address matchers over its address of the family).
+    let mut memo: HashMap<(Vec<usize>, usize), Vec<PortVerdict>> = HashMap::new();
+    for (k, &pid) in peers.ids.iter().enumerate() {
+        for (fam, addr) in peers.addrs[k].iter().enumerate() {
+            let Some(addr) = *addr else {
+                continue;
+            };
+            let matched: Vec<usize> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| match &r.peers {
+                    None => true,
+                    Some(ps) => ps.iter().any(|m| match *m {
+                        PeerMatch::Set(s) => idx.set(s).contains(IdentityId::new(pid)),
+                        PeerMatch::Addr(x) => idx.matcher(x).contains(&addr),
+                    }),
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if matched.is_empty() {
                 continue;
             }
-            for (lo, hi, ports) in first_match_2d(&boxes, &resolved) {
-                for (p, plo, phi, action) in ports {
-                    let Some(v) = verdict(action) else { continue };
-                    out.cidr[fam].push(Element {
-                        key: vec![
-                            Value::Mark(g),
-                            addr_value(v4, lo, hi),
-                            proto_value(p),
-                            Value::PortRange(plo, phi),
-                        ],
-                        data: Some(v),
-                    });
-                }
+            // Named ports resolve on the destination: the peer for
+            // egress (memoized per peer), the local pod for ingress.
+            let (named, memo_key): (&[(u32, u8, u16)], usize) = match dir {
+                Direction::Egress => (&peers.named[k], k),
+                Direction::Ingress => (local_named, usize::MAX),
+            };
+            let uses_names = rules_use_names(rules, &matched);
+            let memo_key = (matched, if uses_names { memo_key } else { usize::MAX });
+            let resolved = memo.entry(memo_key).or_insert_with_key(|(m, _)| {
+                let list: Vec<(AdminAction, Vec<PortItem>)> = m
+                    .iter()
+                    .map(|&i| (rules[i].action, rule_ports(&rules[i].ports, named)))
+                    .collect();
+                first_match(&list)
+            });
+            for &(p, lo, hi, action) in resolved.iter() {
+                let Some(v) = verdict(action) else { continue };
+                out[fam].push(Element {
+                    key: vec![
+                        Value::Mark(g),
+                        Value::Mark(mark_of(pid)),
+                        proto_value(p),
+                        Value::PortRange(lo, hi),
+                    ],
+                    data: Some(v),
+                });
             }
         }
     }
-    out
+}
+
+/// A group's elements for peers that are not pods.
+fn address_elements(
+    engine: &Engine,
+    dir: Direction,
+    rules: &[FlatRule],
+    local_named: &[(u32, u8, u16)],
+    g: u32,
+    out: &mut [Vec<Element>; 2],
+) {
+    let idx = engine.index();
+    // Other peers: only address matchers (and rules without peers)
+    // match them; a named port resolves only on a pod destination.
+    let dest_named: &[(u32, u8, u16)] = match dir {
+        Direction::Ingress => local_named,
+        Direction::Egress => &[],
+    };
+    let resolved: Vec<(AdminAction, Vec<PortItem>)> = rules
+        .iter()
+        .map(|r| (r.action, rule_ports(&r.ports, dest_named)))
+        .collect();
+    for (fam, out) in out.iter_mut().enumerate() {
+        let v4 = fam == 0;
+        let mut boxes = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let ranges: Vec<(u128, u128)> = match &r.peers {
+                None => vec![(0, if v4 { u128::from(u32::MAX) } else { u128::MAX })],
+                Some(ps) => ps
+                    .iter()
+                    .filter_map(|m| match *m {
+                        PeerMatch::Addr(x) => Some(x),
+                        PeerMatch::Set(_) => None,
+                    })
+                    .flat_map(|x| block_ranges_of(idx.matcher(x), v4))
+                    .collect(),
+            };
+            boxes.extend(
+                ranges
+                    .into_iter()
+                    .map(|(lo, hi)| AddrBox { lo, hi, rule: i }),
+            );
+        }
+        if boxes.is_empty() {
+            continue;
+        }
+        for (lo, hi, ports) in first_match_2d(&boxes, &resolved) {
+            for (p, plo, phi, action) in ports {
+                let Some(v) = verdict(action) else { continue };
+                out.push(Element {
+                    key: vec![
+                        Value::Mark(g),
+                        addr_value(v4, lo, hi),
+                        proto_value(p),
+                        Value::PortRange(plo, phi),
+                    ],
+                    data: Some(v),
+                });
+            }
+        }
+    }
 }
 
 fn rules_use_names(rules: &[FlatRule], matched: &[usize]) -> bool {
