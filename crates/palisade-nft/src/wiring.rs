@@ -143,6 +143,37 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     if w.ports.is_empty() {
         return None;
     }
+    let sets = bridge_sets(w);
+    let prerouting = bridge_prerouting();
+    let check = bridge_check();
+    let hooked = |name: &str, hook: &'static str, priority: i32, rules| Chain {
+        name: name.into(),
+        hook: Some(Hook { hook, priority }),
+        rules,
+    };
+    let jump = || {
+        vec![Rule {
+            stmts: vec![Stmt::Jump("check".into())],
+            comment: None,
+        }]
+    };
+    Some(Ruleset {
+        sets,
+        chains: vec![
+            hooked("prerouting", "prerouting", -200, prerouting),
+            hooked("forward", "forward", 0, jump()),
+            hooked("input", "input", 0, jump()),
+            Chain {
+                name: "check".into(),
+                hook: None,
+                rules: check,
+            },
+        ],
+    })
+}
+
+/// The bridge table's sets: pod ports, bindings, bound addresses and MACs.
+fn bridge_sets(w: &BridgeWiring) -> Vec<Set> {
     let port = |p: &str| Value::Ifname(p.to_string());
     let ports = w
         .ports
@@ -173,7 +204,7 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     });
     let el = |key: Vec<Value>| Element { key, data: None };
     use Family::{V4, V6};
-    let sets = vec![
+    vec![
         set(SetId::BridgePorts, ports),
         set(SetId::BridgePortSrc(V4), s4),
         set(SetId::BridgePortSrc(V6), s6),
@@ -198,11 +229,14 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
                 .map(|(p, m)| el(vec![port(&p), Value::Ether(m)]))
                 .collect(),
         ),
-    ];
+    ]
+}
+
+/// `prerouting`: a bound MAC only from its own port.
+fn bridge_prerouting() -> Vec<Rule> {
     let iif = || Expr::Meta(MetaKey::Iifname);
     let esrc = || Expr::payload("ether", "saddr");
-    let from_port = || Stmt::is(iif(), set_ref(SetId::BridgePorts));
-    let prerouting = vec![rule(
+    vec![rule(
         vec![
             Stmt::is(esrc(), set_ref(SetId::BridgeBoundMacs)),
             Stmt::is_not(
@@ -212,7 +246,15 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
             Stmt::Drop,
         ],
         "MAC of another pod",
-    )];
+    )]
+}
+
+/// The `check` chain of `forward` and `input`: bindings, bound addresses
+/// and ARP.
+fn bridge_check() -> Vec<Rule> {
+    let iif = || Expr::Meta(MetaKey::Iifname);
+    let esrc = || Expr::payload("ether", "saddr");
+    let from_port = || Stmt::is(iif(), set_ref(SetId::BridgePorts));
     let ether_type = |t: &'static str| Stmt::is(Expr::payload("ether", "type"), Expr::Symbol(t));
     let mut check = Vec::new();
     for (v4, proto) in [(true, "ip"), (false, "ip6")] {
@@ -253,38 +295,15 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
             ether_type("arp"),
             Stmt::is(
                 Expr::payload("arp", "saddr ip"),
-                set_ref(SetId::BridgeBound(V4)),
+                set_ref(SetId::BridgeBound(Family::V4)),
             ),
             Stmt::is_not(
                 Expr::Concat(vec![iif(), esrc(), Expr::payload("arp", "saddr ip")]),
-                set_ref(SetId::BridgePortSrc(V4)),
+                set_ref(SetId::BridgePortSrc(Family::V4)),
             ),
             Stmt::Drop,
         ],
         "ARP for another pod's address",
     ));
-    let hooked = |name: &str, hook: &'static str, priority: i32, rules| Chain {
-        name: name.into(),
-        hook: Some(Hook { hook, priority }),
-        rules,
-    };
-    let jump = || {
-        vec![Rule {
-            stmts: vec![Stmt::Jump("check".into())],
-            comment: None,
-        }]
-    };
-    Some(Ruleset {
-        sets,
-        chains: vec![
-            hooked("prerouting", "prerouting", -200, prerouting),
-            hooked("forward", "forward", 0, jump()),
-            hooked("input", "input", 0, jump()),
-            Chain {
-                name: "check".into(),
-                hook: None,
-                rules: check,
-            },
-        ],
-    })
+    check
 }
