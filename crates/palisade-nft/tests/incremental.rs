@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use palisade_bench::synth::{self, Params};
 use palisade_engine::live::{IdentityKey, Live, Op as Sel, SelectionDelta};
@@ -49,8 +50,8 @@ type PodKey = (String, String);
 /// deltas say each NetworkPolicy selects, summed since it was built.
 struct Selections {
     live: Live,
-    identities: BTreeSet<IdentityKey>,
-    selected: BTreeMap<PodKey, BTreeSet<IdentityKey>>,
+    identities: BTreeSet<Arc<IdentityKey>>,
+    selected: BTreeMap<PodKey, BTreeSet<Arc<IdentityKey>>>,
 }
 
 impl Selections {
@@ -105,7 +106,8 @@ impl Selections {
                 cluster.pods[i.index()].name.clone(),
             )
         };
-        let live_ids: BTreeSet<&IdentityKey> = self.live.identities().map(|i| &i.key).collect();
+        let live_ids: BTreeSet<&Arc<IdentityKey>> =
+            self.live.identities().map(|i| &i.key).collect();
         if live_ids != self.identities.iter().collect() {
             return Err("identity deltas disagree with the live identities".into());
         }

@@ -19,6 +19,7 @@ mod select;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use palisade_model::{
     AdminPeer, AdminPolicy, ContainerPort, IpBlock, Labels, Namespace, NetworkPolicy, Node, Peer,
@@ -97,7 +98,7 @@ pub struct IdentityKey {
 /// An identity's members.
 #[derive(Clone, Debug)]
 pub struct LiveIdentity {
-    pub key: IdentityKey,
+    pub key: Arc<IdentityKey>,
     pub members: BTreeSet<Key>,
     /// The first member: named ports and address families resolve on it,
     /// as the full index resolves them on its first member.
@@ -109,14 +110,14 @@ pub struct LiveIdentity {
 pub struct SelectionDelta {
     /// Identities that came into being or ceased to (host-network ones
     /// included: they have members but no selector selects them).
-    pub identities: Vec<(IdentityKey, Op)>,
+    pub identities: Vec<(Arc<IdentityKey>, Op)>,
     /// Endpoint pods that joined or left an identity.
-    pub members: Vec<(Key, IdentityKey, Op)>,
+    pub members: Vec<(Key, Arc<IdentityKey>, Op)>,
     /// NetworkPolicies whose pod selector gained or lost an identity.
-    pub subjects: Vec<(Key, IdentityKey, Op)>,
+    pub subjects: Vec<(Key, Arc<IdentityKey>, Op)>,
     /// Identities whose namespace labels changed: every namespace selector
     /// may have gained or lost them as a peer.
-    pub relabelled: Vec<IdentityKey>,
+    pub relabelled: Vec<Arc<IdentityKey>>,
 }
 
 /// The live state of one cluster.
@@ -132,10 +133,11 @@ pub struct Live {
     admin_matchers: HashMap<AdminPeer, AddressMatcher>,
     node_addresses: HashMap<String, Vec<IpAddr>>,
     pods: HashMap<Key, Pod>,
-    pod_ident: HashMap<Key, IdentityKey>,
-    idents: HashMap<IdentityKey, LiveIdentity>,
+    /// Identity keys are shared (`Arc`) by the identity and its members.
+    pod_ident: HashMap<Key, Arc<IdentityKey>>,
+    idents: HashMap<Arc<IdentityKey>, LiveIdentity>,
     /// Non-host identities by namespace.
-    by_ns: HashMap<String, HashSet<IdentityKey>>,
+    by_ns: HashMap<String, HashSet<Arc<IdentityKey>>>,
     ip_owner: HashMap<IpAddr, Key>,
 }
 
@@ -181,12 +183,18 @@ impl Live {
     /// what incremental changes cannot follow: an address held by two
     /// endpoint pods, or a pod naming one port twice.
     pub fn new(engine: &Engine) -> Result<Live, Refused> {
-        Live::build(engine).map(|(live, _)| live)
+        Live::start(engine, false).map(|(live, _)| live)
     }
 
     /// [`Live::new`], with the delta from an empty cluster: every identity
     /// and every selection as an addition.
     pub fn build(engine: &Engine) -> Result<(Live, SelectionDelta), Refused> {
+        Live::start(engine, true)
+    }
+
+    /// `members`: whether the delta records every pod joining its identity
+    /// (one entry per pod: not kept when nobody reads it).
+    fn start(engine: &Engine, members: bool) -> Result<(Live, SelectionDelta), Refused> {
         let idx = engine.index();
         let cluster = engine.cluster();
         let mut live = Live {
@@ -230,6 +238,9 @@ impl Live {
                 return refuse("two pods with one name");
             }
             live.add_pod(key, p.clone(), &mut delta)?;
+            if !members {
+                delta.members.clear();
+            }
         }
         if live.idents.len() != idx.identities().len() {
             return refuse("identities differ from the index's");
@@ -409,6 +420,10 @@ impl Live {
                 }
             }
             let ik = self.key_of(&p);
+            let ik = match self.idents.get_key_value(&ik) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::new(ik),
+            };
             delta.members.push((key.clone(), ik.clone(), Op::Add));
             match self.idents.get_mut(&ik) {
                 Some(ident) => {
@@ -450,7 +465,7 @@ impl Live {
             return;
         }
         self.ns_labels.insert(name.clone(), labels);
-        let mut here: Vec<IdentityKey> = self
+        let mut here: Vec<Arc<IdentityKey>> = self
             .by_ns
             .get(&name)
             .map(|s| s.iter().cloned().collect())
@@ -469,12 +484,12 @@ impl Live {
             return Ok(());
         }
         self.blocks = self.blocks_after(&key, new.as_ref())?;
-        let old: BTreeSet<IdentityKey> = self.selected_by(&key).collect();
+        let old: BTreeSet<Arc<IdentityKey>> = self.selected_by(&key).collect();
         match new {
             Some(p) => self.policies.insert(key.clone(), p),
             None => self.policies.remove(&key),
         };
-        let new: BTreeSet<IdentityKey> = self.selected_by(&key).collect();
+        let new: BTreeSet<Arc<IdentityKey>> = self.selected_by(&key).collect();
         for ik in old.difference(&new) {
             delta.subjects.push((key.clone(), ik.clone(), Op::Remove));
         }
@@ -524,7 +539,7 @@ impl Live {
     }
 
     /// The identity of an endpoint pod.
-    pub fn identity_of(&self, pod: &Key) -> Option<&IdentityKey> {
+    pub fn identity_of(&self, pod: &Key) -> Option<&Arc<IdentityKey>> {
         self.pod_ident.get(pod)
     }
 

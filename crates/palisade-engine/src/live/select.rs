@@ -4,6 +4,8 @@
 
 use palisade_model::{AdminPeer, IpBlock, NamespaceScope, NetworkPolicy, Peer};
 
+use std::sync::Arc;
+
 use super::{IdentityKey, Key, Live, LiveIdentity};
 use crate::index::{subject_selects, AddressMatcher};
 use crate::Direction;
@@ -24,7 +26,10 @@ impl Live {
     }
 
     /// The identities NetworkPolicy `key`'s pod selector selects now.
-    pub(super) fn selected_by<'a>(&'a self, key: &Key) -> impl Iterator<Item = IdentityKey> + 'a {
+    pub(super) fn selected_by<'a>(
+        &'a self,
+        key: &Key,
+    ) -> impl Iterator<Item = Arc<IdentityKey>> + 'a {
         let policy = self.policies.get(key);
         policy
             .into_iter()

@@ -42,7 +42,7 @@ impl Incremental {
     /// groups that did not exist. `false` on a group id collision.
     pub(super) fn acquire(
         &mut self,
-        ik: &IdentityKey,
+        ik: &super::Ident,
         groups: Groups,
         mut out: Option<&mut ElementDelta>,
     ) -> bool {
@@ -96,7 +96,7 @@ impl Incremental {
     }
 
     /// Ends `ik`'s use of its groups, removing groups nobody uses.
-    pub(super) fn release(&mut self, ik: &IdentityKey, out: &mut ElementDelta) {
+    pub(super) fn release(&mut self, ik: &super::Ident, out: &mut ElementDelta) {
         let Some(groups) = self.groups_of.remove(ik) else {
             return;
         };

@@ -72,6 +72,9 @@ use crate::{ip_value, Dir, Element, Value};
 
 pub use crate::delta::ElementDelta;
 
+/// A shared identity key, as the live index hands them out.
+type Ident = std::sync::Arc<IdentityKey>;
+
 fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
     Err(Refused(why.into()))
 }
@@ -118,12 +121,12 @@ pub struct Incremental {
     live: Live,
     /// Each address matcher's content hash (by position), for mark keys.
     matcher_hashes: Vec<u64>,
-    marks: HashMap<IdentityKey, u32>,
+    marks: HashMap<Ident, u32>,
     used_marks: HashSet<u32>,
     /// How many members of each identity run on this node.
-    local: HashMap<IdentityKey, usize>,
+    local: HashMap<Ident, usize>,
     /// Local identities' groups.
-    groups_of: HashMap<IdentityKey, Groups>,
+    groups_of: HashMap<Ident, Groups>,
     egress: BTreeMap<Vec<Key>, Group>,
     ingress: BTreeMap<IngressKey, Group>,
     used_egress: HashSet<u32>,
@@ -184,7 +187,7 @@ impl Incremental {
                 return None;
             }
         }
-        let idents: Vec<IdentityKey> = st.live.identities().map(|i| i.key.clone()).collect();
+        let idents: Vec<Ident> = st.live.identities().map(|i| i.key.clone()).collect();
         for ik in &idents {
             let mark = hash32(&st.mark_key(ik));
             if !full.contains(&mark) || !st.used_marks.insert(mark) {
@@ -201,7 +204,7 @@ impl Incremental {
                 st.local.insert(ik.clone(), local);
             }
         }
-        let local: Vec<IdentityKey> = st.local.keys().cloned().collect();
+        let local: Vec<Ident> = st.local.keys().cloned().collect();
         for ik in local {
             let g = st.groups_for(&ik);
             if !st.acquire(&ik, g, None) {
@@ -361,7 +364,7 @@ impl Incremental {
         }
         // Namespace labels only decide which peers a namespaceSelector
         // reaches: the peer parts of this namespace's identities.
-        let here: Vec<IdentityKey> = self
+        let here: Vec<Ident> = self
             .live
             .identities_in(&name)
             .map(|i| i.key.clone())
@@ -447,13 +450,13 @@ impl Incremental {
         // Only local identities that the old or the new version selects
         // change groups, and every group naming the policy is theirs (its
         // users are what it selects): no other group changes.
-        let affected: Vec<IdentityKey> = self
+        let affected: Vec<Ident> = self
             .groups_of
             .keys()
             .filter(|ik| self.live.change_selects(&key, new.as_ref(), ik))
             .cloned()
             .collect();
-        let members: Vec<(IdentityKey, Vec<Pod>)> = affected
+        let members: Vec<(Ident, Vec<Pod>)> = affected
             .iter()
             .map(|ik| (ik.clone(), self.local_members(ik)))
             .collect();
