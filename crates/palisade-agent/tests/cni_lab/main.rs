@@ -56,7 +56,7 @@ fn run(
 /// Each scenario is two tests, one a plugin, so that a failure names the
 /// mode and one mode can be run alone.
 macro_rules! per_plugin {
-    ($scenario:ident: $routed:ident, $bridged:ident) => {
+    ($scenario:ident, $routed:ident, $bridged:ident) => {
         #[test]
         fn $routed() {
             $scenario(CniPlugin::Ptp);
@@ -113,9 +113,17 @@ fn random_clusters(plugin: CniPlugin) {
     assert_agrees(&bad);
 }
 
-per_plugin!(every_case: every_case_agrees_with_the_engine_routed, every_case_agrees_with_the_engine_bridged);
+per_plugin!(
+    every_case,
+    every_case_agrees_with_the_engine_routed,
+    every_case_agrees_with_the_engine_bridged
+);
 
-per_plugin!(random_clusters: random_clusters_agree_with_the_engine_routed, random_clusters_agree_with_the_engine_bridged);
+per_plugin!(
+    random_clusters,
+    random_clusters_agree_with_the_engine_routed,
+    random_clusters_agree_with_the_engine_bridged
+);
 
 mod spoof;
 
@@ -223,7 +231,11 @@ fn spoofing(plugin: CniPlugin) {
     lab.down().unwrap();
 }
 
-per_plugin!(spoofing: spoofed_sources_are_dropped_routed, spoofed_sources_are_dropped_bridged);
+per_plugin!(
+    spoofing,
+    spoofed_sources_are_dropped_routed,
+    spoofed_sources_are_dropped_bridged
+);
 
 /// The runtime deletes a pod's interface and makes it again while the
 /// agents run: from the first packet the new interface carries, the pod's
@@ -280,4 +292,8 @@ fn late_interface(plugin: CniPlugin) {
     lab.down().unwrap();
 }
 
-per_plugin!(late_interface: a_late_interface_is_enforced_from_its_first_packet_routed, a_late_interface_is_enforced_from_its_first_packet_bridged);
+per_plugin!(
+    late_interface,
+    a_late_interface_is_enforced_from_its_first_packet_routed,
+    a_late_interface_is_enforced_from_its_first_packet_bridged
+);
