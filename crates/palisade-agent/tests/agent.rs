@@ -419,7 +419,7 @@ fn a_pod_relabel_changes_only_map_elements() {
 #[test]
 fn object_counts_follow_the_store() {
     let mut c = cluster();
-    let (rec, mut a) = started(&c);
+    let (_rec, mut a) = started(&c);
     a.sync().unwrap();
     let gauge = |a: &Agent<Recording>, kind: &str| {
         let m = a.metrics().encode();

@@ -237,7 +237,7 @@ fn next_resync(rx: &Receiver<Input>, what: &str) -> (Vec<Entry>, Vec<String>) {
 #[test]
 fn the_agent_starts_on_a_datastore_many_times_one_grpc_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((etcd, ep)) = started_with_base(tmp.path()) else {
+    let Some((_etcd, ep)) = started_with_base(tmp.path()) else {
         return;
     };
     let bytes = block_on(put_pods(&mut connect(&ep), "big", 0, MANY));

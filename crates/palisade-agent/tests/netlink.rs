@@ -93,7 +93,7 @@ fn read_sees_veths_routes_bridges_neighbours_and_fdb() {
     if !is_root() {
         return;
     }
-    let (ns, pod) = with_pod("read", "veth-a");
+    let (ns, _pod) = with_pod("read", "veth-a");
     ns.ip("link set veth-a up");
     ns.ip("route add 10.9.0.5/32 dev veth-a");
     ns.ip("route add fd09::5/128 dev veth-a");
