@@ -45,16 +45,33 @@ fn full_rebuild_and_garbage(c: &Cluster, a: &Agent<Recording>) -> palisade_nft::
     rs
 }
 
+/// The table `rec` holds is what a fresh agent would build, given what `a`
+/// still defers removing.
+#[track_caller]
+fn assert_is_rebuild(rec: &Recording, c: &Cluster, a: &Agent<Recording>) {
+    assert_eq!(
+        rec.state().table.as_ref(),
+        Some(&full_rebuild_and_garbage(c, a))
+    );
+}
+
 /// Removes every unreachable element the agent deferred.
 fn collect_all(a: &mut Agent<Recording>) {
     while a.collect_garbage().unwrap() > 0 {}
 }
 
-/// The table a fresh agent builds from `c` alone.
-fn full_rebuild(c: &Cluster) -> palisade_nft::Ruleset {
+/// A fresh agent, on its own recording, that has been handed `c` but has
+/// not synced yet.
+fn started(c: &Cluster) -> (Recording, Agent<Recording>) {
     let rec = Recording::new();
     let mut a = agent(&rec);
     a.handle(resync(c));
+    (rec, a)
+}
+
+/// The table a fresh agent builds from `c` alone.
+fn full_rebuild(c: &Cluster) -> palisade_nft::Ruleset {
+    let (rec, mut a) = started(c);
     a.sync().unwrap();
     let table = rec.state().table.clone();
     table.unwrap()
@@ -93,6 +110,18 @@ fn origin(o: &Object) -> String {
     format!("{SCOPE}{}", o.key())
 }
 
+fn delete(o: Object) -> Input {
+    Input::Delete { origin: origin(&o) }
+}
+
+/// Removes the `i`th item, counting round `v`; `None` when it is empty.
+fn remove_nth<T>(v: &mut Vec<T>, i: usize) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    Some(v.remove(i % v.len()))
+}
+
 /// Applies `op` to the cluster and returns the input that says so.
 fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
     *n += 1;
@@ -107,15 +136,7 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
             c.pods.push(p.clone());
             Input::Upsert(entry(Object::Pod(p)))
         }
-        Op::DeletePod(i) => {
-            if c.pods.is_empty() {
-                return None;
-            }
-            let p = c.pods.remove(i % c.pods.len());
-            Input::Delete {
-                origin: origin(&Object::Pod(p)),
-            }
-        }
+        Op::DeletePod(i) => delete(Object::Pod(remove_nth(&mut c.pods, i)?)),
         Op::RelabelPod(i, k) => {
             let len = c.pods.len();
             let p = c.pods.get_mut(i % len.max(1))?;
@@ -151,15 +172,7 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
             c.policies.push(p.clone());
             Input::Upsert(entry(Object::NetworkPolicy(p)))
         }
-        Op::DeletePolicy(i) => {
-            if c.policies.is_empty() {
-                return None;
-            }
-            let p = c.policies.remove(i % c.policies.len());
-            Input::Delete {
-                origin: origin(&Object::NetworkPolicy(p)),
-            }
-        }
+        Op::DeletePolicy(i) => delete(Object::NetworkPolicy(remove_nth(&mut c.policies, i)?)),
         Op::ScalePod(i) => {
             let mut p: Pod = c.pods.get(i % c.pods.len().max(1))?.clone();
             p.name = format!("{}-r{n}", p.name);
@@ -221,9 +234,7 @@ fn incremental_equals_full_rebuild() {
             if refuses {
                 ambiguous_ports(&mut c);
             }
-            let rec = Recording::new();
-            let mut a = agent(&rec);
-            a.handle(resync(&c));
+            let (rec, mut a) = started(&c);
             a.sync().unwrap();
             let mut n = 0;
             let check = |a: &mut Agent<Recording>, c: &Cluster| -> Result<(), TestCaseError> {
@@ -299,9 +310,7 @@ fn replicas_and_relabels_in_a_refused_cluster_patch_elements() {
     params.admin_policies = 1;
     let mut c = synth::cluster(&params);
     ambiguous_ports(&mut c);
-    let rec = Recording::new();
-    let mut a = agent(&rec);
-    a.handle(resync(&c));
+    let (rec, mut a) = started(&c);
     assert_eq!(a.sync().unwrap().path, SyncPath::Full);
     let mut n = 0;
     let local = c
@@ -347,10 +356,7 @@ fn replicas_and_relabels_in_a_refused_cluster_patch_elements() {
         c.pods[i].labels = labels;
         a.handle(Input::Upsert(entry(Object::Pod(c.pods[i].clone()))));
         let r = a.sync().unwrap();
-        assert_eq!(
-            rec.state().table.as_ref(),
-            Some(&full_rebuild_and_garbage(c, a))
-        );
+        assert_is_rebuild(&rec, c, a);
         assert_eq!(r.path, SyncPath::Full, "{r:?}");
         r
     };
@@ -378,9 +384,7 @@ fn cluster() -> Cluster {
 #[test]
 fn a_pod_relabel_changes_only_map_elements() {
     let mut c = cluster();
-    let rec = Recording::new();
-    let mut a = agent(&rec);
-    a.handle(resync(&c));
+    let (rec, mut a) = started(&c);
     assert!(a.sync().unwrap().replaced);
     let i = c
         .pods
@@ -407,10 +411,7 @@ fn a_pod_relabel_changes_only_map_elements() {
     assert!(sets.iter().any(|d| d.set == "identity4"), "{sets:?}");
     assert!(text.contains(&ip), "{text}");
     drop(st);
-    assert_eq!(
-        rec.state().table.as_ref(),
-        Some(&full_rebuild_and_garbage(&c, &a))
-    );
+    assert_is_rebuild(&rec, &c, &a);
 }
 
 /// The object-count gauges follow the store: set after the first sync, and
@@ -418,9 +419,7 @@ fn a_pod_relabel_changes_only_map_elements() {
 #[test]
 fn object_counts_follow_the_store() {
     let mut c = cluster();
-    let rec = Recording::new();
-    let mut a = agent(&rec);
-    a.handle(resync(&c));
+    let (_rec, mut a) = started(&c);
     a.sync().unwrap();
     let gauge = |a: &Agent<Recording>, kind: &str| {
         let m = a.metrics().encode();
@@ -452,15 +451,10 @@ spec:
   - ports: [{port: 80}]
 "#;
 
-const BAD: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: ns0}
-spec:
-  podSelector: {matchLabels: {app: app0}}
-  ingress:
-  - ports: [{port: 90, endPort: 85}]
-"#;
+/// `GOOD` with an inverted port range, which decoding refuses.
+fn bad() -> String {
+    GOOD.replace("{port: 80}", "{port: 90, endPort: 85}")
+}
 
 fn file(body: &str) -> Input {
     Input::Upsert(Entry::decode_bytes(
@@ -473,15 +467,13 @@ fn file(body: &str) -> Input {
 #[test]
 fn an_invalid_update_keeps_the_previous_version() {
     let c = cluster();
-    let rec = Recording::new();
-    let mut a = agent(&rec);
-    a.handle(resync(&c));
+    let (rec, mut a) = started(&c);
     assert!(a.handle(file(GOOD)));
     a.sync().unwrap();
     let before = rec.state().table.clone();
     let deltas = rec.state().deltas.len();
 
-    assert!(!a.handle(file(BAD)), "an invalid update changes nothing");
+    assert!(!a.handle(file(&bad())), "an invalid update changes nothing");
     let h = a.health();
     let status = h.lock().unwrap().status();
     assert!(status.starts_with("degraded"), "{status}");
@@ -585,9 +577,7 @@ fn bursts_are_debounced_into_one_transaction() {
 #[test]
 fn a_restarted_agent_patches_the_existing_table() {
     let mut c = cluster();
-    let rec = Recording::new();
-    let mut first = agent(&rec);
-    first.handle(resync(&c));
+    let (rec, mut first) = started(&c);
     first.sync().unwrap();
     drop(first);
 
@@ -603,10 +593,7 @@ fn a_restarted_agent_patches_the_existing_table() {
     third.handle(resync(&c));
     let r = third.sync().unwrap();
     assert!(!r.replaced && r.removed > 0, "{r:?}");
-    assert_eq!(
-        rec.state().table.as_ref(),
-        Some(&full_rebuild_and_garbage(&c, &third))
-    );
+    assert_is_rebuild(&rec, &c, &third);
     let _ = gone;
 
     // A failed element delta re-reads the table and converges.
@@ -614,10 +601,7 @@ fn a_restarted_agent_patches_the_existing_table() {
     c.pods[0].labels.insert("app".into(), "x".into());
     third.handle(Input::Upsert(entry(Object::Pod(c.pods[0].clone()))));
     third.sync().unwrap();
-    assert_eq!(
-        rec.state().table.as_ref(),
-        Some(&full_rebuild_and_garbage(&c, &third))
-    );
+    assert_is_rebuild(&rec, &c, &third);
 }
 
 #[test]
@@ -653,10 +637,7 @@ fn a_large_interval_delta_replaces_the_table() {
         let input = step(&mut c, &mut n, &op).unwrap();
         a.handle(input);
         replaced += usize::from(a.sync().unwrap().replaced);
-        assert_eq!(
-            rec.state().table.as_ref(),
-            Some(&full_rebuild_and_garbage(&c, &a))
-        );
+        assert_is_rebuild(&rec, &c, &a);
     }
     assert!(replaced > 0, "no policy change removed interval elements");
 }

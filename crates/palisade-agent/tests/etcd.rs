@@ -89,6 +89,26 @@ fn converge(rec: &Recording, ips: &[&str], what: &str) {
     }
 }
 
+/// An agent on a fresh recording, fed by the etcd source at `endpoints`
+/// on threads of its own.
+fn run_agent(cfg: AgentConfig, endpoints: Vec<String>) -> (Recording, Arc<Mutex<Health>>) {
+    let rec = Recording::new();
+    let agent = Agent::new(cfg, rec.clone());
+    let health = agent.health();
+    let (tx, rx) = channel();
+    etcd::spawn(endpoints, tx).unwrap();
+    std::thread::spawn(move || agent.run(rx));
+    (rec, health)
+}
+
+fn wait_ready(h: &Arc<Mutex<Health>>) {
+    let t = Instant::now();
+    while !h.lock().unwrap().ready {
+        assert!(t.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_health(h: &Arc<Mutex<Health>>, degraded: bool, what: &str) -> String {
     let t = Instant::now();
     loop {
@@ -139,14 +159,9 @@ fn the_agent_follows_etcd_through_outages_and_compaction() {
         "{keys:?}"
     );
 
-    let rec = Recording::new();
     let mut cfg = AgentConfig::new("n1", vec![etcd::SCOPE.to_string()]);
     cfg.max_backoff = Duration::from_millis(500);
-    let agent = Agent::new(cfg, rec.clone());
-    let health = agent.health();
-    let (tx, rx) = channel();
-    etcd::spawn(ep.clone(), tx).unwrap();
-    std::thread::spawn(move || agent.run(rx));
+    let (rec, health) = run_agent(cfg, ep.clone());
     converge(&rec, &["10.9.0.1"], "initial snapshot");
     wait_health(&health, false, "initial");
 
@@ -222,37 +237,20 @@ fn next_resync(rx: &Receiver<Input>, what: &str) -> (Vec<Entry>, Vec<String>) {
 #[test]
 fn the_agent_starts_on_a_datastore_many_times_one_grpc_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(etcd) = Etcd::start(tmp.path()) else {
+    let Some((_etcd, ep)) = started_with_base(tmp.path()) else {
         return;
     };
-    let ep = vec![etcd.client.clone()];
-    datastore::apply(&ep, &[write(tmp.path(), "base.yaml", BASE)]).unwrap();
     let bytes = block_on(put_pods(&mut connect(&ep), "big", 0, MANY));
     assert!(bytes > 8 << 20, "only {bytes} bytes of pods");
 
     let list = datastore::get(&ep, Some("Pod")).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), MANY + 1);
 
-    let rec = Recording::new();
-    let agent = Agent::new(
-        AgentConfig::new("n1", vec![etcd::SCOPE.to_string()]),
-        rec.clone(),
-    );
-    let health = agent.health();
-    let (tx, rx) = channel();
-    etcd::spawn(ep, tx).unwrap();
-    std::thread::spawn(move || agent.run(rx));
-    let mut ips: Vec<std::net::Ipv4Addr> = (0..MANY).map(pod_ip).collect();
-    ips.push("10.9.0.1".parse().unwrap());
-    ips.sort();
-    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let (rec, health) = run_agent(AgentConfig::new("n1", vec![etcd::SCOPE.to_string()]), ep);
+    let ips = all_ips((0..MANY).map(pod_ip).chain(["10.9.0.1".parse().unwrap()]));
     let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
     converge(&rec, &ips, "snapshot of many pods");
-    let t = Instant::now();
-    while !health.lock().unwrap().ready {
-        assert!(t.elapsed() < Duration::from_secs(120), "never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ready(&health);
     let s = wait_health(&health, false, "snapshot of many pods");
     assert_eq!(s, "ok\n");
 }
@@ -287,25 +285,26 @@ fn fall_behind(
     proxy.hold(false);
 }
 
-/// The etcd source alone, through a proxy, after its first snapshot of
-/// `MANY` pods.
-fn watching(etcd: &Etcd) -> (Client, Proxy, Receiver<Input>) {
+/// A fresh etcd in a directory of its own (`None` where none is
+/// installed) and the etcd source alone, through a proxy, after its first
+/// snapshot of `MANY` pods.
+fn watching() -> Option<(tempfile::TempDir, Etcd, Client, Proxy, Receiver<Input>)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path())?;
     let mut c = connect(std::slice::from_ref(&etcd.client));
     block_on(put_pods(&mut c, "big", 0, MANY));
     let proxy = Proxy::start(&etcd.client);
     let (tx, rx) = channel();
     etcd::spawn(vec![proxy.url.clone()], tx).unwrap();
     assert_eq!(next_resync(&rx, "first snapshot").0.len(), MANY);
-    (c, proxy, rx)
+    Some((tmp, etcd, c, proxy, rx))
 }
 
 #[test]
 fn a_watch_cancelled_by_compaction_resyncs_and_sees_what_changed_meanwhile() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(etcd) = Etcd::start(tmp.path()) else {
+    let Some((_tmp, _etcd, mut c, proxy, rx)) = watching() else {
         return;
     };
-    let (mut c, proxy, rx) = watching(&etcd);
     // A deletion while the watch is behind, and a compaction past it, leave
     // the watch nothing to catch up from.
     let late = 300;
@@ -337,11 +336,9 @@ fn a_watch_cancelled_by_compaction_resyncs_and_sees_what_changed_meanwhile() {
 
 #[test]
 fn a_watch_catching_up_takes_replies_larger_than_one_grpc_message() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(etcd) = Etcd::start(tmp.path()) else {
+    let Some((_tmp, _etcd, mut c, proxy, rx)) = watching() else {
         return;
     };
-    let (mut c, proxy, rx) = watching(&etcd);
     // Catching up, etcd sends the events of up to 1,000 revisions in one
     // reply: here about 5 MB.
     let late = 1_000;
@@ -416,6 +413,15 @@ fn errors_are_one_sentence() {
 /// release-build figures are in BENCHMARKS.md ("etcd snapshot at size").
 const SCALE: usize = 50_000;
 
+/// A fresh etcd (`None` where none is installed) holding `BASE`, and its
+/// endpoints.
+fn started_with_base(dir: &Path) -> Option<(Etcd, Vec<String>)> {
+    let etcd = Etcd::start(dir)?;
+    let ep = vec![etcd.client.clone()];
+    datastore::apply(&ep, &[write(dir, "base.yaml", BASE)]).unwrap();
+    Some((etcd, ep))
+}
+
 fn all_ips(ips: impl IntoIterator<Item = std::net::Ipv4Addr>) -> Vec<String> {
     let mut ips: Vec<std::net::Ipv4Addr> = ips.into_iter().collect();
     ips.sort();
@@ -425,33 +431,22 @@ fn all_ips(ips: impl IntoIterator<Item = std::net::Ipv4Addr>) -> Vec<String> {
 #[test]
 fn the_agent_starts_and_resyncs_at_scale() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(etcd) = Etcd::start(tmp.path()) else {
+    let Some((etcd, ep)) = started_with_base(tmp.path()) else {
         return;
     };
-    let ep = vec![etcd.client.clone()];
-    datastore::apply(&ep, &[write(tmp.path(), "base.yaml", BASE)]).unwrap();
     let mut c = connect(&ep);
     block_on(put_pods(&mut c, "big", 0, SCALE));
 
     let proxy = Proxy::start(&etcd.client);
-    let rec = Recording::new();
-    let agent = Agent::new(
+    let (rec, health) = run_agent(
         AgentConfig::new("n1", vec![etcd::SCOPE.to_string()]),
-        rec.clone(),
+        vec![proxy.url.clone()],
     );
-    let health = agent.health();
-    let (tx, rx) = channel();
-    etcd::spawn(vec![proxy.url.clone()], tx).unwrap();
-    std::thread::spawn(move || agent.run(rx));
     let web = "10.9.0.1".parse().unwrap();
     let ips = all_ips((0..SCALE).map(pod_ip).chain([web]));
     let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
     converge(&rec, &ips, "start at scale");
-    let t = Instant::now();
-    while !health.lock().unwrap().ready {
-        assert!(t.elapsed() < Duration::from_secs(120), "never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ready(&health);
 
     let late = 300;
     fall_behind(&mut c, &proxy, SCALE, late, async |c: &mut Client| {

@@ -76,17 +76,24 @@ fn index(facts: &NodeFacts, name: &str) -> u32 {
         .index
 }
 
+/// A namespace `tag` and a pod namespace `tag-pod` whose `eth0` is the
+/// peer of the namespace's veth `veth`; both down and unaddressed.
+fn with_pod(tag: &str, veth: &str) -> (Netns, Netns) {
+    let ns = netns(tag);
+    let pod = netns(&format!("{tag}-pod"));
+    ns.ip(&format!(
+        "link add {veth} type veth peer name eth0 netns {}",
+        pod.0
+    ));
+    (ns, pod)
+}
+
 #[test]
 fn read_sees_veths_routes_bridges_neighbours_and_fdb() {
     if !is_root() {
         return;
     }
-    let ns = netns("read");
-    let pod = netns("read-pod");
-    ns.ip(&format!(
-        "link add veth-a type veth peer name eth0 netns {}",
-        pod.0
-    ));
+    let (ns, _pod) = with_pod("read", "veth-a");
     ns.ip("link set veth-a up");
     ns.ip("route add 10.9.0.5/32 dev veth-a");
     ns.ip("route add fd09::5/128 dev veth-a");
@@ -249,12 +256,7 @@ fn poke_resolves_the_neighbour_of_an_address() {
     if !is_root() {
         return;
     }
-    let ns = netns("poke");
-    let pod = netns("poke-pod");
-    ns.ip(&format!(
-        "link add veth-p type veth peer name eth0 netns {}",
-        pod.0
-    ));
+    let (ns, pod) = with_pod("poke", "veth-p");
     ns.ip("addr add 10.9.4.1/24 dev veth-p");
     ns.ip("link set veth-p up");
     pod.ip("addr add 10.9.4.2/24 dev eth0");

@@ -126,6 +126,15 @@ fn kinds_of_sets() -> Ruleset {
         comment: String::new(),
         elements: Vec::new(),
     };
+    // The rule sets: the subject's mark, the peer, protocol and port.
+    let rule_set = |name: &str, peer: Type, interval: bool| {
+        set(
+            name,
+            vec![Type::Mark, peer, Type::Proto, Type::Port],
+            None,
+            interval,
+        )
+    };
     Ruleset {
         sets: vec![
             set("ifaces", vec![Type::Ifname], None, false),
@@ -134,30 +143,10 @@ fn kinds_of_sets() -> Ruleset {
             set("id4", vec![Type::Ipv4], Some(Type::Mark), false),
             set("id6", vec![Type::Ipv6], Some(Type::Mark), false),
             set("verdicts", vec![Type::Mark], Some(Type::Verdict), false),
-            set(
-                "peer_port",
-                vec![Type::Mark, Type::Mark, Type::Proto, Type::Port],
-                None,
-                false,
-            ),
-            set(
-                "peer_range",
-                vec![Type::Mark, Type::Mark, Type::Proto, Type::Port],
-                None,
-                true,
-            ),
-            set(
-                "cidr4",
-                vec![Type::Mark, Type::Ipv4, Type::Proto, Type::Port],
-                None,
-                true,
-            ),
-            set(
-                "cidr6",
-                vec![Type::Mark, Type::Ipv6, Type::Proto, Type::Port],
-                None,
-                true,
-            ),
+            rule_set("peer_port", Type::Mark, false),
+            rule_set("peer_range", Type::Mark, true),
+            rule_set("cidr4", Type::Ipv4, true),
+            rule_set("cidr6", Type::Ipv6, true),
         ],
         chains: Vec::new(),
     }
@@ -172,6 +161,10 @@ fn elements_for(rs: &mut Ruleset, i: u32) {
     for s in &mut rs.sets {
         let e = |key: Vec<Value>, data: Option<Value>| Element { key, data };
         let (p, q) = (1 + (i % 7) as u16 * 100, 2 + (i % 7) as u16 * 100);
+        // The rule sets' keys: this seed's mark, the peer, protocol, ports.
+        let rule = |peer: Value, proto: u8, ports: Value| {
+            e(vec![Value::Mark(i), peer, Value::Proto(proto), ports], None)
+        };
         s.elements.push(match s.name.as_str() {
             "ifaces" => e(vec![Value::Ifname(ifname(i))], None),
             "src4" => e(vec![Value::Ifname(ifname(i)), Value::Ipv4(v4(i))], None),
@@ -186,42 +179,18 @@ fn elements_for(rs: &mut Ruleset, i: u32) {
                     Verdict::Drop
                 })),
             ),
-            "peer_port" => e(
-                vec![
-                    Value::Mark(i),
-                    Value::Mark(i + 1),
-                    Value::Proto(6),
-                    Value::Port(p),
-                ],
-                None,
+            "peer_port" => rule(Value::Mark(i + 1), 6, Value::Port(p)),
+            "peer_range" => rule(Value::Mark(i + 1), 17, Value::PortRange(p, q + 50)),
+            // A one-port range: deleted as `80-80`.
+            "cidr4" => rule(
+                Value::Ipv4Range(v4(i << 8), v4((i << 8) + 255)),
+                6,
+                Value::PortRange(p, p),
             ),
-            "peer_range" => e(
-                vec![
-                    Value::Mark(i),
-                    Value::Mark(i + 1),
-                    Value::Proto(17),
-                    Value::PortRange(p, q + 50),
-                ],
-                None,
-            ),
-            "cidr4" => e(
-                vec![
-                    Value::Mark(i),
-                    Value::Ipv4Range(v4(i << 8), v4((i << 8) + 255)),
-                    Value::Proto(6),
-                    // A one-port range: deleted as `80-80`.
-                    Value::PortRange(p, p),
-                ],
-                None,
-            ),
-            "cidr6" => e(
-                vec![
-                    Value::Mark(i),
-                    Value::Ipv6Range(v6(i << 16), v6((i << 16) + 0xffff)),
-                    Value::Proto(132),
-                    Value::PortRange(p, q),
-                ],
-                None,
+            "cidr6" => rule(
+                Value::Ipv6Range(v6(i << 16), v6((i << 16) + 0xffff)),
+                132,
+                Value::PortRange(p, q),
             ),
             other => unreachable!("{other}"),
         });

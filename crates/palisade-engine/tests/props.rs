@@ -63,16 +63,21 @@ fn np_port(spec: &PortSpec, dst: Option<&Pod>, proto: Protocol, port: u16) -> bo
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A flow's destination port, with the pod whose named ports can match it.
+#[derive(Clone, Copy)]
+struct DstPort<'a> {
+    pod: Option<&'a Pod>,
+    proto: Protocol,
+    port: u16,
+}
+
 fn rule_allows(
     c: &Cluster,
     ns: &str,
     r: &Rule,
     other: Option<&Pod>,
     ip: IpAddr,
-    dst: Option<&Pod>,
-    proto: Protocol,
-    port: u16,
+    to: DstPort,
 ) -> bool {
     let peer_ok = r
         .peers
@@ -81,7 +86,7 @@ fn rule_allows(
     let port_ok = r
         .ports
         .as_ref()
-        .is_none_or(|ps| ps.iter().any(|s| np_port(s, dst, proto, port)));
+        .is_none_or(|ps| ps.iter().any(|s| np_port(s, to.pod, to.proto, to.port)));
     peer_ok && port_ok
 }
 
@@ -118,17 +123,14 @@ fn admin_port(p: &AdminPort, dst: Option<&Pod>, proto: Protocol, port: u16) -> b
 }
 
 /// One direction: `subject` is the pod the policies apply to, `other` the
-/// peer with address `ip`; `dst` holds the named ports.
-#[allow(clippy::too_many_arguments)]
+/// peer with address `ip`.
 fn direction(
     c: &Cluster,
     ingress: bool,
     subject: Option<&Pod>,
     other: Option<&Pod>,
     ip: IpAddr,
-    dst: Option<&Pod>,
-    proto: Protocol,
-    port: u16,
+    to: DstPort,
 ) -> bool {
     let Some(s) = selectable(subject) else {
         return true;
@@ -154,7 +156,7 @@ fn direction(
                 let port_ok = r
                     .ports
                     .as_ref()
-                    .is_none_or(|ps| ps.iter().any(|p| admin_port(p, dst, proto, port)));
+                    .is_none_or(|ps| ps.iter().any(|p| admin_port(p, to.pod, to.proto, to.port)));
                 if peer && port_ok {
                     return Some(r.action);
                 }
@@ -200,7 +202,7 @@ fn direction(
             rules
                 .unwrap()
                 .iter()
-                .any(|r| rule_allows(c, &p.namespace, r, other, ip, dst, proto, port))
+                .any(|r| rule_allows(c, &p.namespace, r, other, ip, to))
         });
     }
     !matches!(tier_decision(AdminTier::Baseline), Some(AdminAction::Deny))
@@ -208,8 +210,12 @@ fn direction(
 
 fn oracle(c: &Cluster, f: &Flow) -> bool {
     let (src, dst) = (pod_of(c, f.src), pod_of(c, f.dst));
-    direction(c, false, src, dst, f.dst_ip, dst, f.protocol, f.port)
-        && direction(c, true, dst, src, f.src_ip, dst, f.protocol, f.port)
+    let to = DstPort {
+        pod: dst,
+        proto: f.protocol,
+        port: f.port,
+    };
+    direction(c, false, src, dst, f.dst_ip, to) && direction(c, true, dst, src, f.src_ip, to)
 }
 
 const PORTS: [(u16, Protocol); 7] = [
@@ -223,6 +229,26 @@ const PORTS: [(u16, Protocol); 7] = [
 ];
 
 /// Random flows between pods, external addresses and node addresses.
+/// The engine decides each of `flows` as the oracle does, and its verdict
+/// says the same as its plain answer.
+fn agrees_with_oracle(
+    engine: &Engine,
+    c: &Cluster,
+    flows: impl IntoIterator<Item = Flow>,
+) -> Result<(), TestCaseError> {
+    for f in flows {
+        prop_assert_eq!(
+            engine.allowed(&f),
+            oracle(c, &f),
+            "flow {:?}: {:?}",
+            f,
+            engine.verdict(&f).reasons
+        );
+        prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+    }
+    Ok(())
+}
+
 fn flows(engine: &Engine, seed: u64, n: usize) -> Vec<Flow> {
     let c = engine.cluster();
     let mut r = Rng::new(seed);
@@ -279,8 +305,7 @@ proptest! {
         let c = synth::cluster(&params(seed, admin, pods, policies));
         let engine = Engine::new(c.clone());
         for f in flows(&engine, seed ^ 0x55, 300) {
-            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
-            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+            agrees_with_oracle(&engine, &c, [f])?;
             for dir in [palisade_engine::Direction::Ingress, palisade_engine::Direction::Egress] {
                 prop_assert_eq!(engine.outcome(dir, &f).allowed(), engine.allowed_in(dir, &f));
             }
@@ -327,8 +352,7 @@ proptest! {
             let Ok(f) = engine.flow_between(&sa, &da, proto, port) else {
                 continue;
             };
-            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
-            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
+            agrees_with_oracle(&engine, &c, [f])?;
         }
     }
 
@@ -341,10 +365,7 @@ proptest! {
     fn many_admin_rules_match_naive_oracle(seed in any::<u64>(), admin in 30usize..50, pods in 2usize..16, policies in 0usize..60) {
         let c = synth::cluster(&params(seed, admin, pods, policies));
         let engine = Engine::new(c.clone());
-        for f in flows(&engine, seed ^ 0x99, 200) {
-            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
-            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
-        }
+        agrees_with_oracle(&engine, &c, flows(&engine, seed ^ 0x99, 200))?;
     }
 
     /// Pods that give one port number several names, and some pods named
@@ -424,10 +445,7 @@ proptest! {
             });
         }
         let engine = Engine::new(c.clone());
-        for f in flows(&engine, seed ^ 0x77, 300) {
-            prop_assert_eq!(engine.allowed(&f), oracle(&c, &f), "flow {:?}: {:?}", f, engine.verdict(&f).reasons);
-            prop_assert_eq!(engine.verdict(&f).allowed, engine.allowed(&f));
-        }
+        agrees_with_oracle(&engine, &c, flows(&engine, seed ^ 0x77, 300))?;
     }
 
     /// Adding a NetworkPolicy never removes an allowed ingress to a pod that

@@ -61,16 +61,12 @@ spec:
     ports: [{port: 80}, {port: 81}]
 "#;
 
-const B_FROM_A_80: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b-from-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {pod: a}}}]
-    ports: [{port: 80}]
----
+/// `B_FROM_A` narrowed to port 80, beside a policy of another namespace.
+fn b_from_a_80() -> String {
+    B_FROM_A.replace(", {port: 81}", "") + UNRELATED
+}
+
+const UNRELATED: &str = r#"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: unrelated, namespace: y}
@@ -98,7 +94,7 @@ fn established_connections_survive_a_ruleset_change() {
 
     // Replace the ruleset (one transaction per node): 80 still allowed,
     // 81 no longer.
-    let after = engine(B_FROM_A_80);
+    let after = engine(&b_from_a_80());
     lab.apply(&after).unwrap();
     assert!(
         palisade_lab::echo_roundtrip(&mut on80, b"two", t),

@@ -3,7 +3,6 @@
 //! port over IPv4 and IPv6. Needs root; without it each test says why and
 //! returns.
 
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use palisade_engine::{Engine, PortProto};
@@ -33,19 +32,10 @@ fn up(name: &str, engine: &Engine, ports: &[PortProto]) -> Lab {
     .unwrap_or_else(|e| panic!("lab {name}: {e}"))
 }
 
-fn case_ports(case: &palisade_testkit::Case, engine: &Engine) -> Vec<PortProto> {
-    let p: BTreeSet<PortProto> = case.expectations.iter().map(|e| e.port).collect();
-    if p.is_empty() {
-        engine.default_ports()
-    } else {
-        p.into_iter().collect()
-    }
-}
-
 /// Brings up one case's lab, probes, tears down; returns the disagreements.
 fn run_case(lab_name: &str, case: &palisade_testkit::Case) -> Vec<String> {
     let engine = Engine::new(case.cluster.clone());
-    let ports = case_ports(case, &engine);
+    let ports = case.ports(&engine);
     let lab = up(lab_name, &engine, &ports);
     let obs = palisade_lab::probe(&lab.state, &engine, &ports, &ProbeOptions::default())
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
@@ -92,11 +82,5 @@ fn every_case_agrees_with_the_engine() {
             });
         }
     });
-    let failures = failures.into_inner().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} disagreements:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    palisade_testkit::assert_agrees(&failures.into_inner().unwrap());
 }

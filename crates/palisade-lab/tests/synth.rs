@@ -72,11 +72,5 @@ fn random_clusters_agree_with_the_engine() {
             });
         }
     });
-    let failures = failures.into_inner().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} disagreements:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    palisade_testkit::assert_agrees(&failures.into_inner().unwrap());
 }

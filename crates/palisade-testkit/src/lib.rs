@@ -9,6 +9,7 @@
 //!   - "SRC DST PORT/PROTO allowed|denied [~ substring of the reasons]"
 //! ```
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use palisade_engine::{Engine, Flow, PortProto};
@@ -154,6 +155,29 @@ pub fn all_cases() -> Vec<Result<Case, String>> {
         .collect();
     dirs.sort();
     dirs.iter().map(|d| load_case(d)).collect()
+}
+
+impl Case {
+    /// The ports the case's flows use, or the engine's defaults where it
+    /// names none, so that a lab listens on everything probed.
+    pub fn ports(&self, engine: &Engine) -> Vec<PortProto> {
+        let p: BTreeSet<PortProto> = self.expectations.iter().map(|e| e.port).collect();
+        if p.is_empty() {
+            engine.default_ports()
+        } else {
+            p.into_iter().collect()
+        }
+    }
+}
+
+/// Fails with every disagreement of a run at once, not just the first.
+pub fn assert_agrees(bad: &[String]) {
+    assert!(
+        bad.is_empty(),
+        "{} disagreements:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 /// Resolves an expectation to a flow of the engine.

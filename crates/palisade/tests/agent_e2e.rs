@@ -12,26 +12,12 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{converge, engine, free_port, get, lab_up, Proc};
+use support::{converge, engine, free_port, get, lab_up, spawn_etcd, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
 fn start_etcd(dir: &Path) -> (Proc, String) {
-    let client = format!("http://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let child = Command::new("etcd")
-        .args(["--name", "e2e", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("e2e={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    let p = Proc(child);
+    let (p, client) = spawn_etcd(dir, "e2e");
     let t = Instant::now();
     while !Command::new("etcdctl")
         .args(["--endpoints", &client, "endpoint", "health"])

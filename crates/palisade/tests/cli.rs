@@ -221,30 +221,16 @@ fn a_non_finite_port_is_an_error_not_every_port() {
 
 #[test]
 fn validate_reports_counts_and_bad_arguments_exit_2() {
+    let refined = "examples/webapp/policies-refined";
     let o = palisade(&["validate", "-f", "examples/webapp"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("6 pods"), "{}", stdout(&o));
-    let o = check(
-        "examples/webapp/policies-refined",
-        "default/nope",
-        "default/frontend",
-        "80",
-    );
+    let o = check(refined, "default/nope", "default/frontend", "80");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("pod default/nope not found"));
-    let o = check(
-        "examples/webapp/policies-refined",
-        "default/backend",
-        "default/frontend",
-        "80/ICMP",
-    );
+    let o = check(refined, "default/backend", "default/frontend", "80/ICMP");
     assert_eq!(o.status.code(), Some(2));
-    let o = check(
-        "examples/webapp/policies-refined",
-        "default/backend",
-        "default/frontend",
-        "0",
-    );
+    let o = check(refined, "default/backend", "default/frontend", "0");
     assert_eq!(o.status.code(), Some(2));
     let o = palisade(&["check", "-f", "no/such/file.yaml", "a/b", "c/d", "80"]);
     assert_eq!(o.status.code(), Some(2));

@@ -6,25 +6,27 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-const CLUSTER: &str = r#"
+/// A running pod of namespace t on node n1 with the addresses `ips`.
+fn pod(name: &str, ips: &str) -> String {
+    format!(
+        r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: a, namespace: t}
-spec: {nodeName: n1, containers: [{name: c}]}
-status: {phase: Running, podIPs: [{ip: 10.77.1.10}, {ip: "fd77::1:10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: t}
-spec: {nodeName: n1, containers: [{name: c}]}
-status: {phase: Running, podIPs: [{ip: 10.77.1.11}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: late, namespace: t}
-spec: {nodeName: n1, containers: [{name: c}]}
-status: {phase: Running, podIPs: [{ip: 10.77.1.99}]}
-"#;
+metadata: {{name: {name}, namespace: t}}
+spec: {{nodeName: n1, containers: [{{name: c}}]}}
+status: {{phase: Running, podIPs: [{ips}]}}
+"#
+    )
+}
+
+fn cluster() -> String {
+    [
+        pod("a", r#"{ip: 10.77.1.10}, {ip: "fd77::1:10"}"#),
+        pod("b", "{ip: 10.77.1.11}"),
+        pod("late", "{ip: 10.77.1.99}"),
+    ]
+    .join("---")
+}
 
 fn root() -> bool {
     if palisade_lab::sys::is_root() {
@@ -51,10 +53,11 @@ fn doctor_reads_routed_and_bridged_nodes() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("cluster.yaml");
-    std::fs::write(&file, CLUSTER).unwrap();
+    let cluster = cluster();
+    std::fs::write(&file, &cluster).unwrap();
     let file = file.to_str().unwrap();
     // The lab wires a and b; `late` is in the datastore only.
-    let wired = CLUSTER.split("---").take(2).collect::<Vec<_>>().join("---");
+    let wired = cluster.split("---").take(2).collect::<Vec<_>>().join("---");
     let lab_file = tmp.path().join("lab.yaml");
     std::fs::write(&lab_file, wired).unwrap();
     for (plugin, name) in [("ptp", "docptp"), ("bridge", "docbridge")] {

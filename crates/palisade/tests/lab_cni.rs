@@ -8,25 +8,23 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-const CLUSTER: &str = r#"
+/// A running pod of namespace t serving 8080 on `node`, with the
+/// addresses 10.79.1.`host` and fd79::1:`host`.
+fn pod(name: &str, node: &str, host: u8) -> String {
+    format!(
+        r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: a, namespace: t}
-spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.79.1.10, podIPs: [{ip: 10.79.1.10}, {ip: "fd79::1:10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: t}
-spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.79.1.11, podIPs: [{ip: 10.79.1.11}, {ip: "fd79::1:11"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: t}
-spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.79.1.20, podIPs: [{ip: 10.79.1.20}, {ip: "fd79::1:20"}]}
-"#;
+metadata: {{name: {name}, namespace: t}}
+spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 8080}}]}}]}}
+status: {{phase: Running, podIP: 10.79.1.{host}, podIPs: [{{ip: 10.79.1.{host}}}, {{ip: "fd79::1:{host}"}}]}}
+"#
+    )
+}
+
+fn cluster() -> String {
+    [pod("a", "n1", 10), pod("b", "n1", 11), pod("c", "n2", 20)].join("---")
+}
 
 fn can_run() -> bool {
     let why = if !palisade_lab::sys::is_root() {
@@ -57,7 +55,7 @@ fn cli_lab_up_with_cni_probe_and_down() {
     let _ = palisade_lab::down(name);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("cluster.yaml");
-    std::fs::write(&file, CLUSTER).unwrap();
+    std::fs::write(&file, cluster()).unwrap();
     let file = file.to_str().unwrap();
 
     let out = palisade(&["lab", "up", "-f", file, "--name", name, "--cni", "bridge"]);

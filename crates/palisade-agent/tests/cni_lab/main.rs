@@ -6,12 +6,11 @@
 
 mod harness;
 
-use std::collections::BTreeSet;
-
-use harness::{agents, lab_up, probe, root, wait_settled};
+use harness::{agents, lab_up, probe, root, wait_settled, NodeAgent};
 use palisade_bench::synth;
 use palisade_engine::{Engine, PortProto};
-use palisade_lab::CniPlugin;
+use palisade_lab::{CniPlugin, Lab};
+use palisade_testkit::assert_agrees;
 
 /// The plugins to run (`PALISADE_CNI_PLUGINS=ptp,bridge`, the default).
 fn plugins() -> Vec<CniPlugin> {
@@ -35,15 +34,6 @@ fn tag(p: &CniPlugin) -> &'static str {
     }
 }
 
-fn case_ports(case: &palisade_testkit::Case, engine: &Engine) -> Vec<PortProto> {
-    let p: BTreeSet<PortProto> = case.expectations.iter().map(|e| e.port).collect();
-    if p.is_empty() {
-        engine.default_ports()
-    } else {
-        p.into_iter().collect()
-    }
-}
-
 /// Lab, agents, settle, probe, tear down: the disagreements.
 fn run(
     name: &str,
@@ -63,6 +53,22 @@ fn run(
     bad
 }
 
+/// Each scenario is two tests, one a plugin, so that a failure names the
+/// mode and one mode can be run alone.
+macro_rules! per_plugin {
+    ($scenario:ident, $routed:ident, $bridged:ident) => {
+        #[test]
+        fn $routed() {
+            $scenario(CniPlugin::Ptp);
+        }
+
+        #[test]
+        fn $bridged() {
+            $scenario(CniPlugin::Bridge);
+        }
+    };
+}
+
 fn every_case(plugin: CniPlugin) {
     if !root() || !plugins().contains(&plugin) {
         return;
@@ -74,17 +80,12 @@ fn every_case(plugin: CniPlugin) {
             continue;
         }
         let engine = Engine::new(case.cluster.clone());
-        let ports = case_ports(&case, &engine);
+        let ports = case.ports(&engine);
         let what = format!("{} ({})", case.name, tag(&plugin));
         let name = format!("cnic{}", tag(&plugin));
         bad.extend(run(&name, &what, &engine, plugin.clone(), &ports));
     }
-    assert!(
-        bad.is_empty(),
-        "{} disagreements:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert_agrees(&bad);
 }
 
 /// `PALISADE_CNI_CLUSTERS` random clusters (default 20); even seeds add
@@ -109,33 +110,20 @@ fn random_clusters(plugin: CniPlugin) {
         let name = format!("cnis{}", tag(&plugin));
         bad.extend(run(&name, &what, &engine, plugin.clone(), &ports));
     }
-    assert!(
-        bad.is_empty(),
-        "{} disagreements:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert_agrees(&bad);
 }
 
-#[test]
-fn every_case_agrees_with_the_engine_routed() {
-    every_case(CniPlugin::Ptp);
-}
+per_plugin!(
+    every_case,
+    every_case_agrees_with_the_engine_routed,
+    every_case_agrees_with_the_engine_bridged
+);
 
-#[test]
-fn every_case_agrees_with_the_engine_bridged() {
-    every_case(CniPlugin::Bridge);
-}
-
-#[test]
-fn random_clusters_agree_with_the_engine_routed() {
-    random_clusters(CniPlugin::Ptp);
-}
-
-#[test]
-fn random_clusters_agree_with_the_engine_bridged() {
-    random_clusters(CniPlugin::Bridge);
-}
+per_plugin!(
+    random_clusters,
+    random_clusters_agree_with_the_engine_routed,
+    random_clusters_agree_with_the_engine_bridged
+);
 
 mod spoof;
 
@@ -162,6 +150,24 @@ fn tcp80() -> Vec<PortProto> {
     }]
 }
 
+/// The lab of [`spoof::CLUSTER`] (named `prefix` and the plugin's tag)
+/// with its agents settled; `None` where the plugin is not to run here.
+fn spoof_lab(prefix: &str, plugin: &CniPlugin, what: &str) -> Option<(Lab, Vec<NodeAgent>)> {
+    if !root() || !plugins().contains(plugin) {
+        return None;
+    }
+    let engine = spoof::engine();
+    let lab = lab_up(
+        &format!("{prefix}{}", tag(plugin)),
+        &engine,
+        plugin.clone(),
+        &tcp80(),
+    );
+    let agents = agents(&lab, &engine);
+    wait_settled(&agents, what);
+    Some((lab, agents))
+}
+
 fn mac_of(netns: &str) -> String {
     let out = std::process::Command::new("ip")
         .args(["-n", netns, "-j", "link", "show", "eth0"])
@@ -175,18 +181,9 @@ fn mac_of(netns: &str) -> String {
 /// IPv4 and IPv6, routed and bridged; bridged, also with the other pod's
 /// MAC. The real pod still gets through afterwards.
 fn spoofing(plugin: CniPlugin) {
-    if !root() || !plugins().contains(&plugin) {
+    let Some((lab, agents)) = spoof_lab("cnif", &plugin, "spoofing") else {
         return;
-    }
-    let engine = spoof::engine();
-    let lab = lab_up(
-        &format!("cnif{}", tag(&plugin)),
-        &engine,
-        plugin.clone(),
-        &tcp80(),
-    );
-    let agents = agents(&lab, &engine);
-    wait_settled(&agents, "spoofing");
+    };
     let [n1, n2, n3, nb] = ["a1", "a2", "a3", "b1"].map(|p| netns(&lab, p));
     let wait = Duration::from_millis(700);
     for (a1, a2, a3, b1, len) in FAMILIES {
@@ -234,33 +231,20 @@ fn spoofing(plugin: CniPlugin) {
     lab.down().unwrap();
 }
 
-#[test]
-fn spoofed_sources_are_dropped_routed() {
-    spoofing(CniPlugin::Ptp);
-}
-
-#[test]
-fn spoofed_sources_are_dropped_bridged() {
-    spoofing(CniPlugin::Bridge);
-}
+per_plugin!(
+    spoofing,
+    spoofed_sources_are_dropped_routed,
+    spoofed_sources_are_dropped_bridged
+);
 
 /// The runtime deletes a pod's interface and makes it again while the
 /// agents run: from the first packet the new interface carries, the pod's
 /// egress policy holds (a2 may send only to targets; a1 is none), and once
 /// the agents know the interface the pod's allowed traffic flows.
 fn late_interface(plugin: CniPlugin) {
-    if !root() || !plugins().contains(&plugin) {
+    let Some((mut lab, agents)) = spoof_lab("cnil", &plugin, "late interface") else {
         return;
-    }
-    let engine = spoof::engine();
-    let mut lab = lab_up(
-        &format!("cnil{}", tag(&plugin)),
-        &engine,
-        plugin.clone(),
-        &tcp80(),
-    );
-    let agents = agents(&lab, &engine);
-    wait_settled(&agents, "late interface");
+    };
     let [n1, n2, n3] = ["a1", "a2", "a3"].map(|p| netns(&lab, p));
     lab.cni_del("s/a2").unwrap();
     let t = std::time::Instant::now();
@@ -308,12 +292,8 @@ fn late_interface(plugin: CniPlugin) {
     lab.down().unwrap();
 }
 
-#[test]
-fn a_late_interface_is_enforced_from_its_first_packet_routed() {
-    late_interface(CniPlugin::Ptp);
-}
-
-#[test]
-fn a_late_interface_is_enforced_from_its_first_packet_bridged() {
-    late_interface(CniPlugin::Bridge);
-}
+per_plugin!(
+    late_interface,
+    a_late_interface_is_enforced_from_its_first_packet_routed,
+    a_late_interface_is_enforced_from_its_first_packet_bridged
+);

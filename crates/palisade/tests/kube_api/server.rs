@@ -14,7 +14,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::{json, Value};
 
-use crate::support::{free_port, Proc};
+use crate::support::{free_port, spawn_etcd, Proc};
 
 pub const ADMIN_TOKEN: &str = "palisade-test-admin";
 
@@ -36,16 +36,22 @@ pub fn crd_dir() -> PathBuf {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
+    succeed("openssl", Command::new("openssl").current_dir(dir), args);
+}
+
+/// Runs `cmd` (the tool `name`) with `args` after its own, which must
+/// succeed; its standard output.
+fn succeed(name: &str, cmd: &mut Command, args: &[&str]) -> String {
+    let out = cmd
         .args(args)
         .output()
-        .expect("openssl runs");
+        .unwrap_or_else(|e| panic!("{name} runs: {e:?}"));
     assert!(
         out.status.success(),
-        "openssl {args:?}: {}",
+        "{name} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub struct ApiServer {
@@ -58,7 +64,6 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(dir: &Path) -> ApiServer {
-        let d = |a: &str| a.to_string();
         openssl(
             dir,
             &[
@@ -124,22 +129,7 @@ impl ApiServer {
             format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
         )
         .unwrap();
-        let etcd_url = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let etcd = Proc(
-            Command::new("etcd")
-                .args([d("--name"), d("api"), d("--data-dir")])
-                .arg(dir.join("etcd"))
-                .args(["--listen-client-urls", &etcd_url])
-                .args(["--advertise-client-urls", &etcd_url])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("api={peer}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("etcd starts"),
-        );
+        let (etcd, etcd_url) = spawn_etcd(dir, "api");
         let mut s = ApiServer {
             dir: dir.to_path_buf(),
             _etcd: etcd,
@@ -208,18 +198,10 @@ impl ApiServer {
     /// version expires.
     pub fn compact(&self) {
         let ctl = |args: &[&str]| {
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.etcd_url])
-                .args(args)
-                .output()
-                .expect("etcdctl runs");
-            assert!(
-                out.status.success(),
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let mut cmd = Command::new("etcdctl");
+            cmd.env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.etcd_url]);
+            succeed("etcdctl", &mut cmd, args)
         };
         let status: Value =
             serde_json::from_str(&ctl(&["endpoint", "status", "-w", "json"])).unwrap();

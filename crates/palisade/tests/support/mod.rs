@@ -3,7 +3,8 @@
 //! and probing until the kernel agrees with the engine.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_engine::{Engine, PortProto};
@@ -15,6 +16,26 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An etcd named `name`, its data under `dir/etcd`, on free loopback
+/// ports; killed when dropped, and maybe not serving yet. Its client URL.
+pub fn spawn_etcd(dir: &Path, name: &str) -> (Proc, String) {
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let child = Command::new("etcd")
+        .args(["--name", name, "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("{name}={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd starts");
+    (Proc(child), client)
 }
 
 /// A child process, killed when dropped.
