@@ -133,7 +133,6 @@ mod tier;
 mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chains::*;
@@ -158,23 +157,12 @@ use palisade_engine::index::{AddressMatcher, PeerMatch, ResolvedRule};
 use palisade_engine::{Direction, Engine, IdentityId, PodId};
 use palisade_model::{AdminTier, IpBlock, Pod, PortSpec, Protocol};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
     /// The named node is not in the cluster and no pod runs on it.
+    #[error("node {0:?} is neither a Node object nor any pod's node")]
     UnknownNode(String),
 }
-
-impl fmt::Display for CompileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CompileError::UnknownNode(n) => {
-                write!(f, "node {n:?} is neither a Node object nor any pod's node")
-            }
-        }
-    }
-}
-
-impl std::error::Error for CompileError {}
 
 /// Which pods are local to the node the ruleset is for.
 #[derive(Clone, Debug, PartialEq, Eq)]

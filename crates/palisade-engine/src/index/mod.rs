@@ -35,7 +35,7 @@ pub struct Index {
     identities: Vec<Identity>,
     /// Identity of each pod; `None` for non-endpoints. Crate-visible for
     /// the synthetic flow generator, which samples pods by it.
-    pub(crate) pod_identity: Vec<Option<IdentityId>>,
+    pod_identity: Vec<Option<IdentityId>>,
     /// Distinct selector pairs, one shared identity set each.
     sets: Vec<IdSet>,
     set_keys: Vec<SetKey>,
