@@ -1,7 +1,7 @@
 //! Bringing a lab up and down: namespaces, veths, routes, the compiled
 //! rulesets and the listeners.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -174,12 +174,7 @@ impl Lab {
             in_netns(ns, || sys::write_sysctls(NS_SYSCTLS))?;
         }
         let cluster = engine.cluster();
-        let pod_index: HashMap<String, usize> = cluster
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key(), i))
-            .collect();
+        let pod_index = crate::state::pod_index(cluster);
 
         let mut fab = String::from("link set lo up\n");
         for (n, node) in st.nodes.iter().enumerate() {
@@ -437,7 +432,7 @@ impl Lab {
     }
 
     pub fn pod(&self, key: &str) -> Option<&PodState> {
-        self.state.pods.iter().find(|p| p.key == key)
+        self.state.pod(key)
     }
 
     /// Removes the lab now.

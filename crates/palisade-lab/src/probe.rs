@@ -120,12 +120,7 @@ fn tasks(
     opts: &ProbeOptions,
 ) -> Result<Vec<Task>> {
     let cluster = engine.cluster();
-    let pod_index: HashMap<String, usize> = cluster
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.key(), i))
-        .collect();
+    let pod_index = crate::state::pod_index(cluster);
     let mut tasks = Vec::new();
     for (si, s) in state.pods.iter().enumerate() {
         if !opts.only_src.is_empty() && !opts.only_src.contains(&s.key) {
@@ -345,9 +340,7 @@ pub fn connect_from(
     timeout: Duration,
 ) -> Result<TcpStream> {
     let pod = state
-        .pods
-        .iter()
-        .find(|p| p.key == src)
+        .pod(src)
         .ok_or_else(|| Error::Msg(format!("no pod {src} in the lab")))?;
     in_netns(&pod.netns, move || {
         TcpStream::connect_timeout(&dst, timeout)

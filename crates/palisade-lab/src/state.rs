@@ -87,6 +87,11 @@ pub struct State {
 }
 
 impl State {
+    /// The lab pod `key` (`namespace/name`).
+    pub fn pod(&self, key: &str) -> Option<&PodState> {
+        self.pods.iter().find(|p| p.key == key)
+    }
+
     pub(crate) fn save(&self) -> Result<()> {
         std::fs::create_dir_all(STATE_DIR).map_err(io_err(STATE_DIR))?;
         let p = state_path(&self.name);
@@ -102,4 +107,16 @@ pub fn load(name: &str) -> Result<State> {
     let text =
         std::fs::read_to_string(&p).map_err(io_err(format!("lab {name:?} ({})", p.display())))?;
     serde_json::from_str(&text).map_err(|e| Error::Msg(format!("{}: {e}", p.display())))
+}
+
+/// Each cluster pod's position by `namespace/name`.
+pub(crate) fn pod_index(
+    cluster: &palisade_model::Cluster,
+) -> std::collections::HashMap<String, usize> {
+    cluster
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.key(), i))
+        .collect()
 }
