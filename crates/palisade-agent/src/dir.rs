@@ -279,7 +279,7 @@ impl Tree {
         let rel = path.strip_prefix(&self.root).ok()?;
         if rel
             .components()
-            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+            .any(|c| manifests::is_hidden_name(c.as_os_str()))
         {
             return None;
         }

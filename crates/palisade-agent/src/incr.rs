@@ -36,7 +36,7 @@ fn key_of(o: &Object) -> Option<ObjectKey> {
         Object::NetworkPolicy(p) => Some((Kind::Policy, (p.namespace.clone(), p.name.clone()))),
         Object::Namespace(n) => Some((Kind::Namespace, (String::new(), n.name.clone()))),
         Object::Node(n) => Some((Kind::Node, (String::new(), n.name.clone()))),
-        Object::AdminPolicy(_) => None,
+        Object::AdminPolicy(_) | Object::Workload(_) => None,
     }
 }
 
@@ -132,7 +132,10 @@ impl Incr {
                 continue;
             }
             let mut keys = Vec::new();
-            for o in before.iter().chain(after) {
+            // A workload changes nothing the node enforces (see
+            // `Store::cluster`).
+            let enforced = |o: &&Located<Object>| !matches!(o.value, Object::Workload(_));
+            for o in before.iter().chain(after).filter(enforced) {
                 let k = key_of(&o.value).ok_or("an admin policy")?;
                 if !keys.contains(&k) {
                     keys.push(k);

@@ -30,11 +30,17 @@ pub fn is_manifest_name(p: &Path) -> bool {
     matches!(ext.as_deref(), Some("yaml" | "yml" | "json"))
 }
 
-/// Whether a name is hidden (`.name`), or not a name at all.
+/// Whether a path's last name is hidden (see [`is_hidden_name`]), or it
+/// has no name at all.
 pub fn is_hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| n.starts_with('.'))
+    p.file_name().is_none_or(is_hidden_name)
+}
+
+/// Whether one name is hidden: `.name`, or not valid UTF-8 (it could not
+/// be named in messages or origins). The walk and the watcher both decide
+/// with this, so that a change event and a scan agree on what is read.
+pub fn is_hidden_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_none_or(|n| n.starts_with('.'))
 }
 
 /// Why an entry was not read.

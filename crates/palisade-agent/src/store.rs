@@ -32,6 +32,10 @@ fn kind_of(o: &Object) -> &'static str {
             "ClusterNetworkPolicy" => "ClusterNetworkPolicy",
             _ => "AdminPolicy",
         },
+        Object::Workload(w) => w
+            .endpoint
+            .template_kind()
+            .map_or("Workload", |k| k.as_str()),
     }
 }
 
@@ -198,8 +202,15 @@ impl Store {
 
     /// The cluster the good objects describe, with merge problems
     /// (duplicates across origins: the first origin in name order wins).
+    /// Workloads are left out: their pod templates have no address, so
+    /// there is nothing of them to enforce; their live pods are enforced.
     pub fn cluster(&self) -> (Cluster, Vec<Diagnostic>) {
-        let loaded = palisade_k8s::assemble(self.objects().cloned().collect());
+        let live = self
+            .objects()
+            .filter(|o| !matches!(o.value, Object::Workload(_)))
+            .cloned()
+            .collect();
+        let loaded = palisade_k8s::assemble(live);
         (loaded.cluster, loaded.diagnostics)
     }
 }

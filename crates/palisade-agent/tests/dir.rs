@@ -422,3 +422,137 @@ fn a_link_target_swapped_behind_the_link_is_read_again() {
             .is_some_and(|o| format!("{o:?}").contains("10.9.0.2"))
     });
 }
+
+/// Builds a tree with each naming edge case; every manifest holds one pod
+/// named after its file.
+fn edge_tree(root: &Path, outside: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let put = |rel: &str, n: usize| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        // `.json` in any case is read as JSON.
+        let text = if rel.to_ascii_lowercase().ends_with(".json") {
+            format!(
+                r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "p{n}", "namespace": "shop"}}, "status": {{"podIP": "10.9.1.{n}"}}}}"#
+            )
+        } else {
+            pod(&format!("p{n}"), &format!("10.9.1.{n}"))
+        };
+        std::fs::write(&p, text).unwrap();
+    };
+    for (n, rel) in [
+        "plain.yaml",
+        "upper.YAML",
+        "short.yml",
+        "object.json",
+        "upper.JSON",
+        "notes.txt",
+        "no-extension",
+        ".hidden.yaml",
+        ".hidden-dir/inside.yaml",
+        "sub/nested.yaml",
+        "sub/.swap.yaml",
+        "sub/deeper/leaf.yml",
+    ]
+    .iter()
+    .enumerate()
+    {
+        put(rel, n + 1);
+    }
+    let target = outside.join("target.yaml");
+    std::fs::write(&target, pod("p90", "10.9.1.90")).unwrap();
+    symlink(&target, root.join("linked.yaml")).unwrap();
+    symlink(root.join("sub"), root.join("sub-link")).unwrap();
+    symlink(root.join("nowhere.yaml"), root.join("broken.yaml")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"odd-\xff.yaml");
+    std::fs::write(root.join(odd), pod("p91", "10.9.1.91")).unwrap();
+}
+
+/// The files the command line reads (`palisade -f DIR` walks with
+/// `manifests::walk`), relative to `root`.
+fn cli_reads(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = manifests::walk(&[root.to_path_buf()])
+        .unwrap()
+        .into_iter()
+        .filter_map(|f| match f {
+            Found::File { path, .. } => {
+                Some(path.strip_prefix(root).unwrap().display().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn relative_origins<'a>(root: &Path, origins: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let prefix = origin(root) + "/";
+    let mut v: Vec<String> = origins
+        .map(|o| o.strip_prefix(&prefix).unwrap_or(o).to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `palisade -f DIR`, `agent --dir DIR` at start and the agent's watcher
+/// when the same files appear later read exactly the same files: hidden
+/// names and directories skipped, extensions in any case, links followed
+/// once, non-manifest names ignored, a broken link named as a problem.
+#[test]
+fn the_command_line_and_the_agent_read_the_same_files() {
+    let (_t, root) = tempdir();
+    let (_o, outside) = tempdir();
+    edge_tree(&root, &outside);
+    let cli = cli_reads(&root);
+    assert_eq!(
+        cli,
+        [
+            "linked.yaml",
+            "object.json",
+            "plain.yaml",
+            "short.yml",
+            "sub/deeper/leaf.yml",
+            "sub/nested.yaml",
+            "upper.JSON",
+            "upper.YAML",
+        ]
+    );
+    let Input::Resync { entries, .. } = dir::scan(&root) else {
+        panic!("a scan is a resync")
+    };
+    let good = |e: &&Entry| e.errors.is_empty();
+    let problems: Vec<String> = entries
+        .iter()
+        .filter(|e| !good(e))
+        .map(|e| e.origin.clone())
+        .collect();
+    assert_eq!(problems, [origin(&root.join("broken.yaml"))]);
+    let scanned = relative_origins(
+        &root,
+        entries.iter().filter(good).map(|e| e.origin.as_str()),
+    );
+    assert_eq!(scanned, cli);
+
+    // The same tree made under a watched directory, after the first scan.
+    let (_t2, watched) = tempdir();
+    let (_src, rx, mut store) = watch(&watched);
+    let (_o2, outside2) = tempdir();
+    edge_tree(&watched, &outside2);
+    let good_origins = |s: &Store| {
+        s.origins()
+            .filter(|o| !s.rejected().contains_key(*o))
+            .count()
+    };
+    apply_until(&rx, &mut store, |s| good_origins(s) >= cli.len());
+    std::thread::sleep(dir::QUIET * 4);
+    while let Ok(i) = rx.try_recv() {
+        store.apply(i);
+    }
+    let watched_origins = relative_origins(
+        &watched,
+        store
+            .origins()
+            .filter(|o| !store.rejected().contains_key(*o)),
+    );
+    assert_eq!(watched_origins, cli);
+}

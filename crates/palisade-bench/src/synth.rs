@@ -10,7 +10,7 @@ use palisade_engine::{Endpoint, Engine, Flow};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
     ContainerPort, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy, Node,
-    Peer, Pod, PodPhase, PortSpec, Protocol, Requirement, Rule, NAMESPACE_NAME_LABEL,
+    Peer, Pod, PodPhase, PodSource, PortSpec, Protocol, Requirement, Rule, NAMESPACE_NAME_LABEL,
 };
 
 #[derive(Clone, Debug)]
@@ -260,7 +260,10 @@ pub fn cluster(p: &Params) -> Cluster {
             ips,
             node: (p.nodes > 0).then(|| format!("node{}", i % p.nodes)),
             host_network: false,
-            phase: PodPhase::Running,
+            source: PodSource::Live {
+                phase: PodPhase::Running,
+                owner: None,
+            },
             ports,
         });
     }

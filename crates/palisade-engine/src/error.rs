@@ -9,6 +9,23 @@ pub enum Error {
     NotAnEndpoint(String),
     #[error("pod {0} not found")]
     PodNotFound(String),
+    /// `ns/name[Kind]` that no template of the input is; `live` lists the
+    /// pods of that workload the input has instead.
+    #[error(
+        "{name} not found{}",
+        if live.is_empty() { String::new() } else {
+            format!(" as a template: the input has its live pods instead ({})", live.join(", "))
+        }
+    )]
+    WorkloadNotFound { name: String, live: Vec<String> },
+    /// `ns/name` shared by a pod and templates, or templates of several kinds.
+    #[error("{name} is ambiguous: it names {}; write one of them", candidates.join(", "))]
+    AmbiguousName {
+        name: String,
+        candidates: Vec<String>,
+    },
+    #[error("{text:?}: unknown workload kind {kind:?} (expected Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job or CronJob)")]
+    UnknownWorkloadKind { text: String, kind: String },
     /// A pod that exists but takes no traffic.
     #[error(
         "pod {pod} is not an endpoint ({}, phase {phase:?})",

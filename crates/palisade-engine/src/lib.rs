@@ -15,6 +15,7 @@ mod ids;
 pub mod index;
 pub mod live;
 pub mod matrix;
+mod names;
 mod verdict;
 
 pub use error::Error;
@@ -34,6 +35,8 @@ pub struct Engine {
     stamp: u32,
     /// The fixed pieces of reasons, made when the first is rendered.
     parts: std::sync::OnceLock<verdict::ReasonParts>,
+    /// Endpoint names, made when the first is resolved.
+    names: std::sync::OnceLock<names::Names>,
 }
 
 static STAMPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -47,6 +50,7 @@ impl Engine {
             index,
             stamp,
             parts: Default::default(),
+            names: Default::default(),
         }
     }
 

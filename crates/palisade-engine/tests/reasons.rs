@@ -27,6 +27,7 @@ fn assembled_reasons_match_their_formatted_form() {
                     Direction::Ingress => (f.dst, f.src_ip),
                     Direction::Egress => (f.src, f.dst_ip),
                 };
+                let peer_ip = peer_ip.expect("synthetic pods have addresses");
                 let who = engine.describe(subject);
                 let want = match o.decision {
                     Decision::NotIsolated => {

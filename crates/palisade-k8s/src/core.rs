@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use palisade_model::{ContainerPort, Namespace, Node, Pod, PodPhase, NAMESPACE_NAME_LABEL};
+use palisade_model::{
+    ContainerPort, Namespace, Node, Pod, PodPhase, PodSource, NAMESPACE_NAME_LABEL,
+};
 use serde_json::{Map, Value};
 
 use crate::walk::{
@@ -48,17 +50,7 @@ pub(crate) fn pod(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Pod {
         .map(str::to_string);
     let host_network = get_bool(cx, &spec, "spec", "hostNetwork").unwrap_or(false);
 
-    let mut ports = Vec::new();
-    if let Some(list) = get_list(cx, &spec, "spec", "containers") {
-        for (i, c) in list.iter().enumerate() {
-            container_ports(cx, c, &index("spec.containers", i), false, &mut ports);
-        }
-    }
-    if let Some(list) = get_list(cx, &spec, "spec", "initContainers") {
-        for (i, c) in list.iter().enumerate() {
-            container_ports(cx, c, &index("spec.initContainers", i), true, &mut ports);
-        }
-    }
+    let ports = container_ports_of(cx, &spec, "spec");
 
     let mut ips = Vec::new();
     let pod_ips = get_list(cx, &status, "status", "podIPs").filter(|l| !l.is_empty());
@@ -101,9 +93,30 @@ pub(crate) fn pod(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Pod {
         ips,
         node,
         host_network,
-        phase,
+        source: PodSource::Live {
+            phase,
+            owner: meta.owner,
+        },
         ports,
     }
+}
+
+/// The named and numbered ports of a pod spec at `path`: every container's,
+/// and those of sidecars among the init containers.
+pub(crate) fn container_ports_of(
+    cx: &mut Cx,
+    spec: &Map<String, Value>,
+    path: &str,
+) -> Vec<ContainerPort> {
+    let mut ports = Vec::new();
+    for (key, init) in [("containers", false), ("initContainers", true)] {
+        if let Some(list) = get_list(cx, spec, path, key) {
+            for (i, c) in list.iter().enumerate() {
+                container_ports(cx, c, &index(&join(path, key), i), init, &mut ports);
+            }
+        }
+    }
+    ports
 }
 
 /// Ports of one container; init containers count only as sidecars

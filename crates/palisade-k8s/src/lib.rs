@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use palisade_model::{AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod};
+use palisade_model::{
+    AdminPolicy, Cluster, Labels, Namespace, NetworkPolicy, Node, Pod, Workload, WorkloadKind,
+};
 use serde_json::{Map, Value};
 
 pub use limits::Limits;
@@ -23,6 +25,10 @@ pub mod limits;
 mod netpol;
 mod source;
 mod walk;
+mod workload;
+mod workloads;
+
+pub use workload::Template;
 
 use walk::{as_map, as_str, dns1123_label_error, dns1123_subdomain_error, field, get_str, Cx};
 
@@ -82,6 +88,9 @@ pub enum Object {
     Node(Node),
     NetworkPolicy(NetworkPolicy),
     AdminPolicy(AdminPolicy),
+    /// A Deployment, StatefulSet, DaemonSet, ReplicaSet,
+    /// ReplicationController, Job or CronJob.
+    Workload(Template),
 }
 
 impl Object {
@@ -92,6 +101,11 @@ impl Object {
             Object::Node(n) => ("Node", None, &n.name),
             Object::NetworkPolicy(p) => ("NetworkPolicy", Some(&p.namespace), &p.name),
             Object::AdminPolicy(p) => (p.kind.as_str(), None, &p.name),
+            Object::Workload(w) => (
+                w.endpoint.template_kind().map_or("", WorkloadKind::as_str),
+                Some(&w.endpoint.namespace),
+                &w.endpoint.name,
+            ),
         };
         ObjectKey {
             kind: kind.to_string(),
@@ -309,12 +323,31 @@ enum Kind {
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
     ClusterNetworkPolicy,
+    Workload(WorkloadKind),
 }
 
 const POLICY_GROUP_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
 const POLICY_GROUP_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
 
 impl Kind {
+    /// Every kind Palisade reads, as Kubernetes spells it.
+    const NAMES: &'static [&'static str] = &[
+        "Namespace",
+        "Pod",
+        "Node",
+        "NetworkPolicy",
+        "AdminNetworkPolicy",
+        "BaselineAdminNetworkPolicy",
+        "ClusterNetworkPolicy",
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "ReplicationController",
+        "Job",
+        "CronJob",
+    ];
+
     fn from_name(kind: &str) -> Option<Kind> {
         use k8s_openapi::api::core::v1 as core;
         use k8s_openapi::api::networking::v1 as net;
@@ -327,7 +360,7 @@ impl Kind {
             "AdminNetworkPolicy" => Kind::AdminNetworkPolicy,
             "BaselineAdminNetworkPolicy" => Kind::BaselineAdminNetworkPolicy,
             "ClusterNetworkPolicy" => Kind::ClusterNetworkPolicy,
-            _ => return None,
+            k => Kind::Workload(WorkloadKind::from_name(k)?),
         })
     }
 
@@ -342,11 +375,12 @@ impl Kind {
             Kind::NetworkPolicy => net::NetworkPolicy::API_VERSION,
             Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => POLICY_GROUP_V1ALPHA1,
             Kind::ClusterNetworkPolicy => POLICY_GROUP_V1ALPHA2,
+            Kind::Workload(w) => workload::api_version(w),
         }
     }
 
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::NetworkPolicy)
+        matches!(self, Kind::Pod | Kind::NetworkPolicy | Kind::Workload(_))
     }
 
     /// Policy kinds: unknown fields are errors.
@@ -412,6 +446,15 @@ fn decode_document(
         None => inherited.and_then(|(_, a)| a.map(str::to_string)),
     };
     let Some(kind) = kind else {
+        // A stray file among manifests (Helm values, a kustomization): a
+        // document that does not even try to be a Kubernetes object.
+        if depth == 0 && field(obj, "kind").is_none() && field(obj, "apiVersion").is_none() {
+            cx.warn(
+                "",
+                "not a Kubernetes object (no apiVersion and no kind); skipped",
+            );
+            return;
+        }
         if field(obj, "kind").is_none() {
             let named = obj
                 .get("metadata")
@@ -442,8 +485,16 @@ fn decode_document(
     }
 
     let Some(k) = Kind::from_name(&kind) else {
-        cx.object = Some(object_name(obj, &kind));
-        cx.warn("", format!("skipped: kind {kind} is not used by Palisade"));
+        // Repositories are full of kinds Palisade has no use for (Service,
+        // ConfigMap, ...): silence, unless the kind looks like a misspelt
+        // one that Palisade reads.
+        if let Some(near) = walk::near_miss(&kind, Kind::NAMES) {
+            cx.object = Some(object_name(obj, &kind));
+            cx.warn(
+                "kind",
+                format!("skipped: kind {kind} is not used by Palisade (did you mean {near}?)"),
+            );
+        }
         return;
     };
     cx.object = Some(object_name(obj, &kind));
@@ -483,6 +534,7 @@ fn decode_document(
         Kind::ClusterNetworkPolicy => {
             Object::AdminPolicy(admin::decode(&mut cx, obj, meta, admin::Flavor::Cnp))
         }
+        Kind::Workload(w) => Object::Workload(workload::decode(&mut cx, obj, meta, w)),
     };
     if cx.errors == 0 {
         out.push(Located {
@@ -498,6 +550,8 @@ pub(crate) struct Meta {
     pub name: String,
     pub namespace: String,
     pub labels: Labels,
+    /// The controlling workload, for pods and workloads.
+    pub owner: Option<Workload>,
 }
 
 fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
@@ -550,10 +604,15 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
             walk::as_map(cx, a, "metadata.annotations", None);
         }
     }
+    let owner = match kind {
+        Kind::Pod | Kind::Workload(_) => workload::controller(cx, &m),
+        _ => None,
+    };
     Meta {
         name: name.to_string(),
         namespace,
         labels,
+        owner,
     }
 }
 
@@ -575,13 +634,16 @@ impl Loaded {
 /// Duplicates (same kind, namespace and name) are errors naming both places;
 /// the first is kept. Implicit namespaces are added. Two admin policies of
 /// one tier sharing a priority get a warning: the engine breaks the tie by
-/// name. Pods and policies are sorted by namespace and name, nodes by name,
+/// name. Live pods are grouped into their workloads and workloads become
+/// endpoints as `workloads` says. Pods and policies are sorted by namespace
+/// and name, nodes by name,
 /// admin policies by tier, priority and name.
 pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
     let mut diagnostics = Vec::new();
     let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
     let mut cluster = Cluster::default();
     let mut admin_places: BTreeMap<(String, String), Located<()>> = BTreeMap::new();
+    let mut templates = Vec::new();
 
     for located in objects {
         let key = located.value.key();
@@ -605,6 +667,7 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
                 cluster.namespaces.insert(n.name.clone(), n);
             }
             Object::Pod(p) => cluster.pods.push(p),
+            Object::Workload(w) => templates.push(w),
             Object::Node(n) => cluster.nodes.push(n),
             Object::NetworkPolicy(p) => cluster.policies.push(p),
             Object::AdminPolicy(p) => {
@@ -621,10 +684,13 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
         }
     }
 
+    workloads::resolve(&mut cluster.pods, templates);
     cluster.complete_namespaces();
+    // A pod before the templates of its name, templates by kind name.
+    let kind = |p: &Pod| p.template_kind().map(WorkloadKind::as_str);
     cluster
         .pods
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        .sort_by(|a, b| (&a.namespace, &a.name, kind(a)).cmp(&(&b.namespace, &b.name, kind(b))));
     cluster
         .policies
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

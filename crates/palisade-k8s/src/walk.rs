@@ -136,6 +136,22 @@ fn unknown_field(key: &str, allowed: &[&str]) -> String {
     }
 }
 
+/// The name among `names` that `s` is probably a misspelling of (two
+/// edits or fewer, case aside), if any.
+pub(crate) fn near_miss<'n>(s: &str, names: &[&'n str]) -> Option<&'n str> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                edit_distance(&s.to_ascii_lowercase(), &n.to_ascii_lowercase()),
+                *n,
+            )
+        })
+        .filter(|&(d, n)| d <= 2 && d < n.len() / 2)
+        .min()
+        .map(|(_, n)| n)
+}
+
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();

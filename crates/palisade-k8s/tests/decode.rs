@@ -11,7 +11,7 @@ use palisade_k8s::{
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
     ContainerPort, IpBlock, IpNet, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
-    Node, Peer, Pod, PodPhase, PortSpec, Protocol, Requirement, Rule,
+    Node, Peer, Pod, PodPhase, PodSource, PortSpec, Protocol, Requirement, Rule, WorkloadKind,
 };
 
 fn ok(file: &str, text: &str) -> Vec<Object> {
@@ -360,7 +360,10 @@ fn lists_multiple_documents_and_json() {
             ips: vec![ip("10.1.1.1")],
             node: None,
             host_network: false,
-            phase: PodPhase::Running,
+            source: PodSource::Live {
+                phase: PodPhase::Running,
+                owner: None,
+            },
             ports: vec![],
         })]
     );
@@ -407,20 +410,22 @@ fn decode_value_reads_one_object() {
 }
 
 #[test]
-fn other_kinds_are_skipped_with_a_warning_and_missing_fields_are_errors() {
-    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: v1\nmetadata: {name: q}\n";
+fn other_kinds_are_skipped_silently_and_missing_fields_are_errors() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: v1\nmetadata: {name: q}\n---\napiVersion: apps/v1\nkind: Deploymnet\nmetadata: {name: w}\n---\nreplicaCount: 3\n";
     let (objects, diags) = decode("d.yaml", text.as_bytes());
     assert!(objects.is_empty());
     let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     assert_eq!(
         msgs,
         [
-            "warning: d.yaml:1: Deployment web: skipped: kind Deployment is not used by Palisade",
             "d.yaml:5: Pod default/p: apiVersion: missing apiVersion (expected v1)",
             "d.yaml:8: kind: missing kind (object named \"q\")",
+            "warning: d.yaml:11: Deploymnet w: kind: skipped: kind Deploymnet is not used by Palisade (did you mean Deployment?)",
+            "warning: d.yaml:15: not a Kubernetes object (no apiVersion and no kind); skipped",
         ]
     );
-    assert_eq!(diags[0].severity, Severity::Warning);
+    assert_eq!(diags[2].severity, Severity::Warning);
+    assert_eq!(diags[3].severity, Severity::Warning);
 }
 
 #[test]
@@ -527,10 +532,7 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
     let bytes = std::fs::read(path).unwrap();
     let (objects, diags) = decode("cluster.yaml", &bytes);
     let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-    assert_eq!(
-        msgs,
-        ["warning: cluster.yaml:54: Service shop/web: skipped: kind Service is not used by Palisade"]
-    );
+    assert!(msgs.is_empty(), "{msgs:?}");
     let loaded = assemble(objects);
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
 
@@ -557,7 +559,10 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
             ips: vec![ip("192.168.1.10")],
             node: None,
             host_network: true,
-            phase: PodPhase::Running,
+            source: PodSource::Live {
+                phase: PodPhase::Running,
+                owner: None,
+            },
             ports: vec![],
         },
         Pod {
@@ -567,7 +572,10 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
             ips: vec![ip("10.0.0.5"), ip("fd00::5")],
             node: Some("node-a".into()),
             host_network: false,
-            phase: PodPhase::Running,
+            source: PodSource::Live {
+                phase: PodPhase::Running,
+                owner: None,
+            },
             ports: vec![
                 tcp("http", 8080),
                 ContainerPort {
@@ -1074,4 +1082,112 @@ fn an_object_over_the_limit_is_refused_but_a_list_may_fill_the_file() {
     let (objects, diags) = decode("big.yaml", text.as_bytes());
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(objects.len(), 1);
+}
+
+#[test]
+fn a_workload_is_its_pod_template() {
+    let text = r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly, namespace: ops, labels: {team: ops}}
+spec:
+  schedule: "@daily"
+  jobTemplate:
+    spec:
+      template:
+        metadata: {labels: {app: nightly}}
+        spec:
+          hostNetwork: false
+          initContainers:
+            - {name: setup, image: x, ports: [{containerPort: 9000, name: setup}]}
+            - {name: proxy, image: x, restartPolicy: Always, ports: [{containerPort: 15001, name: envoy}]}
+          containers:
+            - {name: job, image: x, ports: [{containerPort: 8080, name: http}, {containerPort: 53, protocol: UDP}]}
+"#;
+    let objects = ok("cron.yaml", text);
+    let tcp = |name: &str, port| ContainerPort {
+        name: Some(name.into()),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    assert_eq!(
+        objects,
+        [Object::Workload(palisade_k8s::Template {
+            endpoint: Pod::template(
+                WorkloadKind::CronJob,
+                "ops".into(),
+                "nightly".into(),
+                labels(&[("app", "nightly")]),
+                false,
+                vec![
+                    tcp("http", 8080),
+                    ContainerPort {
+                        name: None,
+                        port: 53,
+                        protocol: Protocol::Udp
+                    },
+                    tcp("envoy", 15001),
+                ],
+            ),
+            owner: None,
+        })]
+    );
+    assert_eq!(
+        objects[0].key().to_string(),
+        "CronJob ops/nightly",
+        "the workload's kind names it"
+    );
+}
+
+/// Pods join their top-level workload; a workload with live pods, or with
+/// a controller in the input, is not an endpoint of its own.
+#[test]
+fn live_pods_are_grouped_by_their_owners() {
+    let pod = |name: &str, labels: &str, owner: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: s, labels: {{{labels}}}, ownerReferences: [{owner}]}}\nstatus: {{podIP: 10.0.0.1}}\n---\n")
+    };
+    let rs = |name: &str, owner: &str| {
+        format!("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {name}, namespace: s, ownerReferences: [{owner}]}}\nspec: {{template: {{spec: {{containers: [{{name: c}}]}}}}}}\n---\n")
+    };
+    let text = [
+        pod("a-1f2e-x", "pod-template-hash: 1f2e", "{kind: ReplicaSet, name: a-1f2e, controller: true}"),
+        pod("b-7a7-x", "pod-template-hash: 7a7", "{kind: ReplicaSet, name: b-7a7, controller: true}"),
+        rs("b-7a7", "{kind: Deployment, name: bee, controller: true}"),
+        pod("c-x", "pod-template-hash: 9b9", "{kind: ReplicaSet, name: c-x1, controller: true}"),
+        pod("d-x", "", "{kind: Job, name: d-1, controller: true}"),
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: d-1, namespace: s, ownerReferences: [{kind: CronJob, name: d, controller: true}]}\nspec: {template: {spec: {containers: [{name: c}]}}}\n---\n".to_string(),
+        pod("e-0", "", "{kind: StatefulSet, name: e, controller: true}"),
+        pod("f", "", "{kind: Node, name: n1, controller: true}"),
+        pod("g", "", "{kind: ReplicaSet, name: g-1, controller: false}"),
+        rs("h-5", "{kind: Deployment, name: h, controller: true}"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: h, namespace: s}\nspec: {template: {spec: {containers: [{name: c}]}}}\n---\n".to_string(),
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: i, namespace: s}\nspec: {template: {spec: {containers: [{name: c}]}}}\n".to_string(),
+    ]
+    .concat();
+    let (objects, diags) = decode("w.yaml", text.as_bytes());
+    assert!(diags.is_empty(), "{diags:?}");
+    let loaded = assemble(objects);
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let got: Vec<String> = loaded
+        .cluster
+        .pods
+        .iter()
+        .map(|p| match p.workload() {
+            Some((k, n)) => format!("{} -> {k} {n}", p.display_name()),
+            None => p.display_name(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "s/a-1f2e-x -> Deployment a",
+            "s/b-7a7-x -> Deployment bee",
+            "s/c-x -> ReplicaSet c-x1",
+            "s/d-x -> CronJob d",
+            "s/e-0 -> StatefulSet e",
+            "s/f",
+            "s/g",
+            "s/h[Deployment] -> Deployment h",
+            "s/i[ReplicationController] -> ReplicationController i",
+        ]
+    );
 }

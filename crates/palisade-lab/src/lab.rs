@@ -94,9 +94,15 @@ pub fn up(engine: &Engine, cfg: &Config) -> Result<Lab> {
     let idx = engine.index();
     let pfx = prefix(&cfg.name);
 
-    // Lab nodes: every node a pod names; pods naming none share one.
+    // Lab nodes: every node a pod names; pods naming none share one. A
+    // workload's pod template has no address: nothing to build.
     let pods: Vec<usize> = (0..cluster.pods.len())
-        .filter(|&i| idx.identity_of(PodId::new(i)).is_some() && !cluster.pods[i].host_network)
+        .filter(|&i| {
+            let p = &cluster.pods[i];
+            idx.identity_of(PodId::new(i)).is_some()
+                && !p.host_network
+                && p.template_kind().is_none()
+        })
         .collect();
     let mut node_names: BTreeSet<Option<String>> = BTreeSet::new();
     for &i in &pods {

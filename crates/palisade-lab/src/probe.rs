@@ -147,11 +147,15 @@ fn tasks(
                     ) else {
                         continue;
                     };
+                    // Lab pods are live pods: both sides have addresses.
+                    let (Some(src_ip), Some(dst_ip)) = (f.src_ip, f.dst_ip) else {
+                        continue;
+                    };
                     tasks.push(Task {
                         src: si,
                         dst: di,
-                        src_ip: f.src_ip,
-                        dst_ip: f.dst_ip,
+                        src_ip,
+                        dst_ip,
                         port,
                         expected: engine.allowed(&f),
                     });

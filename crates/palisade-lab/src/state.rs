@@ -117,6 +117,7 @@ pub(crate) fn pod_index(
         .pods
         .iter()
         .enumerate()
+        .filter(|(_, p)| p.template_kind().is_none())
         .map(|(i, p)| (p.key(), i))
         .collect()
 }

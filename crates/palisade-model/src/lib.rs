@@ -108,24 +108,161 @@ pub enum PodPhase {
     Unknown,
 }
 
+/// The workload kinds whose pod template Palisade reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    ReplicationController,
+    Job,
+    CronJob,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 7] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::ReplicationController,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
+    ];
+
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+        }
+    }
+
+    /// The kind spelled exactly as Kubernetes does (`Deployment`, not
+    /// `deployment`): names in output and input use that spelling.
+    pub fn from_name(s: &str) -> Option<WorkloadKind> {
+        WorkloadKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workload in the pod's namespace: `Deployment web`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+/// Where a pod-like endpoint comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PodSource {
+    /// A pod object. `owner` is its controlling workload: as written in
+    /// `metadata.ownerReferences` when decoded, resolved to the top-level
+    /// workload (a ReplicaSet to its Deployment, a Job to its CronJob) once
+    /// the whole input is assembled.
+    Live {
+        phase: PodPhase,
+        owner: Option<Workload>,
+    },
+    /// The pod template of a workload (`name` is the workload's): it stands
+    /// for pods that may not exist yet, so it has no address, no node and
+    /// no phase. It is an endpoint all the same: its labels, namespace and
+    /// ports say what policies select it and what it may reach.
+    Template(WorkloadKind),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub labels: Labels,
-    /// `status.podIPs` (or `status.podIP`), IPv4 and IPv6.
+    /// `status.podIPs` (or `status.podIP`), IPv4 and IPv6. Always empty for
+    /// a template (see [`Pod::template`]).
     pub ips: Vec<IpAddr>,
+    /// `spec.nodeName`; `None` for a template.
     pub node: Option<String>,
     pub host_network: bool,
-    pub phase: PodPhase,
+    pub source: PodSource,
     pub ports: Vec<ContainerPort>,
 }
 
 impl Pod {
+    /// The endpoint of a workload's pod template: no address, no node.
+    pub fn template(
+        kind: WorkloadKind,
+        namespace: String,
+        name: String,
+        labels: Labels,
+        host_network: bool,
+        ports: Vec<ContainerPort>,
+    ) -> Pod {
+        Pod {
+            namespace,
+            name,
+            labels,
+            ips: Vec::new(),
+            node: None,
+            host_network,
+            source: PodSource::Template(kind),
+            ports,
+        }
+    }
+
     /// Terminated pods and pods without an address are not endpoints: their
-    /// address may already belong to another pod.
+    /// address may already belong to another pod. A template is one,
+    /// though it has no address.
     pub fn is_endpoint(&self) -> bool {
-        !self.ips.is_empty() && !matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+        match self.source {
+            PodSource::Template(_) => true,
+            PodSource::Live { phase, .. } => {
+                !self.ips.is_empty() && !matches!(phase, PodPhase::Succeeded | PodPhase::Failed)
+            }
+        }
+    }
+
+    /// The phase of a live pod; `None` for a template.
+    pub fn phase(&self) -> Option<PodPhase> {
+        match self.source {
+            PodSource::Live { phase, .. } => Some(phase),
+            PodSource::Template(_) => None,
+        }
+    }
+
+    /// The kind of the workload whose template this is.
+    pub fn template_kind(&self) -> Option<WorkloadKind> {
+        match self.source {
+            PodSource::Template(k) => Some(k),
+            PodSource::Live { .. } => None,
+        }
+    }
+
+    /// The workload this endpoint belongs to: its own for a template, the
+    /// owner for a live pod that has one.
+    pub fn workload(&self) -> Option<(WorkloadKind, &str)> {
+        match &self.source {
+            PodSource::Template(k) => Some((*k, &self.name)),
+            PodSource::Live { owner, .. } => owner.as_ref().map(|w| (w.kind, w.name.as_str())),
+        }
+    }
+
+    /// How output names the endpoint: `ns/name` for a pod,
+    /// `ns/name[Kind]` for a template.
+    pub fn display_name(&self) -> String {
+        match self.source {
+            PodSource::Template(k) => format!("{}/{}[{k}]", self.namespace, self.name),
+            PodSource::Live { .. } => self.key(),
+        }
     }
 
     pub fn key(&self) -> String {

@@ -44,7 +44,9 @@ pub fn compile_numbered(
 }
 
 /// The node's view of the index: its local endpoint pods, their
-/// identities, and the identities that can be peers (not host-network).
+/// identities, and the identities that can be peers (not host-network,
+/// and with an address: a workload's pod template has none, so the
+/// kernel has nothing to match it by).
 struct View {
     local: Vec<usize>,
     local_ids: BTreeSet<usize>,
@@ -57,7 +59,7 @@ impl View {
         let local = local_pods(engine, local);
         let local_ids = local.iter().map(|&i| identity(engine, i)).collect();
         let pod_ids = (0..idx.identities().len())
-            .filter(|&i| !idx.identities()[i].host_network)
+            .filter(|&i| !idx.identities()[i].host_network && idx.identities()[i].has_address())
             .collect();
         View {
             local,

@@ -211,7 +211,10 @@ pub fn local_pods(engine: &Engine, local: &Local) -> Vec<usize> {
     };
     (0..cluster.pods.len())
         .filter(|&i| {
-            idx.identity_of(PodId::new(i)).is_some() && !cluster.pods[i].host_network && is_local(i)
+            idx.identity_of(PodId::new(i))
+                .is_some_and(|id| idx.identity(id).has_address())
+                && !cluster.pods[i].host_network
+                && is_local(i)
         })
         .collect()
 }

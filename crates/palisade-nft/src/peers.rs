@@ -42,6 +42,19 @@ pub(crate) fn block_ranges_of(m: &AddressMatcher, v4: bool) -> Vec<Span> {
         .collect()
 }
 
+/// The identities of a selector set that the kernel can know: those with
+/// an address (a workload's pod template has none, so nothing of it goes
+/// into the ruleset).
+fn addressed(
+    idx: &palisade_engine::Index,
+    s: palisade_engine::SetId,
+) -> impl Iterator<Item = usize> + '_ {
+    idx.set(s)
+        .iter()
+        .filter(|&i| idx.identity(i).has_address())
+        .map(IdentityId::index)
+}
+
 /// Adds the allows of one peer whose ports do not depend on it (ingress, or
 /// egress numeric ports).
 pub(crate) fn peer_allows(
@@ -55,7 +68,7 @@ pub(crate) fn peer_allows(
     let idx = engine.index();
     match *m {
         PeerMatch::Set(s) => {
-            for id in idx.set(s).iter().map(IdentityId::index) {
+            for id in addressed(idx, s) {
                 for &item in items {
                     a.peer(0, g, mark_of(id), item);
                     a.peer(1, g, mark_of(id), item);
@@ -114,7 +127,7 @@ pub(crate) fn egress_rule<'c>(
             for m in peers {
                 match *m {
                     PeerMatch::Set(s) => {
-                        for id in idx.set(s).iter().map(IdentityId::index) {
+                        for id in addressed(idx, s) {
                             for item in port_items(&rule.ports, Some(rep(id))) {
                                 a.peer(0, g, mark_of(id), item);
                                 a.peer(1, g, mark_of(id), item);

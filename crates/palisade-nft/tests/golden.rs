@@ -214,3 +214,47 @@ fn bridge_table() {
         );
     }
 }
+
+/// Workloads' pod templates have no address: the ruleset of a cluster with
+/// them is exactly the ruleset without them, with content-hashed numbering
+/// (dense numbers would only shift), on every node and with every pod local.
+#[test]
+fn templates_put_nothing_in_the_ruleset() {
+    let base = [
+        "examples/webapp/cluster.yaml",
+        "examples/webapp/policies-refined",
+    ];
+    let without = engine(&base);
+    let with = engine(&[base[0], base[1], "crates/palisade-nft/tests/templates.yaml"]);
+    let templates: Vec<String> = with
+        .cluster()
+        .pods
+        .iter()
+        .filter(|p| p.template_kind().is_some() && p.is_endpoint())
+        .map(|p| p.display_name())
+        .collect();
+    assert_eq!(
+        templates,
+        [
+            "default/backend[Deployment]",
+            "default/frontend-next[Deployment]",
+            "ingress-nginx/controller[Deployment]"
+        ]
+    );
+    for local in [
+        palisade_nft::Local::All,
+        palisade_nft::Local::Node("node-1".into()),
+        palisade_nft::Local::Node("node-2".into()),
+    ] {
+        let ruleset = |e: &Engine| {
+            let opts = palisade_nft::Options {
+                wiring: palisade_nft::named_wiring(e, &local, palisade_nft::interface_name),
+                local: local.clone(),
+            };
+            palisade_nft::compile_numbered(e, &opts, palisade_nft::Numbering::Stable)
+                .unwrap()
+                .to_nft_text()
+        };
+        assert_eq!(ruleset(&with), ruleset(&without), "{local:?}");
+    }
+}

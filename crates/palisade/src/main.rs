@@ -79,7 +79,7 @@ enum Command {
         ports: Vec<PortProto>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: MatrixFormat,
-        /// `workload` groups pods that no policy can tell apart.
+        /// `workload` groups pods by the workload that owns them (`ns/name[Kind]`).
         #[arg(long, value_enum, default_value = "pod")]
         by: By,
     },
@@ -158,10 +158,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let c = &loaded.cluster;
+            // Live pods and the workloads behind them, each counted once:
+            // a workload's template stands for pods the input does not have.
+            let live = c.pods.iter().filter(|p| p.template_kind().is_none());
+            let workloads: std::collections::BTreeSet<_> = c
+                .pods
+                .iter()
+                .filter_map(|p| Some((&p.namespace, p.workload()?)))
+                .collect();
             println!(
-                "valid: {} namespaces, {} pods, {} nodes, {} network policies, {} admin policies",
+                "valid: {} namespaces, {} pods, {} workloads, {} nodes, {} network policies, {} admin policies",
                 c.namespaces.len(),
-                c.pods.len(),
+                live.count(),
+                workloads.len(),
                 c.nodes.len(),
                 c.policies.len(),
                 c.admin_policies.len()

@@ -53,62 +53,79 @@ pub fn write_check(
     Ok(())
 }
 
-/// One row/column of the printed matrix: a pod, or a workload (identity).
+/// One row/column of the printed matrix: a pod, or a workload.
 struct Axis {
     names: Vec<String>,
-    /// For each name, its row in the identity matrix.
+    /// For each name, its (first) row in the identity matrix.
     identity_row: Vec<usize>,
+    /// For each name, every row of the identity matrix its pods have: a
+    /// workload's pods may fall in several identities (a pod relabelled by
+    /// hand, a rollout between two templates).
+    rows: Vec<Vec<usize>>,
+}
+
+impl Axis {
+    /// The cell between two names; `None` when the pods behind them do not
+    /// all get the same answer.
+    fn cell(&self, m: &Matrix, port: usize, from: usize, to: usize) -> Option<Cell> {
+        let mut cells = self.rows[from]
+            .iter()
+            .flat_map(|&r| self.rows[to].iter().map(move |&c| m.cell(port, r, c)));
+        let first = cells.next()?;
+        cells.all(|c| c == first).then_some(first)
+    }
 }
 
 fn axis(engine: &Engine, m: &Matrix, by_workload: bool) -> Axis {
     let idx = engine.index();
-    let mut names = Vec::new();
-    let mut identity_row = Vec::new();
+    let row_of: std::collections::HashMap<IdentityId, usize> = m
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(row, &id)| (id, row))
+        .collect();
+    let pods = engine
+        .cluster()
+        .pods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pod)| {
+            let id = idx.identity_of(PodId::new(i))?;
+            Some((pod, *row_of.get(&id)?))
+        });
+    let mut named: Vec<(String, Vec<usize>)> = Vec::new();
     if by_workload {
-        for (row, &id) in m.identities.iter().enumerate() {
-            let ident = idx.identity(id);
-            let labels: Vec<String> = ident
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            names.push(format!(
-                "{}/{{{}}}[{}]",
-                ident.namespace,
-                labels.join(","),
-                ident.members.len()
-            ));
-            identity_row.push(row);
-        }
-    } else {
-        let row_of: std::collections::HashMap<IdentityId, usize> = m
-            .identities
-            .iter()
-            .enumerate()
-            .map(|(row, &id)| (id, row))
-            .collect();
-        for (i, pod) in engine.cluster().pods.iter().enumerate() {
-            let Some(id) = idx.identity_of(PodId::new(i)) else {
-                continue;
+        let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (pod, row) in pods {
+            // Its owning workload (`ns/name[Kind]`), its own for a
+            // template, else the pod itself.
+            let name = match pod.workload() {
+                Some((kind, name)) => format!("{}/{name}[{kind}]", pod.namespace),
+                None => pod.key(),
             };
-            if let Some(&row) = row_of.get(&id) {
-                names.push(pod.key());
-                identity_row.push(row);
+            let rows = groups.entry(name).or_default();
+            if !rows.contains(&row) {
+                rows.push(row);
             }
         }
+        named.extend(groups);
+    } else {
+        named.extend(pods.map(|(pod, row)| (pod.display_name(), vec![row])));
     }
     Axis {
-        names,
-        identity_row,
+        identity_row: named.iter().map(|(_, rows)| rows[0]).collect(),
+        names: named.iter().map(|(n, _)| n.clone()).collect(),
+        rows: named.into_iter().map(|(_, rows)| rows).collect(),
     }
 }
 
-fn mark(c: Cell) -> &'static str {
+fn mark(c: Option<Cell>) -> &'static str {
     // The Kubernetes e2e suite prints "." for connected and "X" for blocked.
     match c {
-        Cell::Allowed => ".",
-        Cell::Denied => "X",
-        Cell::NoFamily => "-",
+        Some(Cell::Allowed) => ".",
+        Some(Cell::Denied) => "X",
+        Some(Cell::NoFamily) => "-",
+        None => "~",
     }
 }
 
@@ -127,7 +144,12 @@ pub fn write_matrix(
                 if pi > 0 {
                     writeln!(out)?;
                 }
-                writeln!(out, "reachability {pp} (rows: from, columns: to; . allowed, X denied, - no common IP family)")?;
+                let mixed = if by_workload {
+                    ", ~ not the same for all the workload's pods"
+                } else {
+                    ""
+                };
+                writeln!(out, "reachability {pp} (rows: from, columns: to; . allowed, X denied, - no common IP family{mixed})")?;
                 write!(out, "{:w$}", "-")?;
                 for n in &ax.names {
                     write!(out, " {n}")?;
@@ -136,7 +158,7 @@ pub fn write_matrix(
                 for (ri, rn) in ax.names.iter().enumerate() {
                     write!(out, "{rn:w$}")?;
                     for (ci, cn) in ax.names.iter().enumerate() {
-                        let c = m.cell(pi, ax.identity_row[ri], ax.identity_row[ci]);
+                        let c = ax.cell(m, pi, ri, ci);
                         write!(out, " {:>width$}", mark(c), width = cn.len())?;
                     }
                     writeln!(out)?;

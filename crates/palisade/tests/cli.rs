@@ -280,10 +280,25 @@ fn matrix_table_json_csv_and_workloads() {
 
     let o = palisade(&[&args[..], &["--by", "workload", "--ports", "80/TCP"]].concat());
     assert_eq!(o.status.code(), Some(0));
-    assert!(
-        stdout(&o).contains("default/{app=frontend}[1]"),
-        "{}",
-        stdout(&o)
+    // Pods that no workload owns are rows of their own.
+    let header: Vec<String> = stdout(&o)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "-",
+            "default/backend",
+            "default/database",
+            "default/frontend",
+            "ingress-nginx/controller",
+            "ingress-nginx/default-backend",
+            "monitoring/scraper"
+        ]
     );
 }
 
@@ -435,4 +450,78 @@ fn unreadable_explicit_and_missing_paths() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The transcripts under `tests/cli/<case>/expect.txt`: each `$ palisade
+/// ARGS` line runs in the case's directory and is followed by what it
+/// prints, whole: stdout as is, stderr lines behind `! `, and `[exit N]`
+/// for an exit code other than 0. `UPDATE_EXPECT=1` rewrites the files
+/// from what the commands print.
+#[test]
+fn transcripts_hold_exactly() {
+    let dir = root().join("tests/cli");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/cli exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.join("expect.txt").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 2, "{} transcripts", cases.len());
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut failed = Vec::new();
+    for case in &cases {
+        let path = case.join("expect.txt");
+        let want = std::fs::read_to_string(&path).unwrap();
+        let got = transcript(case, &want);
+        if got != want {
+            if update {
+                std::fs::write(&path, &got).unwrap();
+            } else {
+                failed.push(format!(
+                    "{}:\n--- expected\n{want}--- got\n{got}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Runs every command of a transcript and writes what they print in its
+/// form: each command with the comment lines (`#`) right above it, its
+/// output, and a blank line.
+fn transcript(case: &Path, text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(cmd) = line.strip_prefix("$ palisade ") else {
+            continue;
+        };
+        let comments = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.starts_with('#'))
+            .count();
+        for c in &lines[i - comments..i] {
+            out.push_str(c);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        let o = palisade_in(case, &args);
+        out.push_str(&stdout(&o));
+        for l in stderr(&o).lines() {
+            out.push_str("! ");
+            out.push_str(l);
+            out.push('\n');
+        }
+        match o.status.code() {
+            Some(0) => {}
+            Some(n) => out.push_str(&format!("[exit {n}]\n")),
+            None => out.push_str("[killed]\n"),
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -156,7 +156,8 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         )
         .expect("picked with an IPv4 flow");
     let why = engine.verdict(&flow).reasons;
-    let dst = SocketAddr::new(flow.dst_ip, port);
+    let dst_ip = flow.dst_ip.expect("a synthetic pod has addresses");
+    let dst = SocketAddr::new(dst_ip, port);
     // A port the engine denies for the pair, to check enforcement.
     let denied = (1..1024u16).find(|&p| {
         engine
@@ -191,7 +192,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
             load_setup(&lab, setup, &texts, &mut nodes)?;
             if setup == Setup::Full && denied_blocked.is_none() {
                 if let Some(p) = denied {
-                    let reached = reaches(&lab, &client, SocketAddr::new(flow.dst_ip, p))?;
+                    let reached = reaches(&lab, &client, SocketAddr::new(dst_ip, p))?;
                     denied_blocked = Some((p, !reached));
                 }
             }

@@ -197,7 +197,7 @@ impl DirClassifier {
         // The address and port intervals are looked up only when a
         // candidate rule needs them: most flows are settled by the
         // subject and peer masks alone.
-        let fam = usize::from(peer.ip.is_ipv6());
+        let fam = peer.family();
         let (peer_row, addr_known) = self.peer_row(&peer);
         let mut addr_at = usize::MAX;
         let mut port_at = usize::MAX;
@@ -207,10 +207,12 @@ impl DirClassifier {
             let (i, s, meta) = (sw.index as usize, sw.bits, &sw.meta);
             let mut peers = meta.any_peer | peer_row[i];
             if !addr_known && meta.addr != 0 {
-                if addr_at == usize::MAX {
-                    addr_at = w * self.addr[fam].find(key(peer.ip).1);
+                if let Some(ip) = peer.ip {
+                    if addr_at == usize::MAX {
+                        addr_at = w * self.addr[fam].find(key(ip).1);
+                    }
+                    peers |= self.addr_masks[fam][addr_at + i];
                 }
-                peers |= self.addr_masks[fam][addr_at + i];
             }
             let candidates = s & peers;
             if candidates == 0 {
@@ -249,7 +251,7 @@ impl DirClassifier {
     #[inline(always)]
     fn peer_row(&self, peer: &Peer<'_>) -> (&[u64], bool) {
         let w = self.width;
-        let fam = usize::from(peer.ip.is_ipv6());
+        let fam = peer.family();
         match peer.identity {
             Some(p) if peer.primary => {
                 let p = p.index();
@@ -285,13 +287,14 @@ impl DirClassifier {
         let w = self.width;
         let f = self.flags[subject.index()];
         let zero = &self.zero[..w];
-        let fam = usize::from(peer.ip.is_ipv6());
+        let fam = peer.family();
         let (peer_row, addr_known) = self.peer_row(&peer);
-        let addr_row = if addr_known || !f.needs_addr {
-            zero
-        } else {
-            let at = w * self.addr[fam].find(key(peer.ip).1);
-            &self.addr_masks[fam][at..at + w]
+        let addr_row = match peer.ip {
+            Some(ip) if !addr_known && f.needs_addr => {
+                let at = w * self.addr[fam].find(key(ip).1);
+                &self.addr_masks[fam][at..at + w]
+            }
+            _ => zero,
         };
         let pi = proto_index(protocol);
         let at = self.port_row[pi][port as usize] as usize;
@@ -398,9 +401,20 @@ impl DirClassifier {
 pub struct Peer<'a> {
     /// Its identity, when it is an endpoint pod.
     pub identity: Option<IdentityId>,
-    /// Whether `ip` is that pod's first address of its family.
+    /// Whether `ip` is that pod's first address of its family (always,
+    /// for a template, which has none).
     pub primary: bool,
-    pub ip: &'a IpAddr,
+    /// `None` for a template: no address rule matches it.
+    pub ip: Option<&'a IpAddr>,
+}
+
+impl Peer<'_> {
+    /// The address family's index (0 IPv4, 1 IPv6); a template's rows are
+    /// the same in both, having no address to add.
+    #[inline(always)]
+    fn family(&self) -> usize {
+        self.ip.map_or(0, |ip| usize::from(ip.is_ipv6()))
+    }
 }
 
 /// The first matching rule bit of each tier.

@@ -38,6 +38,15 @@ pub struct Identity {
     pub addr_class: (u32, u32),
 }
 
+impl Identity {
+    /// Whether its members have an address: false for workloads' pod
+    /// templates (the only endpoints without one), which no address rule
+    /// matches and the dataplane never sees.
+    pub fn has_address(&self) -> bool {
+        self.addr_class != (u32::MAX, u32::MAX)
+    }
+}
+
 #[derive(PartialEq, Eq, Hash)]
 struct IdentityKey<'a> {
     namespace: &'a str,

@@ -59,7 +59,12 @@ impl Nodes {
     /// one) at `peer_ip` comes from the subject's own node: from one of the
     /// node's addresses, or from a host-network pod on that node.
     #[inline]
-    pub(crate) fn is_own_node(&self, subject: PodId, peer: Option<PodId>, peer_ip: IpAddr) -> bool {
+    pub(crate) fn is_own_node(
+        &self,
+        subject: PodId,
+        peer: Option<PodId>,
+        peer_ip: Option<IpAddr>,
+    ) -> bool {
         let Some(node) = self.pod_node[subject.index()] else {
             return false;
         };
@@ -72,6 +77,6 @@ impl Nodes {
                 return false;
             }
         }
-        self.lists[node as usize].contains(&peer_ip)
+        peer_ip.is_some_and(|ip| self.lists[node as usize].contains(&ip))
     }
 }

@@ -35,7 +35,7 @@ fn port_matches(
 struct Classified<'a> {
     subject: usize,
     peer: Endpoint,
-    peer_ip: IpAddr,
+    peer_ip: Option<IpAddr>,
     peer_id: Option<IdentityId>,
     holder: Option<IdentityId>,
     cls: &'a DirClassifier,
@@ -50,7 +50,7 @@ struct Sides {
     subject_id: Option<IdentityId>,
     peer: Endpoint,
     peer_id: Option<IdentityId>,
-    peer_ip: IpAddr,
+    peer_ip: Option<IpAddr>,
     /// Whether `peer_ip` is the peer pod's first address of its family.
     peer_primary: bool,
 }
@@ -62,7 +62,7 @@ impl Sides {
         Peer {
             identity: self.peer_id,
             primary: self.peer_primary,
-            ip: &self.peer_ip,
+            ip: self.peer_ip.as_ref(),
         }
     }
 
@@ -105,7 +105,7 @@ type Ids = (Option<IdentityId>, Option<IdentityId>);
 struct Ctx<'a> {
     /// The peer's identity, when the peer is an endpoint pod.
     peer_id: Option<IdentityId>,
-    peer_ip: IpAddr,
+    peer_ip: Option<IpAddr>,
     protocol: Protocol,
     port: u16,
     /// The destination pod's named ports (empty for a non-pod).
@@ -167,7 +167,9 @@ impl Engine {
     fn peer_matches(&self, m: &PeerMatch, ctx: &Ctx) -> bool {
         match *m {
             PeerMatch::Set(s) => ctx.peer_id.is_some_and(|id| self.index.set(s).contains(id)),
-            PeerMatch::Addr(a) => self.index.matcher(a).contains(&ctx.peer_ip),
+            PeerMatch::Addr(a) => ctx
+                .peer_ip
+                .is_some_and(|ip| self.index.matcher(a).contains(&ip)),
         }
     }
 
@@ -339,7 +341,7 @@ impl Engine {
 
     /// Ingress to pod `subject` from its own node: from one of the node's
     /// addresses, or from a host-network pod on that node.
-    fn is_from_own_node(&self, subject: usize, peer: Endpoint, peer_ip: IpAddr) -> bool {
+    fn is_from_own_node(&self, subject: usize, peer: Endpoint, peer_ip: Option<IpAddr>) -> bool {
         let peer = match peer {
             Endpoint::Pod(p) => Some(PodId::new(p)),
             Endpoint::Ip(_) => None,

@@ -16,8 +16,27 @@ impl Engine {
         }
     }
 
+    /// Whether the endpoint is a workload's pod template (no address).
+    pub(super) fn is_unaddressed(&self, e: Endpoint) -> bool {
+        matches!(e, Endpoint::Pod(i) if self.cluster.pods[i].template_kind().is_some())
+    }
+
+    /// The endpoint's address in a family: `Some(None)` for a template,
+    /// which fits any family with no address; `None` when it has no
+    /// address of that family.
+    pub(super) fn address_in(&self, e: Endpoint, v4: bool) -> Option<Option<IpAddr>> {
+        if self.is_unaddressed(e) {
+            return Some(None);
+        }
+        self.ips_of(&e)
+            .iter()
+            .find(|ip| ip.is_ipv4() == v4)
+            .map(|ip| Some(*ip))
+    }
+
     /// Builds a flow, choosing the addresses: the family of an explicit
-    /// address, else IPv4 when both pods have it, else IPv6.
+    /// address, else IPv4 when both pods have it, else IPv6. A template
+    /// endpoint fits any family (it has no address).
     pub fn flow(
         &self,
         src: Endpoint,
@@ -55,8 +74,8 @@ impl Engine {
         port: u16,
         v4: bool,
     ) -> Option<Flow> {
-        let s = *self.ips_of(&src).iter().find(|ip| ip.is_ipv4() == v4)?;
-        let d = *self.ips_of(&dst).iter().find(|ip| ip.is_ipv4() == v4)?;
+        let s = self.address_in(src, v4)?;
+        let d = self.address_in(dst, v4)?;
         Some(Flow {
             src,
             dst,

@@ -33,18 +33,21 @@ pub enum Endpoint {
 
 /// A connection attempt: the first packet of `src_ip` → `dst_ip:port`.
 /// Build it with [`crate::Engine::flow`], which resolves addresses to pods.
+/// An address is `None` exactly when its endpoint is a workload's pod
+/// template, which has none: no address rule (ipBlock, admin `networks`,
+/// a node's addresses) matches that side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
     pub src: Endpoint,
     pub dst: Endpoint,
-    pub src_ip: IpAddr,
-    pub dst_ip: IpAddr,
+    pub src_ip: Option<IpAddr>,
+    pub dst_ip: Option<IpAddr>,
     pub protocol: Protocol,
     pub port: u16,
     /// Whether `src_ip` / `dst_ip` is its pod's first address of its
-    /// family, the one the pod's identity was classified by: the verdict
-    /// then reuses the identity's address class instead of looking the
-    /// address up.
+    /// family, the one the pod's identity was classified by (or absent, for
+    /// a template): the verdict then reuses the identity's address class
+    /// instead of looking the address up.
     pub(crate) primary: (bool, bool),
     pub(crate) resolved: Resolved,
 }

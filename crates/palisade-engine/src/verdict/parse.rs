@@ -10,28 +10,22 @@ use super::{Endpoint, Flow};
 use crate::{Engine, Error, PodId, PortProto};
 
 impl Engine {
-    /// Resolves `namespace/name` or an IP address to an endpoint.
+    /// Resolves `namespace/name`, `namespace/name[Kind]` (a workload's pod
+    /// template) or an IP address to an endpoint.
     pub fn endpoint(&self, s: &str) -> Result<Endpoint, Error> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(self.endpoint_for_ip(ip));
         }
-        let Some((ns, name)) = s.split_once('/') else {
+        if !s.contains('/') {
             return Err(Error::NotAnEndpoint(s.to_string()));
-        };
-        let Some(i) = self
-            .cluster
-            .pods
-            .iter()
-            .position(|p| p.namespace == ns && p.name == name)
-        else {
-            return Err(Error::PodNotFound(s.to_string()));
-        };
+        }
+        let i = self.pod_named(s)?;
         if self.index.identity_of(PodId::new(i)).is_none() {
             let p = &self.cluster.pods[i];
             return Err(Error::NotServing {
                 pod: s.to_string(),
                 has_ip: !p.ips.is_empty(),
-                phase: p.phase,
+                phase: p.phase().unwrap_or(palisade_model::PodPhase::Unknown),
             });
         }
         Ok(Endpoint::Pod(i))
@@ -69,22 +63,21 @@ impl Engine {
                 });
             }
         }
-        let pick = |e: Endpoint, explicit: Option<IpAddr>| -> Result<IpAddr, Error> {
-            explicit
-                .or_else(|| {
-                    self.ips_of(&e)
-                        .iter()
-                        .copied()
-                        .find(|ip| ip.is_ipv4() == v4)
-                })
-                .ok_or_else(|| Error::NoAddressOfFamily {
-                    endpoint: self.describe(e),
-                    family: if v4 { "IPv4" } else { "IPv6" },
-                })
+        let pick = |e: Endpoint, explicit: Option<IpAddr>| -> Result<Option<IpAddr>, Error> {
+            match explicit {
+                Some(ip) => Ok(Some(ip)),
+                None => self
+                    .address_in(e, v4)
+                    .ok_or_else(|| Error::NoAddressOfFamily {
+                        endpoint: self.describe(e),
+                        family: if v4 { "IPv4" } else { "IPv6" },
+                    }),
+            }
         };
         let (src_ip, dst_ip) = (pick(s, sip)?, pick(d, dip)?);
-        let first = |e: Endpoint, ip: IpAddr| {
-            self.ips_of(&e).iter().find(|a| a.is_ipv4() == v4) == Some(&ip)
+        let first = |e: Endpoint, ip: Option<IpAddr>| match ip {
+            None => true,
+            Some(ip) => self.ips_of(&e).iter().find(|a| a.is_ipv4() == v4) == Some(&ip),
         };
         Ok(Flow {
             src: s,

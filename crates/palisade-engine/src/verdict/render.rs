@@ -19,15 +19,17 @@ impl Engine {
         }
     }
 
-    /// Displays an endpoint as `namespace/pod` or its address, without
+    /// Displays an endpoint as [`Engine::describe`] does, without
     /// allocating.
     pub fn who(&self, e: Endpoint) -> Who<'_> {
         Who(self, e)
     }
 
+    /// `namespace/pod`, `namespace/name[Kind]` for a workload's pod
+    /// template, or the address.
     pub fn describe(&self, e: Endpoint) -> String {
         match e {
-            Endpoint::Pod(i) => self.cluster.pods[i].key(),
+            Endpoint::Pod(i) => self.cluster.pods[i].display_name(),
             Endpoint::Ip(ip) => ip.to_string(),
         }
     }
@@ -226,24 +228,41 @@ impl Engine {
                 s.push_str(" by  and no rule allows ");
             }
         }
-        match dir {
-            Direction::Egress if flow.dst_ip.is_ipv6() => {
+        let (peer, peer_ip) = match dir {
+            Direction::Egress => (flow.dst, flow.dst_ip),
+            Direction::Ingress => (flow.src, flow.src_ip),
+        };
+        match (dir, peer_ip) {
+            (Direction::Egress, Some(ip)) if ip.is_ipv6() => {
                 s.push('[');
-                push_ip(s, flow.dst_ip);
+                push_ip(s, ip);
                 s.push_str("]:");
             }
-            Direction::Egress => {
-                push_ip(s, flow.dst_ip);
+            (Direction::Egress, Some(ip)) => {
+                push_ip(s, ip);
                 s.push(':');
             }
-            Direction::Ingress => {
-                push_ip(s, flow.src_ip);
+            (Direction::Egress, None) => {
+                self.push_who(s, peer);
+                s.push_str(" port ");
+            }
+            (Direction::Ingress, Some(ip)) => {
+                push_ip(s, ip);
+                s.push_str(" to port ");
+            }
+            (Direction::Ingress, None) => {
+                self.push_who(s, peer);
                 s.push_str(" to port ");
             }
         }
         push_u32(s, flow.port.into());
         s.push('/');
         s.push_str(flow.protocol.as_str());
+        if peer_ip.is_none() {
+            s.push_str(" (");
+            self.push_who(s, peer);
+            s.push_str(" has no address, so no ipBlock matches it)");
+        }
     }
 }
 
@@ -251,7 +270,7 @@ impl Engine {
 /// instead of several pushes per sentence.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ReasonParts {
-    /// Per pod: `namespace/name`.
+    /// Per pod: `namespace/name` (`namespace/name[Kind]` for a template).
     pod_keys: Vec<String>,
     /// Per NetworkPolicy: `namespace/name`.
     policy_keys: Vec<String>,
@@ -263,7 +282,7 @@ pub(crate) struct ReasonParts {
 impl Engine {
     fn parts(&self) -> &ReasonParts {
         self.parts.get_or_init(|| ReasonParts {
-            pod_keys: self.cluster.pods.iter().map(Pod::key).collect(),
+            pod_keys: self.cluster.pods.iter().map(Pod::display_name).collect(),
             policy_keys: self
                 .cluster
                 .policies
@@ -301,7 +320,11 @@ impl std::fmt::Display for Who<'_> {
         match self.1 {
             Endpoint::Pod(i) => {
                 let p = &self.0.cluster.pods[i];
-                write!(f, "{}/{}", p.namespace, p.name)
+                write!(f, "{}/{}", p.namespace, p.name)?;
+                match p.template_kind() {
+                    Some(k) => write!(f, "[{k}]"),
+                    None => Ok(()),
+                }
             }
             Endpoint::Ip(ip) => write!(f, "{ip}"),
         }

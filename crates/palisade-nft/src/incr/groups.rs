@@ -55,7 +55,7 @@ impl Incremental {
                     if let Some(out) = out.as_deref_mut() {
                         self.group_elements(Dir::Egress, k, &g, out, Op::Add);
                     }
-                    self.egress.insert(k.clone(), g);
+                    self.egress.insert(k.clone(), *g);
                 }
             }
         }
@@ -67,7 +67,7 @@ impl Incremental {
                     if let Some(out) = out.as_deref_mut() {
                         self.group_elements(Dir::Ingress, &k.0, &g, out, Op::Add);
                     }
-                    self.ingress.insert(k.clone(), g);
+                    self.ingress.insert(k.clone(), *g);
                 }
             }
         }
@@ -308,7 +308,7 @@ impl Incremental {
 enum Joined {
     Existing,
     /// A group to create (not yet in the map): emit its elements, insert it.
-    New(Group),
+    New(Box<Group>),
     /// Its id, a hash of its key, is taken or zero.
     Collision,
 }
@@ -327,11 +327,11 @@ fn join<K: Ord + Encode>(
     if id == 0 || !used.insert(id) {
         return Joined::Collision;
     }
-    Joined::New(Group {
+    Joined::New(Box::new(Group {
         id,
         users: 1,
         holder: holder.clone(),
-    })
+    }))
 }
 
 /// Ends one use of group `k`; the group, removed, when that was its last.
