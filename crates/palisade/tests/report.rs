@@ -321,7 +321,7 @@ fn check_in_browser(name: &str, html_path: &Path, engine: &Engine) -> Html {
 
     // Edges: exactly the allowed ordered pairs, with their ports.
     let edges: BTreeSet<(String, String, String)> = dom
-        .select(&sel("svg#graph line.edge"))
+        .select(&sel("svg#graph path.edge"))
         .map(|e| {
             (
                 attr(&e, "data-src").to_string(),
@@ -332,7 +332,7 @@ fn check_in_browser(name: &str, html_path: &Path, engine: &Engine) -> Html {
         .collect();
     assert_eq!(
         edges.len(),
-        dom.select(&sel("svg#graph line.edge")).count(),
+        dom.select(&sel("svg#graph path.edge")).count(),
         "an edge drawn twice"
     );
     assert_eq!(edges, want.edges);

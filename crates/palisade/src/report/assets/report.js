@@ -11,7 +11,7 @@
   var WORDS = { A: "allowed", D: "denied", N: "no common address family", P: "partly allowed" };
   var MARKS = { A: "\u2713", D: "\u2717", N: "\u2013", P: "\u25d0" };
 
-  var NODE_W = 168, NODE_H = 30, GAP = 14, PAD = 12, HEAD = 26, BOX_GAP = 44, MAX_W = 1320;
+  var NODE_W = 168, NODE_H = 30, GAP_X = 36, GAP_Y = 30, PAD = 14, HEAD = 26, BOX_GAP = 56, MAX_W = 1320;
 
   function svgEl(name, attrs, parent) {
     var e = document.createElementNS(SVG, name);
@@ -44,19 +44,19 @@
       }
       byNs[n.namespace].nodes.push(n);
     });
-    var maxCols = Math.max(1, Math.floor((MAX_W - 2 * PAD + GAP) / (NODE_W + GAP)));
+    var maxCols = Math.max(1, Math.floor((MAX_W - 2 * PAD + GAP_X) / (NODE_W + GAP_X)));
     var x = 0, y = 0, rowH = 0, width = 0, pos = {};
     groups.forEach(function (g) {
       var cols = Math.min(maxCols, Math.max(1, Math.ceil(Math.sqrt(g.nodes.length))));
       var rows = Math.ceil(g.nodes.length / cols);
-      g.w = Math.max(cols * (NODE_W + GAP) - GAP + 2 * PAD, g.name.length * 7.5 + 2 * PAD);
-      g.h = HEAD + rows * (NODE_H + GAP) - GAP + 2 * PAD;
+      g.w = Math.max(cols * (NODE_W + GAP_X) - GAP_X + 2 * PAD, g.name.length * 7.5 + 2 * PAD);
+      g.h = HEAD + rows * (NODE_H + GAP_Y) - GAP_Y + 2 * PAD;
       if (x > 0 && x + g.w > MAX_W) { x = 0; y += rowH + BOX_GAP; rowH = 0; }
       g.x = x; g.y = y;
       g.nodes.forEach(function (n, i) {
         pos[n.id] = {
-          x: g.x + PAD + (i % cols) * (NODE_W + GAP),
-          y: g.y + HEAD + PAD + Math.floor(i / cols) * (NODE_H + GAP)
+          x: g.x + PAD + (i % cols) * (NODE_W + GAP_X),
+          y: g.y + HEAD + PAD + Math.floor(i / cols) * (NODE_H + GAP_Y)
         };
       });
       x += g.w + BOX_GAP;
@@ -76,7 +76,7 @@
   }
 
   function drawGraph() {
-    var L = layout(), margin = 8;
+    var L = layout(), margin = 48; // room for arrows that bend outside the boxes
     svg.setAttribute("width", L.width + 2 * margin);
     svg.setAttribute("height", L.height + 2 * margin);
     svg.setAttribute("viewBox", -margin + " " + -margin + " " + (L.width + 2 * margin) + " " + (L.height + 2 * margin));
@@ -87,24 +87,22 @@
       svgEl("text", { x: g.x + PAD, y: g.y + 18 }, c).textContent = g.name;
       svgEl("title", {}, c).textContent = "namespace " + g.name + ": " + g.nodes.length + (data.level === "namespace" ? "" : " endpoints");
     });
-    var present = {};
-    data.edges.forEach(function (e) { present[e.src + "\u0000" + e.dst] = true; });
     var edges = svgEl("g", { "class": "edges" }, svg);
     data.edges.forEach(function (e) {
       var a = L.pos[e.src], b = L.pos[e.dst];
       var ax = a.x + NODE_W / 2, ay = a.y + NODE_H / 2, bx = b.x + NODE_W / 2, by = b.y + NODE_H / 2;
-      // Two opposite arrows between the same nodes are drawn side by side.
-      if (present[e.dst + "\u0000" + e.src]) {
-        var len = Math.hypot(bx - ax, by - ay) || 1, ox = -(by - ay) / len * 4, oy = (bx - ax) / len * 4;
-        ax += ox; ay += oy; bx += ox; by += oy;
-      }
-      var p = border(ax, ay, bx, by), q = border(bx, by, ax, ay);
-      var line = svgEl("line", {
+      // Each arrow bends to its left: the two arrows between a pair of
+      // nodes part, and an arrow rarely runs through the nodes between.
+      var len = Math.hypot(bx - ax, by - ay) || 1, bend = Math.max(18, len * 0.16);
+      var cx = (ax + bx) / 2 + (by - ay) / len * bend, cy = (ay + by) / 2 - (bx - ax) / len * bend;
+      var p = border(ax, ay, cx, cy), q = border(bx, by, cx, cy);
+      var path = svgEl("path", {
         "class": "edge", "data-src": e.src, "data-dst": e.dst, "data-ports": e.ports.join(" "),
-        x1: p[0].toFixed(1), y1: p[1].toFixed(1), x2: q[0].toFixed(1), y2: q[1].toFixed(1),
+        d: "M" + p[0].toFixed(1) + "," + p[1].toFixed(1) + " Q" + cx.toFixed(1) + "," + cy.toFixed(1) +
+           " " + q[0].toFixed(1) + "," + q[1].toFixed(1),
         "marker-end": "url(#arrow)"
       }, edges);
-      svgEl("title", {}, line).textContent = e.src + " \u2192 " + e.dst + ": " + e.ports.join(", ");
+      svgEl("title", {}, path).textContent = e.src + " \u2192 " + e.dst + ": " + e.ports.join(", ");
     });
     var nodes = svgEl("g", { "class": "nodes" }, svg);
     data.nodes.forEach(function (n) {
