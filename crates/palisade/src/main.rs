@@ -7,6 +7,7 @@ mod dataplane;
 mod doctor;
 mod input;
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,19 @@ enum Command {
         /// `workload` groups pods by the workload that owns them (`ns/name[Kind]`).
         #[arg(long, value_enum, default_value = "pod")]
         by: By,
+    },
+    /// Write one self-contained HTML page: the graph of allowed connections
+    /// grouped by namespace, the reachability matrix with each cell's
+    /// explanation, isolation coverage per namespace and the findings.
+    Report {
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Ports to probe, e.g. 80/TCP,53/UDP (default: the pods' container ports).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<PortProto>,
+        /// The HTML file to write.
+        #[arg(short = 'o', long = "output", default_value = "report.html")]
+        output: PathBuf,
     },
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
@@ -246,6 +260,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let m = engine.matrix(&ports);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             output::write_matrix(&mut out, &engine, &m, output, by == By::Workload)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            files,
+            ports,
+            output,
+        } => {
+            let r = report::write(&files, ports, &output)?;
+            let s = &r.summary;
+            println!(
+                "wrote {}: {} endpoints in {} namespaces, {} allowed connections on {} ports, {} findings",
+                output.display(),
+                s.endpoints,
+                s.namespaces,
+                s.edges,
+                s.ports,
+                r.findings.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
