@@ -11,6 +11,7 @@
 //! default) let the pure crates' tests use [`synth`] without building them.
 
 pub mod engine;
+pub mod manifests;
 pub mod synth;
 
 #[cfg(feature = "agent")]

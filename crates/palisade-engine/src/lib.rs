@@ -21,7 +21,7 @@ mod verdict;
 pub use error::Error;
 pub use ids::{IdentityId, MatcherId, PodId, RuleId, SetId};
 pub use index::{IdSet, Identity, Index, PeerMatch};
-pub use matrix::{Matrix, PortProto};
+pub use matrix::{Matrix, MatrixRow, MatrixRows, PortProto};
 pub use verdict::{Decision, Direction, Endpoint, Explanation, Flow, Outcome, Verdict, Who};
 
 use palisade_model::Cluster;

@@ -72,7 +72,28 @@ impl Engine {
         ports
     }
 
+    /// The whole matrix in memory: `ports × identities²` cells. Callers
+    /// that print it row by row use [`Engine::matrix_rows`] instead.
     pub fn matrix(&self, ports: &[PortProto]) -> Matrix {
+        let mut rows = self.matrix_rows(ports);
+        let n = rows.identities.len();
+        let mut cells: Vec<Vec<Cell>> = (0..ports.len())
+            .map(|_| Vec::with_capacity(n * n))
+            .collect();
+        for row in rows.by_ref() {
+            cells[row.port].extend(row.cells);
+        }
+        Matrix {
+            ports: rows.ports,
+            identities: rows.identities,
+            cells,
+        }
+    }
+
+    /// The matrix one source row at a time, ports outermost: what a writer
+    /// that streams its output needs, holding one row (`identities` cells)
+    /// instead of all of them.
+    pub fn matrix_rows(&self, ports: &[PortProto]) -> MatrixRows<'_> {
         let idx = self.index();
         let mut identities: Vec<IdentityId> = (0..idx.identities().len())
             .map(IdentityId::new)
@@ -86,27 +107,80 @@ impl Engine {
             .iter()
             .map(|&i| Endpoint::Pod(idx.identity(i).members[0].index()))
             .collect();
-        let n = reps.len();
-        let cells = ports
-            .iter()
-            .map(|pp| {
-                let mut cells = Vec::with_capacity(n * n);
-                for &s in &reps {
-                    for &d in &reps {
-                        cells.push(match self.flow(s, d, pp.protocol, pp.port) {
-                            Ok(f) if self.allowed(&f) => Cell::Allowed,
-                            Ok(_) => Cell::Denied,
-                            Err(_) => Cell::NoFamily,
-                        });
-                    }
-                }
-                cells
-            })
-            .collect();
-        Matrix {
+        MatrixRows {
+            engine: self,
             ports: ports.to_vec(),
             identities,
-            cells,
+            reps,
+            next: 0,
         }
+    }
+}
+
+/// One source row of the matrix for one port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixRow {
+    /// Index into [`MatrixRows::ports`].
+    pub port: usize,
+    /// Index into [`MatrixRows::identities`].
+    pub source: usize,
+    /// One cell per destination, in the order of `identities`.
+    pub cells: Vec<Cell>,
+}
+
+/// The rows of a matrix, computed when asked for: an iterator over every
+/// (port, source) in order, and random access through [`MatrixRows::row`].
+pub struct MatrixRows<'e> {
+    engine: &'e Engine,
+    pub ports: Vec<PortProto>,
+    /// Identities in display order (namespace, then labels).
+    pub identities: Vec<IdentityId>,
+    reps: Vec<Endpoint>,
+    /// The next (port × identities + source) the iterator yields.
+    next: usize,
+}
+
+impl MatrixRows<'_> {
+    /// The cells of source `source` (an index into `identities`) for
+    /// `ports[port]`, computed now.
+    pub fn row(&self, port: usize, source: usize) -> Vec<Cell> {
+        let pp = self.ports[port];
+        let s = self.reps[source];
+        self.reps
+            .iter()
+            .map(|&d| match self.engine.flow(s, d, pp.protocol, pp.port) {
+                Ok(f) if self.engine.allowed(&f) => Cell::Allowed,
+                Ok(_) => Cell::Denied,
+                Err(_) => Cell::NoFamily,
+            })
+            .collect()
+    }
+
+    /// How many rows the iterator yields in all.
+    pub fn total(&self) -> usize {
+        self.ports.len() * self.identities.len()
+    }
+}
+
+impl Iterator for MatrixRows<'_> {
+    type Item = MatrixRow;
+
+    fn next(&mut self) -> Option<MatrixRow> {
+        let n = self.identities.len();
+        if n == 0 || self.next >= self.total() {
+            return None;
+        }
+        let (port, source) = (self.next / n, self.next % n);
+        self.next += 1;
+        Some(MatrixRow {
+            port,
+            source,
+            cells: self.row(port, source),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total().saturating_sub(self.next);
+        (left, Some(left))
     }
 }

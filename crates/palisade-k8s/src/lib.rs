@@ -726,12 +726,19 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
 
 /// Decodes several `(name, contents)` inputs and assembles them.
 pub fn load(inputs: &[(String, Vec<u8>)]) -> Loaded {
+    load_with(inputs, &mut |_| {})
+}
+
+/// [`load`], calling `decoded` with the number of inputs decoded so far
+/// after each one (a caller's progress report).
+pub fn load_with(inputs: &[(String, Vec<u8>)], decoded: &mut dyn FnMut(usize)) -> Loaded {
     let mut objects = Vec::new();
     let mut diagnostics = Vec::new();
-    for (name, bytes) in inputs {
+    for (i, (name, bytes)) in inputs.iter().enumerate() {
         let (o, d) = decode(name, bytes);
         objects.extend(o);
         diagnostics.extend(d);
+        decoded(i + 1);
     }
     let mut loaded = assemble(objects);
     diagnostics.append(&mut loaded.diagnostics);

@@ -360,3 +360,194 @@ pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8], timeout: Duration) -> bool 
     let mut buf = vec![0u8; msg.len()];
     s.read_exact(&mut buf).is_ok() && buf == msg
 }
+
+/// What a probed pair shows on one port, over the families probed: `.`
+/// allowed, `X` denied, `4` or `6` allowed over that family only, `-` not
+/// probed (a pod to itself, or no common family).
+fn mark(probes: &[(bool, bool)]) -> &'static str {
+    let allowed = |v4: bool| probes.iter().any(|&(f, a)| f == v4 && a);
+    let probed = |v4: bool| probes.iter().any(|&(f, _)| f == v4);
+    match (probed(true), probed(false)) {
+        (false, false) => "-",
+        (true, true) => match (allowed(true), allowed(false)) {
+            (true, true) => ".",
+            (false, false) => "X",
+            (true, false) => "4",
+            (false, true) => "6",
+        },
+        (true, false) => {
+            if allowed(true) {
+                "."
+            } else {
+                "X"
+            }
+        }
+        (false, true) => {
+            if allowed(false) {
+                "."
+            } else {
+                "X"
+            }
+        }
+    }
+}
+
+/// The predicted and the observed matrix of a probe run side by side, one
+/// block per port: rows are sources and columns destinations, both the
+/// lab's pods in `pods` order, numbered (the columns are the numbers).
+/// A row where the kernel and the engine disagree is marked.
+pub fn render_matrices(obs: &[Observation], pods: &[String], ports: &[PortProto]) -> String {
+    use std::fmt::Write as _;
+    let at: HashMap<&str, usize> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let n = pods.len();
+    // (port, src, dst) → [(is IPv4, predicted, observed)]
+    type Probes = Vec<(bool, bool, bool)>;
+    let mut cells: HashMap<(usize, usize, usize), Probes> = HashMap::new();
+    for o in obs {
+        let Some(pi) = ports
+            .iter()
+            .position(|p| p.port == o.port && p.protocol.as_str() == o.protocol)
+        else {
+            continue;
+        };
+        let (Some(&s), Some(&d)) = (at.get(o.src.as_str()), at.get(o.dst.as_str())) else {
+            continue;
+        };
+        cells
+            .entry((pi, s, d))
+            .or_default()
+            .push((o.dst_ip.is_ipv4(), o.expected, o.observed));
+    }
+    let digits = n.max(1).to_string().len();
+    let labels: Vec<String> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{:>digits$} {p}", i + 1))
+        .collect();
+    let lw = labels.iter().map(String::len).max().unwrap_or(0);
+    let block = (n * (digits + 1)).saturating_sub(1).max("predicted".len());
+    let mut out = String::new();
+    for (pi, pp) in ports.iter().enumerate() {
+        if pi > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "{pp} (rows: from, columns: to; . allowed, X denied, 4/6 allowed over IPv4/IPv6 only, - not probed)"
+        );
+        let _ = writeln!(out, "{:lw$}   {:block$}   observed", "", "predicted");
+        let numbers: Vec<String> = (1..=n).map(|i| format!("{i:>digits$}")).collect();
+        let numbers = numbers.join(" ");
+        let _ = writeln!(out, "{:lw$}   {numbers:block$}   {numbers}", "");
+        for (s, label) in labels.iter().enumerate() {
+            let (mut predicted, mut observed, mut differs) = (Vec::new(), Vec::new(), false);
+            for d in 0..n {
+                let probes = cells.get(&(pi, s, d)).map(Vec::as_slice).unwrap_or(&[]);
+                let p: Vec<(bool, bool)> = probes.iter().map(|&(f, e, _)| (f, e)).collect();
+                let o: Vec<(bool, bool)> = probes.iter().map(|&(f, _, o)| (f, o)).collect();
+                differs |= probes.iter().any(|&(_, e, o)| e != o);
+                predicted.push(format!("{:>digits$}", mark(&p)));
+                observed.push(format!("{:>digits$}", mark(&o)));
+            }
+            let _ = writeln!(
+                out,
+                "{label:lw$}   {:block$}   {}{}",
+                predicted.join(" "),
+                observed.join(" "),
+                if differs { "   <-- disagrees" } else { "" }
+            );
+        }
+    }
+    out
+}
+
+/// `180/180 probes agree`, or `178/180 probes agree; 2 disagree:` and one
+/// indented line per disagreeing probe.
+pub fn render_summary(obs: &[Observation]) -> String {
+    let bad: Vec<&Observation> = obs.iter().filter(|o| !o.agrees()).collect();
+    let agree = obs.len() - bad.len();
+    if bad.is_empty() {
+        return format!("{agree}/{} probes agree\n", obs.len());
+    }
+    let mut out = format!(
+        "{agree}/{} probes agree; {} disagree:\n",
+        obs.len(),
+        bad.len()
+    );
+    for o in bad {
+        out.push_str(&format!("  {o}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ob(
+        src: &str,
+        dst: &str,
+        v4: bool,
+        port: u16,
+        expected: bool,
+        observed: bool,
+    ) -> Observation {
+        let (s, d): (IpAddr, IpAddr) = if v4 {
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())
+        } else {
+            ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
+        };
+        Observation {
+            src: src.into(),
+            dst: dst.into(),
+            src_ip: s,
+            dst_ip: d,
+            port,
+            protocol: "TCP".into(),
+            expected,
+            observed,
+        }
+    }
+
+    #[test]
+    fn matrices_side_by_side_and_summary_name_each_disagreement() {
+        let pods = vec![
+            "ns/a".to_string(),
+            "ns/bb".to_string(),
+            "other/c".to_string(),
+        ];
+        let ports: Vec<PortProto> = vec!["80/TCP".parse().unwrap()];
+        let obs = vec![
+            ob("ns/a", "ns/bb", true, 80, true, true),
+            ob("ns/a", "ns/bb", false, 80, true, true),
+            ob("ns/a", "other/c", true, 80, false, false),
+            ob("ns/bb", "ns/a", true, 80, true, true),
+            ob("ns/bb", "ns/a", false, 80, true, false),
+            ob("ns/bb", "other/c", true, 80, true, true),
+            ob("other/c", "ns/a", true, 80, false, false),
+            // A port not asked for is not drawn.
+            ob("other/c", "ns/a", true, 81, true, true),
+        ];
+        assert_eq!(
+            render_matrices(&obs, &pods, &ports),
+            "80/TCP (rows: from, columns: to; . allowed, X denied, 4/6 allowed over IPv4/IPv6 only, - not probed)
+            predicted   observed
+            1 2 3       1 2 3
+1 ns/a      - . X       - . X
+2 ns/bb     . - .       4 - .   <-- disagrees
+3 other/c   X - -       X - -
+"
+        );
+        assert_eq!(
+            render_summary(&obs),
+            "7/8 probes agree; 1 disagree:
+  ns/bb -> ns/a (fd00::1 -> fd00::2) 80/TCP: engine allowed, kernel denied
+"
+        );
+        assert_eq!(render_summary(&obs[..4]), "4/4 probes agree\n");
+    }
+}

@@ -19,7 +19,12 @@ pub enum RulesetFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProbeFormat {
-    Table,
+    /// The predicted and the observed matrix per port, and a summary line.
+    #[value(alias = "table")]
+    Text,
+    /// One line per probe (both families), and the summary line.
+    Wide,
+    /// One JSON object per probe and line (docs/formats.md).
     Json,
 }
 
@@ -65,13 +70,14 @@ pub enum LabCommand {
         cni_bin_dir: PathBuf,
     },
     /// Probe every pod pair with real connections (IPv4 and IPv6) and compare
-    /// with the engine. Exit 1 on any disagreement.
+    /// with the engine: the predicted and observed matrices and one summary
+    /// line (`-o wide`: every probe). Exit 1 on any disagreement.
     Probe {
         #[arg(long, default_value = "default")]
         name: String,
         #[arg(long, value_delimiter = ',')]
         ports: Vec<PortProto>,
-        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: ProbeFormat,
         /// Timeout of a denied connection attempt, in milliseconds.
         #[arg(long, default_value_t = 300)]
@@ -313,14 +319,31 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             };
             let obs = palisade_lab::probe(&state, &engine, &ports, &opts)?;
             let bad = obs.iter().filter(|o| !o.agrees()).count();
-            let mut out = std::io::stdout().lock();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let summary = palisade_lab::render_summary(&obs);
             match output {
                 ProbeFormat::Json => {
-                    serde_json::to_writer_pretty(&mut out, &obs)?;
-                    writeln!(out)?;
+                    for o in &obs {
+                        serde_json::to_writer(&mut out, &probe_json(o))?;
+                        writeln!(out)?;
+                    }
+                    // stdout stays JSON Lines; people read the summary.
+                    eprint!("{summary}");
                 }
-                ProbeFormat::Table => write_probe_table(&mut out, &obs, bad)?,
+                ProbeFormat::Text => {
+                    let pods: Vec<String> = state.pods.iter().map(|p| p.key.clone()).collect();
+                    write!(
+                        out,
+                        "{}\n{summary}",
+                        palisade_lab::render_matrices(&obs, &pods, &ports)
+                    )?;
+                }
+                ProbeFormat::Wide => {
+                    write_probe_table(&mut out, &obs)?;
+                    write!(out, "{summary}")?;
+                }
             }
+            out.flush()?;
             Ok(if bad == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -390,11 +413,36 @@ fn lab_bench(
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_probe_table(
-    out: &mut impl Write,
-    obs: &[palisade_lab::Observation],
-    bad: usize,
-) -> Result<()> {
+/// One probe as `lab probe -o json` writes it (docs/schemas/probe.json).
+#[derive(serde::Serialize)]
+struct ProbeJson<'a> {
+    src: &'a str,
+    dst: &'a str,
+    src_ip: std::net::IpAddr,
+    dst_ip: std::net::IpAddr,
+    port: u16,
+    protocol: &'a str,
+    predicted: &'static str,
+    observed: &'static str,
+    agree: bool,
+}
+
+fn probe_json(o: &palisade_lab::Observation) -> ProbeJson<'_> {
+    let word = |b: bool| if b { "allowed" } else { "denied" };
+    ProbeJson {
+        src: &o.src,
+        dst: &o.dst,
+        src_ip: o.src_ip,
+        dst_ip: o.dst_ip,
+        port: o.port,
+        protocol: &o.protocol,
+        predicted: word(o.expected),
+        observed: word(o.observed),
+        agree: o.agrees(),
+    }
+}
+
+fn write_probe_table(out: &mut impl Write, obs: &[palisade_lab::Observation]) -> Result<()> {
     let w = obs
         .iter()
         .map(|o| o.src.len().max(o.dst.len()))
@@ -402,14 +450,14 @@ fn write_probe_table(
         .unwrap_or(3);
     writeln!(
         out,
-        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}",
-        "SRC", "DST", "PORT", "IP", "ENGINE", "KERNEL"
+        "{:w$}  {:w$}  {:>9}  {:4}  {:8}  KERNEL",
+        "SRC", "DST", "PORT", "IP", "ENGINE"
     )?;
     let v = |b: bool| if b { "allowed" } else { "denied" };
     for o in obs {
         writeln!(
             out,
-            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {:8}{}",
+            "{:w$}  {:w$}  {:>9}  {:4}  {:8}  {}{}",
             o.src,
             o.dst,
             format!("{}/{}", o.port, o.protocol),
@@ -419,7 +467,6 @@ fn write_probe_table(
             if o.agrees() { "" } else { "  <-- DISAGREES" }
         )?;
     }
-    writeln!(out, "{} probes, {bad} disagreement(s)", obs.len())?;
     Ok(())
 }
 

@@ -27,7 +27,9 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     let found = manifests::walk(paths).map_err(|(p, e)| anyhow!("{}: {e}", p.display()))?;
     let mut inputs = Vec::with_capacity(found.len());
     let mut diagnostics = Vec::new();
+    let bar = crate::progress::bar("reading files", found.len() as u64);
     for f in found {
+        bar.inc(1);
         match f {
             Found::File { path, .. } => match manifests::read(&path) {
                 Ok(bytes) => inputs.push((path.display().to_string(), bytes)),
@@ -43,7 +45,9 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
             }
         }
     }
-    let mut loaded = palisade_k8s::load(&inputs);
+    bar.restart("decoding files", inputs.len() as u64);
+    let mut loaded = palisade_k8s::load_with(&inputs, &mut |n| bar.set_position(n as u64));
+    bar.finish();
     diagnostics.append(&mut loaded.diagnostics);
     loaded.diagnostics = diagnostics;
     Ok(loaded)
@@ -66,37 +70,6 @@ pub fn engine(paths: &[PathBuf]) -> Result<Engine> {
         bail!("{errors} error(s) in the manifests; nothing was decided");
     }
     Ok(Engine::new(loaded.cluster))
-}
-
-pub struct FlowLine {
-    pub line: usize,
-    pub src: String,
-    pub dst: String,
-    pub port: String,
-}
-
-pub fn parse_flow_lines(file: &str, text: &str) -> Result<Vec<FlowLine>> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let [src, dst, port] = words[..] else {
-            bail!(
-                "{file}:{}: expected `SRC DST PORT/PROTO`, got {line:?}",
-                i + 1
-            );
-        };
-        out.push(FlowLine {
-            line: i + 1,
-            src: src.into(),
-            dst: dst.into(),
-            port: port.into(),
-        });
-    }
-    Ok(out)
 }
 
 pub fn resolve_flow(engine: &Engine, src: &str, dst: &str, port: &str) -> Result<Flow> {

@@ -3,16 +3,19 @@
 //! library crates; this file only reads files and prints.
 
 mod agent_cmd;
+mod check_cmd;
 mod dataplane;
 mod doctor;
 mod input;
+mod matrix_cmd;
 mod output;
 mod report;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade_engine::PortProto;
 
@@ -52,6 +55,8 @@ enum Command {
     ///
     /// SRC and DST are namespace/pod or an IP address; PROTO is TCP, UDP or
     /// SCTP (default TCP). Exit 0 when allowed, 1 when denied, 2 on error.
+    /// With --flows: exit 0 when every line was answered, 2 when a line
+    /// could not be (named on stderr as FILE:LINE; the others are answered).
     Check {
         /// Manifest files or directories (recursive: *.yaml, *.yml, *.json).
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
@@ -192,76 +197,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
-            mut files,
+            files,
             flows,
             output,
             flow,
-        } => {
-            let mut flow = flow;
-            if flows.is_none() {
-                // Values after `-f` that belong to the flow, not to the paths.
-                while flow.len() < 3 && files.len() > 1 {
-                    let last = files.pop().expect("checked non-empty");
-                    flow.insert(0, last.to_string_lossy().into_owned());
-                }
-                if flow.len() != 3 {
-                    bail!("check needs -f PATH... SRC DST PORT/PROTO, or -f PATH... --flows FILE");
-                }
-            } else if !flow.is_empty() {
-                bail!("give either SRC DST PORT/PROTO or --flows FILE, not both");
-            }
-            let engine = input::engine(&files)?;
-            if let Some(path) = flows {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let lines = input::parse_flow_lines(&path.display().to_string(), &text)?;
-                // Resolve every line before printing any: a bad line is an
-                // error for the whole file, not a partial answer.
-                let mut resolved = Vec::with_capacity(lines.len());
-                for l in &lines {
-                    resolved.push(
-                        input::resolve_flow(&engine, &l.src, &l.dst, &l.port)
-                            .with_context(|| format!("{}:{}", path.display(), l.line))?,
-                    );
-                }
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                for (l, f) in lines.iter().zip(&resolved) {
-                    let v = engine.verdict(f);
-                    output::write_check(&mut out, output, &l.src, &l.dst, f, &v, false)?;
-                }
-                use std::io::Write;
-                out.flush()?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let [src, dst, port] =
-                <[String; 3]>::try_from(flow).expect("three values checked above");
-            let f = input::resolve_flow(&engine, &src, &dst, &port)?;
-            let v = engine.verdict(&f);
-            let mut out = std::io::stdout().lock();
-            output::write_check(&mut out, output, &src, &dst, &f, &v, true)?;
-            Ok(if v.allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        } => check_cmd::check(files, flows, output, flow),
         Command::Matrix {
             files,
             ports,
             output,
             by,
-        } => {
-            let engine = input::engine(&files)?;
-            let ports = if ports.is_empty() {
-                engine.default_ports()
-            } else {
-                ports
-            };
-            let m = engine.matrix(&ports);
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            output::write_matrix(&mut out, &engine, &m, output, by == By::Workload)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => matrix_cmd::matrix(&files, ports, output, by == By::Workload),
         Command::Report {
             files,
             ports,

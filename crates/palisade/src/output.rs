@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use palisade_engine::matrix::Cell;
-use palisade_engine::{Engine, Flow, IdentityId, Matrix, PodId, Verdict};
+use palisade_engine::{Engine, Flow, IdentityId, MatrixRows, PodId, Verdict};
 use serde_json::json;
 
 use crate::CheckFormat;
@@ -54,29 +54,15 @@ pub fn write_check(
 }
 
 /// One row/column of the printed matrix: a pod, or a workload.
-struct Axis {
-    names: Vec<String>,
-    /// For each name, its (first) row in the identity matrix.
-    identity_row: Vec<usize>,
+pub struct Axis {
+    pub names: Vec<String>,
     /// For each name, every row of the identity matrix its pods have: a
     /// workload's pods may fall in several identities (a pod relabelled by
     /// hand, a rollout between two templates).
-    rows: Vec<Vec<usize>>,
+    pub rows: Vec<Vec<usize>>,
 }
 
-impl Axis {
-    /// The cell between two names; `None` when the pods behind them do not
-    /// all get the same answer.
-    fn cell(&self, m: &Matrix, port: usize, from: usize, to: usize) -> Option<Cell> {
-        let mut cells = self.rows[from]
-            .iter()
-            .flat_map(|&r| self.rows[to].iter().map(move |&c| m.cell(port, r, c)));
-        let first = cells.next()?;
-        cells.all(|c| c == first).then_some(first)
-    }
-}
-
-fn axis(engine: &Engine, m: &Matrix, by_workload: bool) -> Axis {
+pub fn axis(engine: &Engine, m: &MatrixRows, by_workload: bool) -> Axis {
     let idx = engine.index();
     let row_of: std::collections::HashMap<IdentityId, usize> = m
         .identities
@@ -113,13 +99,12 @@ fn axis(engine: &Engine, m: &Matrix, by_workload: bool) -> Axis {
         named.extend(pods.map(|(pod, row)| (pod.display_name(), vec![row])));
     }
     Axis {
-        identity_row: named.iter().map(|(_, rows)| rows[0]).collect(),
         names: named.iter().map(|(n, _)| n.clone()).collect(),
         rows: named.into_iter().map(|(_, rows)| rows).collect(),
     }
 }
 
-fn mark(c: Option<Cell>) -> &'static str {
+pub fn mark(c: Option<Cell>) -> &'static str {
     // The Kubernetes e2e suite prints "." for connected and "X" for blocked.
     match c {
         Some(Cell::Allowed) => ".",
@@ -127,83 +112,4 @@ fn mark(c: Option<Cell>) -> &'static str {
         Some(Cell::NoFamily) => "-",
         None => "~",
     }
-}
-
-pub fn write_matrix(
-    out: &mut impl Write,
-    engine: &Engine,
-    m: &Matrix,
-    format: crate::MatrixFormat,
-    by_workload: bool,
-) -> Result<()> {
-    let ax = axis(engine, m, by_workload);
-    match format {
-        crate::MatrixFormat::Table => {
-            let w = ax.names.iter().map(|n| n.len()).max().unwrap_or(1).max(1);
-            for (pi, pp) in m.ports.iter().enumerate() {
-                if pi > 0 {
-                    writeln!(out)?;
-                }
-                let mixed = if by_workload {
-                    ", ~ not the same for all the workload's pods"
-                } else {
-                    ""
-                };
-                writeln!(out, "reachability {pp} (rows: from, columns: to; . allowed, X denied, - no common IP family{mixed})")?;
-                write!(out, "{:w$}", "-")?;
-                for n in &ax.names {
-                    write!(out, " {n}")?;
-                }
-                writeln!(out)?;
-                for (ri, rn) in ax.names.iter().enumerate() {
-                    write!(out, "{rn:w$}")?;
-                    for (ci, cn) in ax.names.iter().enumerate() {
-                        let c = ax.cell(m, pi, ri, ci);
-                        write!(out, " {:>width$}", mark(c), width = cn.len())?;
-                    }
-                    writeln!(out)?;
-                }
-            }
-        }
-        crate::MatrixFormat::Csv => {
-            write!(out, "port,from")?;
-            for n in &ax.names {
-                write!(out, ",{n}")?;
-            }
-            writeln!(out)?;
-            for (pi, pp) in m.ports.iter().enumerate() {
-                for (ri, rn) in ax.names.iter().enumerate() {
-                    write!(out, "{pp},{rn}")?;
-                    for ci in 0..ax.names.len() {
-                        let c = m.cell(pi, ax.identity_row[ri], ax.identity_row[ci]);
-                        write!(out, ",{}", u8::from(c == Cell::Allowed))?;
-                    }
-                    writeln!(out)?;
-                }
-            }
-        }
-        crate::MatrixFormat::Json => {
-            let mut matrix = serde_json::Map::new();
-            for (pi, pp) in m.ports.iter().enumerate() {
-                let rows: Vec<Vec<bool>> = (0..ax.names.len())
-                    .map(|ri| {
-                        (0..ax.names.len())
-                            .map(|ci| {
-                                m.cell(pi, ax.identity_row[ri], ax.identity_row[ci])
-                                    == Cell::Allowed
-                            })
-                            .collect()
-                    })
-                    .collect();
-                matrix.insert(pp.to_string(), json!(rows));
-            }
-            let j = json!({
-                "ports": m.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                if by_workload { "workloads" } else { "pods" }: ax.names,
-                "matrix": matrix,
-            });
-            writeln!(out, "{j}")?;
-        }
-    }
-    Ok(())
 }

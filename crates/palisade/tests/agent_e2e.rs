@@ -205,13 +205,12 @@ fn agents_enforce_etcd_state_on_two_nodes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let probed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let denied = probed
-        .as_array()
-        .or_else(|| probed["observations"].as_array())
-        .map(|a| a.iter().filter(|o| o["observed"] == false).count())
-        .unwrap_or_default();
-    assert!(denied > 0, "the probe saw the policy deny: {probed}");
+    let probed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per probe and line"))
+        .collect();
+    let denied = probed.iter().filter(|o| o["observed"] == "denied").count();
+    assert!(denied > 0, "the probe saw the policy deny: {probed:?}");
 
     // Relabel `other` into the allowed peers.
     let relabelled = write(tmp.path(), "other2.yaml", &other("client"));

@@ -317,7 +317,6 @@ fn lab_up_probe_down_from_the_command_line() {
     let o = palisade(&up);
     assert_eq!(o.status.code(), Some(0), "lab up: {}", stderr(&o));
     let o = palisade(&["lab", "probe", "--name", name, "--ports", "80/TCP,8080/TCP"]);
-    let down = palisade(&["lab", "down", "--name", name]);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -325,7 +324,63 @@ fn lab_up_probe_down_from_the_command_line() {
         stdout(&o),
         stderr(&o)
     );
-    assert!(stdout(&o).contains(" 0 disagreement"), "{}", stdout(&o));
+    assert_eq!(
+        stdout(&o),
+        "\
+80/TCP (rows: from, columns: to; . allowed, X denied, 4/6 allowed over IPv4/IPv6 only, - not probed)
+                                  predicted     observed
+                                  1 2 3 4 5 6   1 2 3 4 5 6
+1 default/backend                 - . X . . .   - . X . . .
+2 default/database                . - X . . .   . - X . . .
+3 default/frontend                X X - X X X   X X - X X X
+4 ingress-nginx/controller        . . . - . .   . . . - . .
+5 ingress-nginx/default-backend   . . X . - .   . . X . - .
+6 monitoring/scraper              . . X . . -   . . X . . -
+
+8080/TCP (rows: from, columns: to; . allowed, X denied, 4/6 allowed over IPv4/IPv6 only, - not probed)
+                                  predicted     observed
+                                  1 2 3 4 5 6   1 2 3 4 5 6
+1 default/backend                 - . X . . .   - . X . . .
+2 default/database                . - X . . .   . - X . . .
+3 default/frontend                . X - X X X   . X - X X X
+4 ingress-nginx/controller        . . X - . .   . . X - . .
+5 ingress-nginx/default-backend   . . X . - .   . . X . - .
+6 monitoring/scraper              . . X . . -   . . X . . -
+
+120/120 probes agree
+"
+    );
+    // The same probes one a line, and as JSON Lines that follow their schema.
+    let wide = palisade(&[
+        "lab", "probe", "--name", name, "--ports", "80/TCP", "-o", "wide",
+    ]);
+    let wide_out = stdout(&wide);
+    let lines: Vec<&str> = wide_out.lines().collect();
+    assert_eq!(lines.len(), 1 + 60 + 1, "{wide_out}");
+    assert!(lines[0].starts_with("SRC "), "{wide_out}");
+    assert_eq!(lines[61], "60/60 probes agree");
+    let json = palisade(&[
+        "lab", "probe", "--name", name, "--ports", "80/TCP", "-o", "json",
+    ]);
+    assert_eq!(stderr(&json), "60/60 probes agree\n");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/schemas/probe.json")).unwrap(),
+    )
+    .unwrap();
+    let schema = jsonschema::validator_for(&schema).unwrap();
+    let probes: Vec<serde_json::Value> = stdout(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(probes.len(), 60);
+    for p in &probes {
+        assert!(schema.is_valid(p), "{p}");
+    }
+    assert_eq!(
+        stdout(&json).lines().next().unwrap(),
+        r#"{"src":"default/backend","dst":"default/database","src_ip":"10.50.2.30","dst_ip":"10.50.2.40","port":80,"protocol":"TCP","predicted":"allowed","observed":"allowed","agree":true}"#
+    );
+    let down = palisade(&["lab", "down", "--name", name]);
     assert_eq!(down.status.code(), Some(0), "lab down: {}", stderr(&down));
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(

@@ -85,7 +85,18 @@ fn cli_lab_up_with_cni_probe_and_down() {
     let out = palisade(&["lab", "probe", "--name", name]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "lab probe: {stdout}");
-    assert!(stdout.contains("12 probes, 0 disagreement(s)"), "{stdout}");
+    assert_eq!(
+        stdout,
+        "8080/TCP (rows: from, columns: to; . allowed, X denied, 4/6 allowed over IPv4/IPv6 only, - not probed)
+        predicted   observed
+        1 2 3       1 2 3
+1 t/a   - . .       - . .
+2 t/b   . - .       . - .
+3 t/c   . . -       . . -
+
+12/12 probes agree
+"
+    );
 
     let out = palisade(&["lab", "down", "--name", name]);
     assert!(
