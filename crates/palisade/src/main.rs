@@ -4,6 +4,7 @@
 
 mod agent_cmd;
 mod dataplane;
+mod diff_cmd;
 mod doctor;
 mod input;
 mod output;
@@ -83,6 +84,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "pod")]
         by: By,
     },
+    /// The connectivity change from BASE (-f) to HEAD (--to): every pair of
+    /// endpoints and outside address range, protocol and port range whose
+    /// verdict differs, with the policies that decided it. Exit 0, or with
+    /// --exit-code 1 when something changed; 2 on error.
+    Diff(diff_cmd::DiffArgs),
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
     Bench {
@@ -254,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab { command } => dataplane::lab(command),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Doctor(args) => doctor::doctor(args),
+        Command::Diff(args) => diff_cmd::diff(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Bench {
             pods,
