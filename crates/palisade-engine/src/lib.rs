@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod classify;
+pub mod diff;
 mod error;
 pub mod first_match;
 mod ids;

@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod check_cmd;
 mod dataplane;
+mod diff_cmd;
 mod doctor;
 mod input;
 mod matrix_cmd;
@@ -102,6 +103,11 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "report.html")]
         output: PathBuf,
     },
+    /// The connectivity change from BASE (-f) to HEAD (--to): every pair of
+    /// endpoints and outside address range, protocol and port range whose
+    /// verdict differs, with the policies that decided it. Exit 0, or with
+    /// --exit-code 1 when something changed; 2 on error.
+    Diff(diff_cmd::DiffArgs),
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
     Bench {
@@ -241,6 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab { command } => dataplane::lab(command),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Doctor(args) => doctor::doctor(args),
+        Command::Diff(args) => diff_cmd::diff(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Bench {
             pods,
