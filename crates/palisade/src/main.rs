@@ -6,6 +6,7 @@ mod agent_cmd;
 mod dataplane;
 mod doctor;
 mod input;
+mod lint_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -83,6 +84,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "pod")]
         by: By,
     },
+    /// Find policies that are valid but probably wrong: selectors that
+    /// match nothing, shadowed rules, allow-all peers on sensitive ports,
+    /// blocked DNS, ineffective admin rules (docs/lint.md). Exit 1 when a
+    /// finding reaches --fail-on, 2 on input errors.
+    Lint(lint_cmd::LintArgs),
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
     Bench {
@@ -251,6 +257,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             wiring,
         } => dataplane::apply(&files, node.as_deref(), &wiring, dry_run),
+        Command::Lint(args) => lint_cmd::run(args),
         Command::Lab { command } => dataplane::lab(command),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Doctor(args) => doctor::doctor(args),
