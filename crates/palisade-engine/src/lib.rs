@@ -14,6 +14,7 @@ mod error;
 pub mod first_match;
 mod ids;
 pub mod index;
+pub mod lint;
 pub mod live;
 pub mod matrix;
 mod names;

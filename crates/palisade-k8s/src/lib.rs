@@ -616,11 +616,22 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
     }
 }
 
+/// Where an object was read from: its file and the line its document
+/// starts on (a `List`'s items share the list's line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: Option<usize>,
+}
+
 /// Objects merged into a cluster, with what merging found.
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub cluster: Cluster,
     pub diagnostics: Vec<Diagnostic>,
+    /// Where each object of `cluster` came from (implicit namespaces have
+    /// no entry), so that findings about an object can point at it.
+    pub origins: BTreeMap<ObjectKey, Origin>,
 }
 
 impl Loaded {
@@ -644,6 +655,7 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
     let mut cluster = Cluster::default();
     let mut admin_places: BTreeMap<(String, String), Located<()>> = BTreeMap::new();
     let mut templates = Vec::new();
+    let mut origins: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
 
     for located in objects {
         let key = located.value.key();
@@ -661,6 +673,13 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
             continue;
         }
         seen.insert(key.clone(), located.place());
+        origins.insert(
+            key,
+            Origin {
+                file: located.file.clone(),
+                line: located.line,
+            },
+        );
         let Located { file, line, value } = located;
         match value {
             Object::Namespace(n) => {
@@ -721,6 +740,7 @@ pub fn assemble(objects: Vec<Located<Object>>) -> Loaded {
     Loaded {
         cluster,
         diagnostics,
+        origins,
     }
 }
 

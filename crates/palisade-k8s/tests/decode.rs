@@ -1191,3 +1191,28 @@ fn live_pods_are_grouped_by_their_owners() {
         ]
     );
 }
+
+#[test]
+fn load_remembers_the_file_and_document_line_of_each_object() {
+    let a = "# comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {}}\n";
+    let b = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: shop}\n";
+    let loaded = palisade_k8s::load(&[("a.yaml".into(), a.into()), ("b.yaml".into(), b.into())]);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let got: Vec<(String, String, Option<usize>)> = loaded
+        .origins
+        .iter()
+        .map(|(k, o)| (k.to_string(), o.file.clone(), o.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Namespace shop".to_string(), "a.yaml".to_string(), Some(3)),
+            (
+                "NetworkPolicy shop/web".to_string(),
+                "a.yaml".to_string(),
+                Some(7)
+            ),
+            ("Pod shop/p".to_string(), "b.yaml".to_string(), Some(1)),
+        ]
+    );
+}

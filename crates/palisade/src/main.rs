@@ -9,6 +9,7 @@ mod diff_cmd;
 mod doctor;
 mod input;
 mod matrix_cmd;
+mod lint_cmd;
 mod output;
 mod report;
 mod progress;
@@ -108,6 +109,11 @@ enum Command {
     /// verdict differs, with the policies that decided it. Exit 0, or with
     /// --exit-code 1 when something changed; 2 on error.
     Diff(diff_cmd::DiffArgs),
+    /// Find policies that are valid but probably wrong: selectors that
+    /// match nothing, shadowed rules, allow-all peers on sensitive ports,
+    /// blocked DNS, ineffective admin rules (docs/lint.md). Exit 1 when a
+    /// finding reaches --fail-on, 2 on input errors.
+    Lint(lint_cmd::LintArgs),
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
     Bench {
@@ -244,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             wiring,
         } => dataplane::apply(&files, node.as_deref(), &wiring, dry_run),
+        Command::Lint(args) => lint_cmd::run(args),
         Command::Lab { command } => dataplane::lab(command),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Doctor(args) => doctor::doctor(args),

@@ -96,6 +96,16 @@ impl AddrClasses {
         })
     }
 
+    /// The first address of every class interval of a family (0: IPv4):
+    /// one representative of each stretch of addresses that no rule tells
+    /// apart.
+    pub(crate) fn interval_starts(&self, fam: usize) -> impl Iterator<Item = IpAddr> + '_ {
+        self.parts[fam]
+            .bounds
+            .iter()
+            .map(move |&s| interval_start(fam, s))
+    }
+
     /// The classes of a pod's first IPv4 and IPv6 addresses.
     pub(crate) fn classes_of(&self, ips: &[IpAddr]) -> (u32, u32) {
         (

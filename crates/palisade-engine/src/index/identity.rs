@@ -131,7 +131,7 @@ pub(super) fn ns_labels<'c>(cluster: &'c Cluster, ns: &str) -> &'c Labels {
     cluster.namespaces.get(ns).map_or(&EMPTY, |n| &n.labels)
 }
 
-fn np_selects(p: &NetworkPolicy, id: &Identity) -> bool {
+pub(crate) fn np_selects(p: &NetworkPolicy, id: &Identity) -> bool {
     !id.host_network && p.namespace == id.namespace && p.pod_selector.matches(&id.labels)
 }
 

@@ -19,6 +19,7 @@ use crate::classify::DirClassifier;
 use crate::{Direction, IdentityId, MatcherId, PodId, SetId};
 
 pub use address::{AddrClasses, AddressMatcher};
+pub(crate) use identity::np_selects;
 pub use identity::Identity;
 pub use idset::IdSet;
 pub use plan::{FlatPort, FlatPortKind, FlatRule, Plan};
@@ -167,6 +168,10 @@ impl Index {
     /// Every node's addresses, in no particular order.
     pub fn all_node_addresses(&self) -> impl Iterator<Item = &IpAddr> + '_ {
         self.nodes.addresses.values().flatten()
+    }
+
+    pub(crate) fn addr_classes(&self) -> &AddrClasses {
+        &self.addr_classes
     }
 
     pub(crate) fn nodes(&self) -> &Nodes {
