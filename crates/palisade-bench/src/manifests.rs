@@ -128,7 +128,8 @@ pub fn pod(p: &Pod) -> Value {
             m
         })
         .collect();
-    let phase = match p.phase {
+    // `write` refuses templates, so every pod here is live.
+    let phase = match p.phase().unwrap_or(PodPhase::Running) {
         PodPhase::Pending => "Pending",
         PodPhase::Running => "Running",
         PodPhase::Succeeded => "Succeeded",
@@ -171,6 +172,9 @@ fn list(items: Vec<Value>) -> String {
 pub fn write(dir: &Path, c: &Cluster, per_file: usize) -> Result<Vec<PathBuf>, String> {
     if !c.admin_policies.is_empty() {
         return Err("admin policies are not written as manifests".into());
+    }
+    if c.pods.iter().any(|p| p.phase().is_none()) {
+        return Err("workload templates are not written as manifests".into());
     }
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let mut files = Vec::new();

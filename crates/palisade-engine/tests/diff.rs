@@ -15,7 +15,8 @@ use palisade_engine::diff::{self, Change, ChangeKind, Diff, DiffEndpoint};
 use palisade_engine::{Endpoint, Engine, PodId};
 use palisade_model::{
     AdminAction, AdminPeer, AdminPort, Cluster, ContainerPort, IpBlock, LabelSelector,
-    NamespaceScope, NetworkPolicy, Peer, PodPhase, PortSpec, Protocol, Requirement, Rule,
+    NamespaceScope, NetworkPolicy, Peer, PodPhase, PodSource, PortSpec, Protocol, Requirement,
+    Rule,
 };
 use proptest::prelude::*;
 
@@ -204,7 +205,12 @@ fn edit(r: &mut Rng, c: &mut Cluster, serial: usize) {
             0 => {
                 c.pods.remove(r.below(pods));
             }
-            1 => c.pods[r.below(pods)].phase = PodPhase::Succeeded,
+            1 => {
+                c.pods[r.below(pods)].source = PodSource::Live {
+                    phase: PodPhase::Succeeded,
+                    owner: None,
+                }
+            }
             _ => {
                 let mut p = c.pods[r.below(pods)].clone();
                 p.name = format!("new{serial}");

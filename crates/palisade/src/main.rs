@@ -8,11 +8,11 @@ mod dataplane;
 mod diff_cmd;
 mod doctor;
 mod input;
-mod matrix_cmd;
 mod lint_cmd;
+mod matrix_cmd;
 mod output;
-mod report;
 mod progress;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -5,7 +5,7 @@
 use palisade_model::{
     AdminAction, AdminPeer, AdminPolicy, AdminPort, AdminRule, AdminSubject, AdminTier, Cluster,
     ContainerPort, IpBlock, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, PodPhase,
-    PortSpec, Protocol, Rule,
+    PodSource, PortSpec, Protocol, Rule,
 };
 
 use super::{lint, PASS_RULE_NO_EFFECT, RULE_SHADOWED};
@@ -19,7 +19,10 @@ fn pod(ns: &str, name: &str, app: &str, ip: &str, ports: &[(&str, u16)]) -> Pod 
         ips: vec![ip.parse().unwrap()],
         node: None,
         host_network: false,
-        phase: PodPhase::Running,
+        source: PodSource::Live {
+            phase: PodPhase::Running,
+            owner: None,
+        },
         ports: ports
             .iter()
             .map(|&(n, port)| ContainerPort {

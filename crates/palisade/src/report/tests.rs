@@ -2,7 +2,9 @@
 //! and the namespace view of clusters too large to draw pod by pod.
 
 use palisade_engine::{Engine, PortProto};
-use palisade_model::{Cluster, ContainerPort, Labels, Namespace, Pod, PodPhase, Protocol};
+use palisade_model::{
+    Cluster, ContainerPort, Labels, Namespace, Pod, PodPhase, PodSource, Protocol,
+};
 use scraper::{Html, Selector};
 
 use super::model::ENDPOINT_LIMIT;
@@ -26,7 +28,10 @@ fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> Pod {
         ips: vec![ip.parse().expect("test address")],
         node: None,
         host_network: false,
-        phase: PodPhase::Running,
+        source: PodSource::Live {
+            phase: PodPhase::Running,
+            owner: None,
+        },
         ports: vec![ContainerPort {
             name: None,
             port: 80,
