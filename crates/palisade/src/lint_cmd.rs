@@ -48,11 +48,11 @@ pub struct LintArgs {
 
 /// A finding with the place of its object.
 #[derive(Serialize)]
-struct Placed {
+pub struct Placed {
     #[serde(flatten)]
-    finding: Finding,
-    file: Option<String>,
-    line: Option<usize>,
+    pub finding: Finding,
+    pub file: Option<String>,
+    pub line: Option<usize>,
 }
 
 pub fn run(args: LintArgs) -> Result<ExitCode> {
@@ -86,7 +86,7 @@ pub fn run(args: LintArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::from(failed)))
 }
 
-fn place(findings: Vec<Finding>, origins: &BTreeMap<ObjectKey, Origin>) -> Vec<Placed> {
+pub fn place(findings: Vec<Finding>, origins: &BTreeMap<ObjectKey, Origin>) -> Vec<Placed> {
     let mut placed: Vec<Placed> = findings
         .into_iter()
         .map(|finding| {

@@ -27,7 +27,12 @@ fn out_dir() -> PathBuf {
 }
 
 /// The cluster as the report sees it, built the way the command builds it.
-fn engine(paths: &[PathBuf]) -> (Engine, Vec<palisade_k8s::Diagnostic>) {
+/// A finding as the page shows it: severity, location and message.
+type Shown = (String, String, String);
+
+/// The engine of `paths` and the findings the page must show: the load's
+/// warnings, then lint's findings in file and line order.
+fn engine(paths: &[PathBuf]) -> (Engine, Vec<Shown>) {
     let mut inputs = Vec::new();
     for f in manifests::walk(paths).expect("walk the manifests") {
         if let Found::File { path, .. } = f {
@@ -41,7 +46,60 @@ fn engine(paths: &[PathBuf]) -> (Engine, Vec<palisade_k8s::Diagnostic>) {
         "{:?}",
         loaded.diagnostics
     );
-    (Engine::new(loaded.cluster), loaded.diagnostics)
+    let mut shown: Vec<Shown> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| {
+            (
+                "warning".to_string(),
+                format!("{}:{}", d.file, d.line.expect("a line")),
+                d.message.clone(),
+            )
+        })
+        .collect();
+    let engine = Engine::new(loaded.cluster);
+    let mut placed: Vec<(Option<String>, Option<usize>, Shown)> =
+        palisade_engine::lint::lint(&engine)
+            .into_iter()
+            .map(|f| {
+                let key = palisade_k8s::ObjectKey {
+                    kind: f.object.kind.clone(),
+                    namespace: f.object.namespace.clone(),
+                    name: f.object.name.clone(),
+                };
+                let o = loaded
+                    .origins
+                    .get(&key)
+                    .expect("every finding's object has an origin");
+                let at = match o.line {
+                    Some(l) => format!("{}:{l}", o.file),
+                    None => o.file.clone(),
+                };
+                (
+                    Some(o.file.clone()),
+                    o.line,
+                    (f.severity.as_str().to_string(), at, f.message),
+                )
+            })
+            .collect();
+    placed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    shown.extend(placed.into_iter().map(|p| p.2));
+    (engine, shown)
+}
+
+/// The findings list of the rendered page.
+fn shown_findings(dom: &Html) -> Vec<Shown> {
+    dom.select(&sel("ol#findings li.finding"))
+        .map(|li| {
+            let part = |s: &str| {
+                li.select(&sel(s))
+                    .next()
+                    .map(|e| text(&e))
+                    .unwrap_or_default()
+            };
+            (part(".severity"), part(".location"), part(".message"))
+        })
+        .collect()
 }
 
 /// Runs chromium headless with a fresh profile, bounded in time; returns
@@ -411,7 +469,9 @@ fn check_in_browser(name: &str, html_path: &Path, engine: &Engine) -> Html {
 }
 
 /// The top line, with every count taken from the engine.
-fn assert_summary(dom: &Html, engine: &Engine, warnings: usize) {
+fn assert_summary(dom: &Html, engine: &Engine, findings: &[Shown]) {
+    let count = |sev: &str| findings.iter().filter(|f| f.0 == sev).count();
+    let (errors, warnings) = (count("error"), count("warning"));
     let want = expected(engine);
     let ports: Vec<String> = engine
         .default_ports()
@@ -427,7 +487,7 @@ fn assert_summary(dom: &Html, engine: &Engine, warnings: usize) {
         format!(
             "{n} endpoints ({n} pods) in {} namespaces · {} allowed connections on {} probed ports \
              ({}) · ingress isolated: {ingress} of {n} · egress isolated: {egress} of {n} · \
-             findings: 0 errors, {warnings} warnings",
+             findings: {errors} errors, {warnings} warnings",
             want.coverage.len(),
             want.edges.len(),
             ports.len(),
@@ -443,27 +503,41 @@ fn report_of_the_web_app_matches_the_engine_in_chromium() {
         root().join("examples/webapp/policies-refined"),
     ];
     let html = write_report("report", &paths);
-    let (engine, _) = engine(&paths);
+    let (engine, want) = engine(&paths);
     let dom = check_in_browser("report", &html, &engine);
-    assert_summary(&dom, &engine, 0);
-    assert_eq!(
-        text(&dom.select(&sel("#findings")).next().expect("findings")),
-        "No findings."
-    );
+    assert_summary(&dom, &engine, &want);
+    // The seed's refined policy isolates the frontend for egress without
+    // DNS: lint says so, and the page shows it.
+    assert!(want
+        .iter()
+        .any(|f| f.0 == "error" && f.2.contains("cannot reach DNS")));
+    assert_eq!(shown_findings(&dom), want);
 }
+
+/// A file name that is markup: a page that parsed it would load an image
+/// and run its handler.
+const HOSTILE_FILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='2'\">.yaml";
 
 #[test]
 fn report_with_admin_policy_and_hostile_names_in_chromium() {
-    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report_cases/two-namespaces");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report_cases/two-namespaces");
+    let dir = tempfile::tempdir().expect("the case's directory");
+    let case = dir.path().join("two-namespaces");
+    std::fs::create_dir(&case).expect("the case's directory");
+    for f in ["cluster.yaml", "policies.yaml"] {
+        std::fs::copy(fixture.join(f), case.join(f)).expect("copy the fixture");
+    }
+    // Not a Kubernetes object: the load warns, naming the file.
+    std::fs::write(case.join(HOSTILE_FILE), "replicas: 3\n").expect("the stray file");
     let paths = vec![case.clone()];
     let html = write_report("report-two-namespaces", &paths);
-    let (engine, diags) = engine(&paths);
+    let (engine, want) = engine(&paths);
     assert!(
         !engine.index().admin().is_empty(),
         "the case has an admin policy"
     );
     let dom = check_in_browser("report-two-namespaces", &html, &engine);
-    assert_summary(&dom, &engine, diags.len());
+    assert_summary(&dom, &engine, &want);
 
     // The admin policy's subjects count as isolated for ingress only.
     let shop = dom
@@ -481,34 +555,13 @@ fn report_with_admin_policy_and_hostile_names_in_chromium() {
         ]
     );
 
-    // The decoder's warnings are the findings, shown as text: the kind
-    // that tries to close the page's script is neither run nor parsed.
-    let findings: Vec<(String, String, String)> = dom
-        .select(&sel("ol#findings li.finding"))
-        .map(|li| {
-            let part = |s: &str| {
-                li.select(&sel(s))
-                    .next()
-                    .map(|e| text(&e))
-                    .unwrap_or_default()
-            };
-            (part(".severity"), part(".location"), part(".message"))
-        })
-        .collect();
-    let want: Vec<(String, String, String)> = diags
-        .iter()
-        .map(|d| {
-            (
-                "warning".to_string(),
-                format!("{}:{}", d.file, d.line.expect("a line")),
-                d.message.clone(),
-            )
-        })
-        .collect();
+    // The findings are shown as text: the stray file whose name is markup
+    // is neither run nor parsed.
+    let findings = shown_findings(&dom);
     assert_eq!(findings, want);
     assert!(
-        findings.iter().any(|f| f.2.contains("</script><script>")),
-        "the hostile kind reached the page: {findings:?}"
+        findings.iter().any(|f| f.1.contains(HOSTILE_FILE)),
+        "the hostile file name reached the page: {findings:?}"
     );
     let body = dom.select(&sel("body")).next().expect("body");
     assert_eq!(body.value().attr("data-pwned"), None, "injected script ran");

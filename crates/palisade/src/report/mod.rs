@@ -40,6 +40,24 @@ pub fn diagnostic_finding(d: &Diagnostic) -> ReportFinding {
     }
 }
 
+/// A lint finding, placed at its object's file and line.
+pub fn lint_finding(p: &crate::lint_cmd::Placed) -> ReportFinding {
+    let f = &p.finding;
+    ReportFinding {
+        id: f.id.into(),
+        severity: f.severity.as_str().into(),
+        location: match (&p.file, p.line) {
+            (Some(file), Some(line)) => format!("{file}:{line}"),
+            (Some(file), None) => file.clone(),
+            (None, _) => String::new(),
+        },
+        object: f.object.to_string(),
+        field: f.field.clone(),
+        message: f.message.clone(),
+        fix: f.fix.clone(),
+    }
+}
+
 /// Loads the manifests, builds the report and writes it to `out`; returns
 /// the report for the summary the command prints.
 pub fn write(paths: &[PathBuf], ports: Vec<PortProto>, out: &Path) -> Result<Report> {
@@ -48,8 +66,11 @@ pub fn write(paths: &[PathBuf], ports: Vec<PortProto>, out: &Path) -> Result<Rep
     if errors > 0 {
         bail!("{errors} error(s) in the manifests; no report was written");
     }
-    let findings: Vec<ReportFinding> = loaded.diagnostics.iter().map(diagnostic_finding).collect();
+    let mut findings: Vec<ReportFinding> =
+        loaded.diagnostics.iter().map(diagnostic_finding).collect();
     let engine = Engine::new(loaded.cluster);
+    let placed = crate::lint_cmd::place(palisade_engine::lint::lint(&engine), &loaded.origins);
+    findings.extend(placed.iter().map(lint_finding));
     let ports = if ports.is_empty() {
         engine.default_ports()
     } else {
