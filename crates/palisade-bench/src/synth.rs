@@ -43,14 +43,20 @@ impl Params {
     }
 
     pub fn small(seed: u64) -> Params {
+        Params::sized(seed, 0, 12, 5)
+    }
+
+    /// The property tests' shape: three namespaces of three apps on two
+    /// dual-stack nodes, with the counts the test draws.
+    pub fn sized(seed: u64, admin_policies: usize, pods: usize, policies: usize) -> Params {
         Params {
             seed,
             namespaces: 3,
             apps_per_namespace: 3,
-            pods: 12,
+            pods,
             nodes: 2,
-            policies: 5,
-            admin_policies: 0,
+            policies,
+            admin_policies,
             dual_stack: true,
         }
     }

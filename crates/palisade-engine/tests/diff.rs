@@ -595,19 +595,6 @@ fn check(base: &Engine, head: &Engine) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn params(seed: u64, admin: usize, pods: usize, policies: usize) -> Params {
-    Params {
-        seed,
-        namespaces: 3,
-        apps_per_namespace: 3,
-        pods,
-        nodes: 2,
-        policies,
-        admin_policies: admin,
-        dual_stack: true,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -619,7 +606,7 @@ proptest! {
         policies in 0usize..8,
         edits in 1usize..4,
     ) {
-        let mut base = synth::cluster(&params(seed, admin, pods, policies));
+        let mut base = synth::cluster(&Params::sized(seed, admin, pods, policies));
         let mut head = base.clone();
         let mut r = Rng::new(seed ^ 0xd1ff);
         for i in 0..edits {
@@ -638,7 +625,7 @@ proptest! {
 /// Two equal versions have no change, however many pods and policies.
 #[test]
 fn equal_versions_have_no_change() {
-    let c = synth::cluster(&params(7, 2, 30, 12));
+    let c = synth::cluster(&Params::sized(7, 2, 30, 12));
     let d = diff::diff(&Engine::new(c.clone()), &Engine::new(c));
     assert_eq!(d.changes, vec![]);
 }

@@ -289,19 +289,6 @@ fn flows(engine: &Engine, seed: u64, n: usize) -> Vec<Flow> {
     out
 }
 
-fn params(seed: u64, admin: usize, pods: usize, policies: usize) -> Params {
-    Params {
-        seed,
-        namespaces: 3,
-        apps_per_namespace: 3,
-        pods,
-        nodes: 2,
-        policies,
-        admin_policies: admin,
-        dual_stack: true,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -309,7 +296,7 @@ proptest! {
     /// with and without admin policies.
     #[test]
     fn engine_matches_naive_oracle(seed in any::<u64>(), admin in 0usize..4, pods in 2usize..30, policies in 0usize..12) {
-        let c = synth::cluster(&params(seed, admin, pods, policies));
+        let c = synth::cluster(&Params::sized(seed, admin, pods, policies));
         let engine = Engine::new(c.clone());
         for f in flows(&engine, seed ^ 0x55, 300) {
             agrees_with_oracle(&engine, &c, [f])?;
@@ -325,7 +312,7 @@ proptest! {
     /// between two templates too.
     #[test]
     fn templates_match_naive_oracle(seed in any::<u64>(), admin in 0usize..4, pods in 2usize..30, policies in 0usize..12) {
-        let mut c = synth::cluster(&params(seed, admin, pods, policies));
+        let mut c = synth::cluster(&Params::sized(seed, admin, pods, policies));
         for p in c.pods.iter_mut().step_by(3) {
             *p = Pod::template(
                 palisade_model::WorkloadKind::Deployment,
@@ -353,7 +340,7 @@ proptest! {
     /// inside and outside the generated ipBlocks.
     #[test]
     fn secondary_addresses_match_naive_oracle(seed in any::<u64>(), admin in 0usize..3, pods in 2usize..20, policies in 0usize..12) {
-        let mut c = synth::cluster(&params(seed, admin, pods, policies));
+        let mut c = synth::cluster(&Params::sized(seed, admin, pods, policies));
         for (i, p) in c.pods.iter_mut().enumerate() {
             if i % 2 == 0 {
                 let extra: [IpAddr; 2] = [
@@ -398,7 +385,7 @@ proptest! {
     /// found in evaluation order.
     #[test]
     fn many_admin_rules_match_naive_oracle(seed in any::<u64>(), admin in 30usize..50, pods in 2usize..16, policies in 0usize..60) {
-        let c = synth::cluster(&params(seed, admin, pods, policies));
+        let c = synth::cluster(&Params::sized(seed, admin, pods, policies));
         let engine = Engine::new(c.clone());
         agrees_with_oracle(&engine, &c, flows(&engine, seed ^ 0x99, 200))?;
     }
@@ -418,7 +405,7 @@ proptest! {
             ("api", 80, Protocol::Udp),
             ("svc", 80, Protocol::Sctp),
         ];
-        let mut c = synth::cluster(&params(seed, 0, pods, policies));
+        let mut c = synth::cluster(&Params::sized(seed, 0, pods, policies));
         let mut r = Rng::new(seed ^ 0x3c);
         for p in c.pods.iter_mut() {
             let base = p.ports[0].clone();
@@ -487,7 +474,7 @@ proptest! {
     /// was already isolated for ingress (policies only add allows).
     #[test]
     fn adding_a_policy_never_revokes_an_isolated_pods_allow(seed in any::<u64>(), pods in 2usize..25, policies in 1usize..10) {
-        let full = synth::cluster(&params(seed, 0, pods, policies));
+        let full = synth::cluster(&Params::sized(seed, 0, pods, policies));
         let mut fewer = full.clone();
         fewer.policies.pop();
         let before = Engine::new(fewer);
@@ -505,7 +492,7 @@ proptest! {
     /// A pod selected by no policy accepts everything.
     #[test]
     fn unselected_pods_accept_everything(seed in any::<u64>(), pods in 2usize..25, policies in 0usize..10) {
-        let c = synth::cluster(&params(seed, 0, pods, policies));
+        let c = synth::cluster(&Params::sized(seed, 0, pods, policies));
         let engine = Engine::new(c.clone());
         for f in flows(&engine, seed, 300) {
             if let Endpoint::Pod(d) = f.dst {
@@ -522,8 +509,8 @@ proptest! {
     /// baseline, verdicts equal the NetworkPolicy-only verdicts.
     #[test]
     fn pass_only_admin_policies_equal_networkpolicy_only(seed in any::<u64>(), pods in 2usize..25, policies in 0usize..10) {
-        let plain = synth::cluster(&params(seed, 0, pods, policies));
-        let mut passing = synth::cluster(&params(seed, 3, pods, policies));
+        let plain = synth::cluster(&Params::sized(seed, 0, pods, policies));
+        let mut passing = synth::cluster(&Params::sized(seed, 3, pods, policies));
         passing.admin_policies.retain(|a| a.tier == AdminTier::Admin);
         for a in &mut passing.admin_policies {
             for r in a.ingress.iter_mut().chain(a.egress.iter_mut()) {
@@ -543,7 +530,7 @@ proptest! {
     /// Pods of one identity are indistinguishable: same row, same column.
     #[test]
     fn identity_members_are_indistinguishable(seed in any::<u64>(), pods in 2usize..40, policies in 0usize..12, admin in 0usize..3) {
-        let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
+        let engine = Engine::new(synth::cluster(&Params::sized(seed, admin, pods, policies)));
         let idx = engine.index();
         let reps: Vec<usize> = idx.identities().iter().map(|i| i.members[0].index()).collect();
         for id in idx.identities() {
@@ -574,7 +561,7 @@ proptest! {
     /// `identity_for` places every pod of the cluster in its own identity.
     #[test]
     fn identity_for_finds_each_pods_identity(seed in any::<u64>(), pods in 1usize..40, policies in 0usize..12, admin in 0usize..3) {
-        let engine = Engine::new(synth::cluster(&params(seed, admin, pods, policies)));
+        let engine = Engine::new(synth::cluster(&Params::sized(seed, admin, pods, policies)));
         for (i, pod) in engine.cluster().pods.iter().enumerate() {
             prop_assert_eq!(engine.index().identity_for(pod), engine.index().identity_of(PodId::new(i)));
         }

@@ -380,14 +380,7 @@ fn address_elements(
 }
 
 fn rules_use_names(rules: &[FlatRule], matched: &[usize]) -> bool {
-    matched.iter().any(|&i| {
-        rules[i].ports.iter().flatten().any(|p| {
-            matches!(
-                p.kind,
-                FlatPortKind::Named(..) | FlatPortKind::NamedAnyProtocol(_)
-            )
-        })
-    })
+    matched.iter().any(|&i| rules[i].names_ports())
 }
 
 #[cfg(test)]

@@ -37,6 +37,19 @@ pub struct FlatRule {
     pub ports: Option<Vec<FlatPort>>,
 }
 
+impl FlatRule {
+    /// Whether the rule names a port by name, so that what it allows
+    /// depends on the destination's container ports.
+    pub fn names_ports(&self) -> bool {
+        self.ports.iter().flatten().any(|p| {
+            matches!(
+                p.kind,
+                FlatPortKind::Named(..) | FlatPortKind::NamedAnyProtocol(_)
+            )
+        })
+    }
+}
+
 /// The rules that apply to one identity in one direction, in evaluation
 /// order: admin tier, NetworkPolicy (isolating iff `isolated`), baseline.
 #[derive(Clone, Debug, Default)]

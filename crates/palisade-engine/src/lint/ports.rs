@@ -70,17 +70,6 @@ pub(crate) fn of_rule(ports: &Option<Vec<FlatPort>>, named: &[(u32, Protocol, u1
     out
 }
 
-/// Whether a rule's ports name a port by name (and so depend on the
-/// destination).
-pub(crate) fn has_named(ports: &Option<Vec<FlatPort>>) -> bool {
-    ports.iter().flatten().any(|p| {
-        matches!(
-            p.kind,
-            FlatPortKind::Named(..) | FlatPortKind::NamedAnyProtocol(_)
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,7 +129,7 @@ fn group(
     }
     let fixed: Vec<Option<PortSet>> = rules
         .iter()
-        .map(|r| (!ports::has_named(&r.ports)).then(|| ports::of_rule(&r.ports, &[])))
+        .map(|r| (!r.names_ports()).then(|| ports::of_rule(&r.ports, &[])))
         .collect();
     let ports_for = |k: usize, a: u32| -> PortSet {
         if let Some(p) = &fixed[k] {
