@@ -12,6 +12,7 @@ mod classify;
 pub mod diff;
 mod error;
 pub mod first_match;
+pub mod flowlog;
 mod ids;
 pub mod index;
 pub mod lint;
