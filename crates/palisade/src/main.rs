@@ -7,6 +7,7 @@ mod check_cmd;
 mod dataplane;
 mod diff_cmd;
 mod doctor;
+mod flows_cmd;
 mod input;
 mod lint_cmd;
 mod matrix_cmd;
@@ -156,6 +157,9 @@ enum Command {
     /// Run the node agent: watch a datastore, keep the node's nftables
     /// table in sync with minimal transactions (or `agent bench`).
     Agent(agent_cmd::AgentArgs),
+    /// Read a running agent's flow log (`palisade agent --flows`): each
+    /// decision the kernel reported, with the policy and rule that made it.
+    Flows(flows_cmd::FlowsArgs),
     /// Write validated manifests to, or read them from, etcd.
     Datastore {
         #[command(subcommand)]
@@ -256,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::doctor(args),
         Command::Diff(args) => diff_cmd::diff(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
+        Command::Flows(args) => flows_cmd::run(args),
         Command::Bench {
             pods,
             policies,

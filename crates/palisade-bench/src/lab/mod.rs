@@ -266,6 +266,7 @@ fn compile_nodes(engine: &Engine, lab: &Lab) -> Result<(Vec<NodeRuleset>, Vec<St
             &Options {
                 local: Local::Node(name.clone()),
                 wiring: named_wiring(engine, &Local::Node(name.clone()), interface_name),
+                flow_log: None,
             },
         )?;
         let compile = t.elapsed();
