@@ -392,3 +392,108 @@ pub fn burst(plugin: CniPlugin, tag: &str) {
     drop(agents);
     lab.down().unwrap();
 }
+
+/// A staged lockdown of the client's ingress that forgets the other pod.
+const LOCKDOWN: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: client-lockdown
+  namespace: s
+  annotations: {palisade.dev/staged: "true"}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+
+fn cluster_with(extra: &str) -> palisade_model::Cluster {
+    let loaded = palisade_k8s::load(&[
+        ("flows.yaml".into(), CLUSTER.as_bytes().to_vec()),
+        ("lockdown.yaml".into(), extra.as_bytes().to_vec()),
+    ]);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    loaded.cluster
+}
+
+/// A staged policy that would block an active connection: `would-deny`
+/// records and metrics, and nothing blocked; once promoted (the same
+/// policy without the annotation), the connection is denied and logged as
+/// denied by it.
+pub fn staged(plugin: CniPlugin, tag: &str) {
+    if !root() {
+        return;
+    }
+    let staged = cluster_with(LOCKDOWN);
+    let e = Engine::new(staged.clone());
+    let mut cfg = FlowLogConfig::new(7);
+    cfg.sample_ppm = palisade_nft::FlowLog::SAMPLE_ALL;
+    let lab = lab_up(&format!("flg{tag}"), &e, plugin, &ports());
+    let agents: Vec<NodeAgent> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| {
+            let node = n.node.clone().unwrap();
+            NodeAgent::start_logged(&node, &n.netns, &e, Some(cfg.clone()))
+        })
+        .collect();
+    wait_settled(&agents, "staged");
+    let (src, dst): (IpAddr, IpAddr) = ("10.79.1.11".parse().unwrap(), "10.79.1.10".parse().unwrap());
+    let to = SocketAddr::new(dst, 80);
+    let connect = || {
+        palisade_lab::connect(&lab.state, "s/o1", to, palisade_model::Protocol::Tcp, Duration::from_millis(500))
+            .unwrap()
+    };
+    assert!(connect(), "a staged policy blocks nothing");
+    let ingress = |recs: &[FlowRecord]| -> Vec<FlowRecord> {
+        recs.iter()
+            .filter(|r| r.src_ip == Some(src) && r.dst_ip == Some(dst) && r.port == 80 && r.direction == Direction::Ingress)
+            .cloned()
+            .collect()
+    };
+    let recs = within_a_second(&agents, |r| !ingress(r).is_empty());
+    let got = ingress(&recs);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].verdict, FlowVerdict::Allowed);
+    assert_eq!(got[0].staged, Some(palisade_engine::flowlog::StagedVerdict::WouldDeny), "{:#?}", got[0]);
+    assert_eq!(got[0].staged_policy.as_deref(), Some("s/client-lockdown"));
+    let a = &agents[lab.state.nodes.iter().position(|n| n.node.as_deref() == Some("node-a")).unwrap()];
+    let metric = a
+        .metrics
+        .flow_staged
+        .get_or_create(&vec![
+            ("policy".to_string(), "s/client-lockdown".to_string()),
+            ("verdict".to_string(), "would-deny".to_string()),
+        ])
+        .get();
+    assert_eq!(metric, 1);
+
+    // Promoted: the same objects, the lockdown without its annotation.
+    let promoted = cluster_with(&LOCKDOWN.replace("  annotations: {palisade.dev/staged: \"true\"}\n", ""));
+    assert!(promoted.policies.iter().all(|p| !p.staged));
+    for ag in &agents {
+        ag.tx
+            .send(palisade_agent::Input::Resync {
+                scope: palisade_bench::agent::SCOPE.into(),
+                entries: palisade_bench::agent::entries(&promoted),
+            })
+            .unwrap();
+    }
+    let t = Instant::now();
+    while connect() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the promoted policy is never enforced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recs = within_a_second(&agents, |r| ingress(r).iter().any(|x| x.verdict == FlowVerdict::Denied));
+    let denied: Vec<FlowRecord> = ingress(&recs).into_iter().filter(|r| r.verdict == FlowVerdict::Denied).collect();
+    assert!(!denied.is_empty(), "{recs:#?}");
+    let d = &denied[0];
+    assert_eq!((d.node.as_str(), d.policy.as_deref(), d.staged), ("node-a", None, None));
+    assert!(
+        d.reason.starts_with("ingress denied: s/c1 is isolated for ingress by s/client-lockdown"),
+        "{}",
+        d.reason
+    );
+    drop(agents);
+    lab.down().unwrap();
+}

@@ -324,3 +324,10 @@ fn a_burst_beyond_the_queue_is_counted_as_lost() {
         flows::burst(CniPlugin::Ptp, "ptp");
     }
 }
+
+#[test]
+fn a_staged_policy_logs_would_deny_and_blocks_nothing_until_promoted() {
+    if plugins().contains(&CniPlugin::Ptp) {
+        flows::staged(CniPlugin::Ptp, "ptp");
+    }
+}
