@@ -168,6 +168,7 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
                 pod_selector: LabelSelector::from_labels([("app", app(k).as_str())]),
                 ingress: rules.clone(),
                 egress: if m > 1 { rules } else { None },
+                staged: false,
             };
             c.policies.push(p.clone());
             Input::Upsert(entry(Object::NetworkPolicy(p)))

@@ -552,6 +552,36 @@ pub(crate) struct Meta {
     pub labels: Labels,
     /// The controlling workload, for pods and workloads.
     pub owner: Option<Workload>,
+    /// [`STAGED_ANNOTATION`] is `"true"` (read on policy kinds only).
+    pub staged: bool,
+}
+
+/// The annotation that stages a policy: `"true"` evaluates it beside the
+/// enforced policies without enforcing it, `"false"` enforces it.
+pub const STAGED_ANNOTATION: &str = "palisade.dev/staged";
+
+/// The value of [`STAGED_ANNOTATION`] in `annotations`. Anything but
+/// `"true"` or `"false"` is an error that rejects the object: enforcing or
+/// not must never be guessed from a typo.
+fn staged(cx: &mut Cx, annotations: &Map<String, Value>) -> bool {
+    let path = format!("metadata.annotations[{STAGED_ANNOTATION:?}]");
+    match annotations.get(STAGED_ANNOTATION) {
+        // As everywhere in manifests, an explicit null is an absent field.
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" => false,
+        Some(other) => {
+            let found = match other {
+                Value::String(s) => format!("{s:?}"),
+                other => walk::describe(other),
+            };
+            cx.error(
+                &path,
+                format!("expected \"true\" (staged) or \"false\" (enforced), found {found}"),
+            );
+            false
+        }
+    }
 }
 
 fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
@@ -599,9 +629,12 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
         Some(v) => walk::labels(cx, v, "metadata.labels"),
         None => Labels::new(),
     };
+    let mut is_staged = false;
     if kind.strict() {
         if let Some(a) = field(&m, "annotations") {
-            walk::as_map(cx, a, "metadata.annotations", None);
+            if let Some(a) = walk::as_map(cx, a, "metadata.annotations", None) {
+                is_staged = staged(cx, a);
+            }
         }
     }
     let owner = match kind {
@@ -613,6 +646,7 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
         namespace,
         labels,
         owner,
+        staged: is_staged,
     }
 }
 
