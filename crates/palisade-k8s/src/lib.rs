@@ -556,6 +556,12 @@ pub(crate) struct Meta {
     pub staged: bool,
 }
 
+/// Whether `kind` is one of the policy kinds (NetworkPolicy and the admin
+/// kinds): the kinds that are decoded strictly and can be staged.
+pub fn is_policy_kind(kind: &str) -> bool {
+    Kind::from_name(kind).is_some_and(Kind::strict)
+}
+
 /// The annotation that stages a policy: `"true"` evaluates it beside the
 /// enforced policies without enforcing it, `"false"` enforces it.
 pub const STAGED_ANNOTATION: &str = "palisade.dev/staged";

@@ -12,6 +12,7 @@ mod lint_cmd;
 mod matrix_cmd;
 mod output;
 mod progress;
+mod promote_cmd;
 mod report;
 
 use std::path::PathBuf;
@@ -156,6 +157,11 @@ enum Command {
     /// Run the node agent: watch a datastore, keep the node's nftables
     /// table in sync with minimal transactions (or `agent bench`).
     Agent(agent_cmd::AgentArgs),
+    /// Turn staged policies (annotation `palisade.dev/staged: "true"`) into
+    /// enforced ones where they are kept: a directory of manifests, etcd or
+    /// the Kubernetes API. Names that do not exist or are not staged are an
+    /// error and nothing is written. Exit 0, or 2 on error.
+    Promote(promote_cmd::PromoteArgs),
     /// Write validated manifests to, or read them from, etcd.
     Datastore {
         #[command(subcommand)]
@@ -256,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::doctor(args),
         Command::Diff(args) => diff_cmd::diff(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
+        Command::Promote(args) => promote_cmd::run(args),
         Command::Bench {
             pods,
             policies,
