@@ -203,14 +203,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .filter_map(|p| Some((&p.namespace, p.workload()?)))
                 .collect();
+            let staged = c.policies.iter().filter(|p| p.staged).count()
+                + c.admin_policies.iter().filter(|p| p.staged).count();
             println!(
-                "valid: {} namespaces, {} pods, {} workloads, {} nodes, {} network policies, {} admin policies",
+                "valid: {} namespaces, {} pods, {} workloads, {} nodes, {} network policies, {} admin policies{}",
                 c.namespaces.len(),
                 live.count(),
                 workloads.len(),
                 c.nodes.len(),
                 c.policies.len(),
-                c.admin_policies.len()
+                c.admin_policies.len(),
+                if staged > 0 {
+                    format!(" ({staged} staged: not enforced)")
+                } else {
+                    String::new()
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -99,7 +99,13 @@ fn promote_edits_only_the_annotation_lines() {
     let dir = t.path();
     setup(dir);
     let d = dir.to_str().unwrap();
-    // Staged: not enforced.
+    // Staged: counted, not enforced.
+    let (code, out, _) = text(&palisade(&["validate", "-f", d]));
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        "valid: 1 namespaces, 2 pods, 0 workloads, 0 nodes, 2 network policies, 1 admin policies (2 staged: not enforced)\n"
+    );
     assert_eq!(check(d, "shop/client", "shop/web", "80"), "allowed");
     assert_eq!(check(d, "shop/client", "169.254.169.254", "80"), "allowed");
 
