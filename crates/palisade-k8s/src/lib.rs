@@ -24,10 +24,12 @@ mod core;
 pub mod limits;
 mod netpol;
 mod source;
+mod staged;
 mod walk;
 mod workload;
 mod workloads;
 
+pub use staged::STAGED_ANNOTATION;
 pub use workload::Template;
 
 use walk::{as_map, as_str, dns1123_label_error, dns1123_subdomain_error, field, get_str, Cx};
@@ -562,34 +564,6 @@ pub fn is_policy_kind(kind: &str) -> bool {
     Kind::from_name(kind).is_some_and(Kind::strict)
 }
 
-/// The annotation that stages a policy: `"true"` evaluates it beside the
-/// enforced policies without enforcing it, `"false"` enforces it.
-pub const STAGED_ANNOTATION: &str = "palisade.dev/staged";
-
-/// The value of [`STAGED_ANNOTATION`] in `annotations`. Anything but
-/// `"true"` or `"false"` is an error that rejects the object: enforcing or
-/// not must never be guessed from a typo.
-fn staged(cx: &mut Cx, annotations: &Map<String, Value>) -> bool {
-    let path = format!("metadata.annotations[{STAGED_ANNOTATION:?}]");
-    match annotations.get(STAGED_ANNOTATION) {
-        // As everywhere in manifests, an explicit null is an absent field.
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) if s == "true" => true,
-        Some(Value::String(s)) if s == "false" => false,
-        Some(other) => {
-            let found = match other {
-                Value::String(s) => format!("{s:?}"),
-                other => walk::describe(other),
-            };
-            cx.error(
-                &path,
-                format!("expected \"true\" (staged) or \"false\" (enforced), found {found}"),
-            );
-            false
-        }
-    }
-}
-
 fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
     let allowed = kind.strict().then_some(OBJECT_META_FIELDS);
     let m = match field(obj, "metadata") {
@@ -639,7 +613,7 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
     if kind.strict() {
         if let Some(a) = field(&m, "annotations") {
             if let Some(a) = walk::as_map(cx, a, "metadata.annotations", None) {
-                is_staged = staged(cx, a);
+                is_staged = staged::read(cx, a);
             }
         }
     }

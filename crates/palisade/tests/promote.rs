@@ -160,6 +160,22 @@ fn a_name_missing_or_not_staged_writes_nothing() {
     assert_eq!(read(dir, "db.yaml"), DB);
     assert_eq!(listing(dir), ["admin.yaml", "db.yaml", "web.yaml"]);
 
+    // A policy the decoder rejects is named with its error.
+    let typo = DB
+        .replace("name: db", "name: typo")
+        .replace("\"false\"", "\"ture\"");
+    std::fs::write(dir.join("typo.yaml"), &typo).unwrap();
+    let o = palisade(&["promote", "--dir", d, "shop/typo"]);
+    assert_eq!(
+        text(&o),
+        (
+            Some(2),
+            String::new(),
+            format!("error: shop/typo: invalid: {d}/typo.yaml:1: NetworkPolicy shop/typo: metadata.annotations[\"palisade.dev/staged\"]: expected \"true\" (staged) or \"false\" (enforced), found \"ture\"\nerror: nothing was promoted\n")
+        )
+    );
+    assert_eq!(read(dir, "typo.yaml"), typo);
+
     let o = palisade(&["promote", "--dir", d, "Service/web"]);
     assert_eq!(
         text(&o),

@@ -139,6 +139,7 @@ pub fn dir(root: &Path, names: &[PolicyName]) -> Result<Vec<Promoted>, Datastore
     })?;
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     let mut unreadable = Vec::new();
+    let mut rejected: BTreeMap<String, String> = BTreeMap::new();
     // Where each object is defined: file index, once per definition.
     let mut at: BTreeMap<ObjectKey, Vec<(usize, bool)>> = BTreeMap::new();
     for f in found {
@@ -155,7 +156,14 @@ pub fn dir(root: &Path, names: &[PolicyName]) -> Result<Vec<Promoted>, Datastore
             continue;
         };
         let label = path.display().to_string();
-        let (objects, _) = palisade_k8s::decode(&label, &bytes);
+        let (objects, diags) = palisade_k8s::decode(&label, &bytes);
+        // A policy rejected by the decoder (a bad annotation value, for
+        // one) is named by its error rather than reported missing.
+        for d in diags.into_iter().filter(|d| d.is_error()) {
+            if let Some(o) = d.object.clone() {
+                rejected.entry(o).or_insert(d.to_string());
+            }
+        }
         let i = files.len();
         for o in objects {
             let staged = text::is_staged(&o.value);
@@ -171,6 +179,9 @@ pub fn dir(root: &Path, names: &[PolicyName]) -> Result<Vec<Promoted>, Datastore
     let mut targets: BTreeMap<usize, Vec<(ObjectKey, String)>> = BTreeMap::new();
     for n in names {
         match at.get(&n.key()).map(Vec::as_slice) {
+            None | Some([]) if rejected.contains_key(&n.key().to_string()) => {
+                problems.push(format!("{n}: invalid: {}", rejected[&n.key().to_string()]));
+            }
             None | Some([]) => {
                 let mut p = format!("{n}: not found under {}", root.display());
                 if !unreadable.is_empty() {
