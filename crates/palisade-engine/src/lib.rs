@@ -52,12 +52,8 @@ impl Engine {
     /// dropped, so that no consumer (the compiler, the agent, the audit
     /// commands) can enforce or report one by mistake. `cluster()` returns
     /// the cluster without them.
-    pub fn new(cluster: Cluster) -> Engine {
-        let cluster = if cluster.has_staged() {
-            cluster.enforced()
-        } else {
-            cluster
-        };
+    pub fn new(mut cluster: Cluster) -> Engine {
+        cluster.drop_staged();
         Engine::build(cluster, false)
     }
 

@@ -519,9 +519,14 @@ impl Cluster {
     /// The cluster without its staged policies: what is enforced.
     pub fn enforced(&self) -> Cluster {
         let mut c = self.clone();
-        c.policies.retain(|p| !p.staged);
-        c.admin_policies.retain(|p| !p.staged);
+        c.drop_staged();
         c
+    }
+
+    /// Removes the staged policies, in place.
+    pub fn drop_staged(&mut self) {
+        self.policies.retain(|p| !p.staged);
+        self.admin_policies.retain(|p| !p.staged);
     }
     /// Adds the implicit namespace of every pod and policy that has no
     /// Namespace object, as Kubernetes would have it.

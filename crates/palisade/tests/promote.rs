@@ -1,10 +1,12 @@
 //! `palisade promote --dir`: staged policies become enforced by editing
 //! the files that hold them, nothing but the annotation changed; a name
 //! that is missing or not staged writes nothing. `check` enforces only
-//! what is not staged, before and after.
+//! what is not staged, before and after. With etcd (when installed):
+//! `datastore apply --staged`, then `promote --etcd`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn palisade(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
@@ -206,4 +208,140 @@ fn a_policy_defined_twice_is_not_guessed() {
         )
     );
     assert_eq!(read(dir, "web.yaml"), WEB);
+}
+
+/// A throwaway etcd on free loopback ports, stopped when dropped.
+struct Etcd(Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// etcd serving in `dir`, and its client URL; `None` without etcd.
+fn etcd(dir: &Path) -> Option<(Etcd, String)> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!("skipped: no etcd binary");
+        return None;
+    }
+    let client = format!("http://127.0.0.1:{}", port());
+    let peer = format!("http://127.0.0.1:{}", port());
+    let child = Command::new("etcd")
+        .args(["--name", "promote", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("promote={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let e = Etcd(child);
+    let t = Instant::now();
+    while !Command::new("etcdctl")
+        .args(["--endpoints", &client, "endpoint", "health"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "etcd never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some((e, client))
+}
+
+#[test]
+fn datastore_apply_staged_then_promote_through_etcd() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((_etcd, ep)) = etcd(t.path()) else {
+        return;
+    };
+    let dir = t.path();
+    let plain = WEB.replace("    palisade.dev/staged: \"true\"\n", "");
+    std::fs::write(dir.join("web.yaml"), &plain).unwrap();
+    std::fs::write(dir.join("admin.yaml"), ADMIN).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let o = palisade(&[
+        "datastore",
+        "apply",
+        "--staged",
+        "-f",
+        &f("web.yaml"),
+        &f("admin.yaml"),
+        "--etcd",
+        &ep,
+    ]);
+    assert_eq!(
+        text(&o),
+        (
+            Some(0),
+            "applied /palisade/v1/Pod/shop/web\napplied /palisade/v1/Pod/shop/client\napplied /palisade/v1/NetworkPolicy/shop/web (staged)\napplied /palisade/v1/AdminNetworkPolicy/_/guard (staged)\n".to_string(),
+            String::new()
+        )
+    );
+    std::fs::write(
+        dir.join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    )
+    .unwrap();
+    let o = palisade(&[
+        "datastore",
+        "apply",
+        "--staged",
+        "-f",
+        &f("ns.yaml"),
+        "--etcd",
+        &ep,
+    ]);
+    assert_eq!(
+        text(&o),
+        (
+            Some(0),
+            "applied /palisade/v1/Namespace/_/shop\n".to_string(),
+            "warning: --staged: none of the objects is a policy; they were written as they are\n"
+                .to_string()
+        )
+    );
+
+    let o = palisade(&[
+        "promote",
+        "--etcd",
+        &ep,
+        "shop/web",
+        "AdminNetworkPolicy/guard",
+    ]);
+    assert_eq!(
+        text(&o),
+        (
+            Some(0),
+            "promoted AdminNetworkPolicy/guard (/palisade/v1/AdminNetworkPolicy/_/guard)\npromoted shop/web (/palisade/v1/NetworkPolicy/shop/web)\n".to_string(),
+            String::new()
+        )
+    );
+    let o = palisade(&["datastore", "get", "NetworkPolicy", "--etcd", &ep]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        list["items"][0]["metadata"]["annotations"],
+        serde_json::json!({"owner": "team-web"})
+    );
+    let o = palisade(&["promote", "--etcd", &ep, "shop/web"]);
+    assert_eq!(
+        text(&o),
+        (
+            Some(2),
+            String::new(),
+            "error: shop/web: not staged\nerror: nothing was promoted\n".to_string()
+        )
+    );
 }

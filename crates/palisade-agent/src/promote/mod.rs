@@ -383,3 +383,47 @@ pub fn etcd(endpoints: &[String], names: &[PolicyName]) -> Result<Vec<Promoted>,
         )))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_temporary_file_is_one_the_watcher_ignores() {
+        let t = temporary(Path::new("/m/policies/web.yaml"));
+        assert_eq!(t.parent(), Some(Path::new("/m/policies")));
+        assert!(manifests::is_hidden_name(t.file_name().unwrap()));
+        assert!(manifests::is_hidden(&t));
+    }
+
+    #[test]
+    fn names_are_read_as_flow_records_print_them() {
+        let ok = |s: &str| PolicyName::parse(s).map(|n| (n.key(), n.to_string()));
+        let key = |kind: &str, ns: Option<&str>, name: &str| ObjectKey {
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        };
+        assert_eq!(
+            ok("shop/web"),
+            Ok((key("NetworkPolicy", Some("shop"), "web"), "shop/web".into()))
+        );
+        assert_eq!(
+            ok("BaselineAdminNetworkPolicy/default"),
+            Ok((
+                key("BaselineAdminNetworkPolicy", None, "default"),
+                "BaselineAdminNetworkPolicy/default".into()
+            ))
+        );
+        for bad in [
+            "web",
+            "shop/",
+            "/web",
+            "a/b/c",
+            "NetworkPolicy/web",
+            "Pod/web",
+        ] {
+            assert!(PolicyName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

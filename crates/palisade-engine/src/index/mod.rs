@@ -150,7 +150,8 @@ impl Index {
         &self.matchers[id.index()]
     }
 
-    /// NetworkPolicy `i` of `Cluster::policies`, resolved.
+    /// NetworkPolicy `i` of `Cluster::policies`, resolved (of the cluster
+    /// the index was built over: [`Engine::cluster`](crate::Engine::cluster)).
     pub fn policy(&self, i: usize) -> &ResolvedPolicy {
         &self.policies[i]
     }
