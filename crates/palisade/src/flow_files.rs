@@ -341,8 +341,7 @@ fn endpoint(engine: &Engine, name: &str, ip: Option<IpAddr>) -> Result<Endpoint,
 pub fn resolve(engine: &Engine, e: &Entry, unknown: &mut Unknown) -> Option<(Endpoint, Endpoint)> {
     let pair = endpoint(engine, &e.src, e.src_ip).and_then(|s| {
         let d = endpoint(engine, &e.dst, e.dst_ip)?;
-        engine
-            .flow(s, d, e.protocol, e.port)
+        flow(engine, e, s, d)
             .map(|_| (s, d))
             .map_err(|err| err.to_string())
     });
@@ -353,4 +352,22 @@ pub fn resolve(engine: &Engine, e: &Entry, unknown: &mut Unknown) -> Option<(End
             None
         }
     }
+}
+
+/// The connection an entry records, on `engine`: at the recorded addresses
+/// where they still belong to the resolved endpoints (which fixes the
+/// address family), else between the endpoints in the family the engine
+/// picks.
+pub fn flow(
+    engine: &Engine,
+    e: &Entry,
+    src: Endpoint,
+    dst: Endpoint,
+) -> Result<palisade_engine::Flow, palisade_engine::Error> {
+    if let (Some(s), Some(d)) = (e.src_ip, e.dst_ip) {
+        if engine.endpoint_for_ip(s) == src && engine.endpoint_for_ip(d) == dst {
+            return engine.flow_between(&s.to_string(), &d.to_string(), e.protocol, e.port);
+        }
+    }
+    engine.flow(src, dst, e.protocol, e.port)
 }

@@ -126,7 +126,7 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
             let list = serde_json::json!({
                 "apiVersion": "v1",
                 "kind": "List",
-                "items": objects,
+                "items": serde_json::to_value(&objects)?,
             });
             let mut s = serde_json::to_string_pretty(&list)?;
             s.push('\n');

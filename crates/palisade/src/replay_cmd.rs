@@ -132,7 +132,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             unknown.count += c.records - 1;
             continue;
         };
-        let Ok(f) = engine.flow(s, d, protocol, port) else {
+        let Ok(f) = flow_files::flow(&engine, &entry, s, d) else {
             continue;
         };
         let after = engine.allowed(&f);

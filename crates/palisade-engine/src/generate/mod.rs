@@ -342,7 +342,8 @@ fn policy_names(ws: &[Workload]) -> Vec<String> {
     for w in ws {
         *count.entry((&w.namespace, &w.base_name)).or_default() += 1;
     }
-    ws.iter()
+    let mut names: Vec<String> = ws
+        .iter()
         .map(|w| {
             let mut base = w.base_name.clone();
             if count[&(w.namespace.as_str(), w.base_name.as_str())] > 1 {
@@ -361,7 +362,24 @@ fn policy_names(ws: &[Workload]) -> Vec<String> {
             let cut = base[..keep].trim_end_matches(['-', '.']);
             format!("{cut}{tag}{SUFFIX}")
         })
-        .collect()
+        .collect();
+    // A name made above can still meet another workload's own (`web` of
+    // two kinds beside a `web-deployment`): the later one gets a tag.
+    let mut taken: BTreeSet<(&str, String)> = BTreeSet::new();
+    for (w, name) in ws.iter().zip(&mut names) {
+        if !taken.insert((&w.namespace, name.clone())) {
+            let base = name.trim_end_matches(SUFFIX);
+            let keep = base.len().min(MAX_NAME - SUFFIX.len() - 9);
+            let tagged = format!(
+                "{}-{:08x}{SUFFIX}",
+                base[..keep].trim_end_matches(['-', '.']),
+                fnv(&w.display())
+            );
+            taken.insert((&w.namespace, tagged.clone()));
+            *name = tagged;
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -445,5 +463,16 @@ mod tests {
         assert_eq!(names[2].len(), 253);
         assert!(names[2].ends_with("-generated"), "{}", names[2]);
         assert_eq!(names[2], policy_names(&[w("Deployment", &long)])[0]);
+        let names = policy_names(&[
+            w("Deployment", "web"),
+            w("Deployment", "web-statefulset"),
+            w("StatefulSet", "web"),
+        ]);
+        assert_eq!(names[0], "web-deployment-generated");
+        assert_eq!(names[1], "web-statefulset-generated");
+        assert!(
+            names[2].starts_with("web-statefulset-") && names[2] != names[1],
+            "{names:?}"
+        );
     }
 }
