@@ -171,6 +171,10 @@ fn run(args: &[&str], files: &[(&str, &str)]) -> (Option<i32>, String, String) {
         })
         .collect();
     let o = palisade(&args);
+    // `--out` is never written when the command fails.
+    if o.status.code() != Some(0) {
+        assert!(!dir.path().join("out.yaml").exists());
+    }
     let err = String::from_utf8_lossy(&o.stderr).replace(&*dir.path().to_string_lossy(), "DIR");
     (
         o.status.code(),
@@ -244,4 +248,86 @@ fn replay_refuses_files_without_verdicts() {
         err,
         "error: DIR/a.csv: a CSV file has no recorded verdicts; replay needs a flow log\n"
     );
+}
+
+#[test]
+fn a_failed_check_names_what_failed_writes_nothing_and_exits_2() {
+    let anp = "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: monitoring-to-db}
+spec:
+  priority: 10
+  subject: {namespaces: {}}
+  ingress:
+  - name: from-monitoring
+    action: Allow
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+    ports: [{portNumber: {protocol: TCP, port: 5432}}]
+  egress:
+  - name: to-shop
+    action: Allow
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: shop}}}]
+    ports: [{portNumber: {protocol: TCP, port: 5432}}]
+";
+    let case = "crates/palisade/tests/generate/shop";
+    let (flows, csv) = (format!("{case}/flows.jsonl"), format!("{case}/flows.csv"));
+    let (code, out, err) = run(
+        &[
+            "generate",
+            "--flows",
+            &flows,
+            &csv,
+            "-f",
+            CLUSTER,
+            "@anp.yaml",
+            "--out",
+            "@out.yaml",
+        ],
+        &[("anp.yaml", anp)],
+    );
+    assert_eq!((code, out.as_str()), (Some(2), ""));
+    assert_eq!(
+        err,
+        "note: the cluster's 1 NetworkPolicy is not part of the result: the check runs with the generated set in its place (admin policies kept)
+warning: 1 record names endpoints the cluster does not have (shop/gone-pod: pod shop/gone-pod not found); left out
+check failed: 0 of 12 observed flows not allowed; 4 connections allowed beyond what was observed
+  monitoring/prom[StatefulSet] => shop/cache : TCP 5432 allowed, never observed
+  monitoring/prom[StatefulSet] => shop/db[StatefulSet] : TCP 5432 allowed, never observed
+  monitoring/prom[StatefulSet] => shop/reports[Deployment] : TCP 5432 allowed, never observed
+  monitoring/prom[StatefulSet] => shop/web[Deployment] : TCP 5432 allowed, never observed
+nothing was written
+"
+    );
+}
+
+/// docs/generate.md quotes the goldens; a change to the output that the
+/// page does not follow fails here.
+#[test]
+fn the_documentation_quotes_the_goldens() {
+    let doc = std::fs::read_to_string(root().join("docs/generate.md")).unwrap();
+    let golden = |p: &str| {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(p))
+            .unwrap()
+    };
+    let yaml = golden("generate/shop/expect.yaml");
+    let web = yaml
+        .split("---\n")
+        .find(|d| d.contains("name: web-generated"))
+        .unwrap();
+    for quoted in [
+        web.to_string(),
+        golden("generate/shop/expect.stderr"),
+        golden("generate/union/expect.stderr"),
+        golden("replay/shop/expect.txt"),
+        golden("replay/shop/expect.json")
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string(),
+    ] {
+        assert!(
+            doc.contains(&quoted),
+            "docs/generate.md does not quote:\n{quoted}"
+        );
+    }
 }
