@@ -313,11 +313,7 @@ impl Unknown {
             if self.count == 1 { "" } else { "s" },
             if self.count == 1 { "s" } else { "" },
             self.named.join("; "),
-            if self.count > self.named.len() {
-                "; ..."
-            } else {
-                ""
-            }
+            if self.more { "; ..." } else { "" }
         );
     }
 }

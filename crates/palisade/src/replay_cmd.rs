@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use palisade_engine::diff::PortRange;
 use palisade_engine::flowlog::FlowVerdict;
 use palisade_model::Protocol;
 use serde::Serialize;
@@ -49,17 +50,45 @@ struct Conn {
 
 type Key = (String, String, Protocol, u16);
 
-/// A connection whose verdict would change.
+/// Connections whose verdict would change: between two endpoints, on a
+/// range of ports of one protocol.
 #[derive(Serialize)]
 struct Change {
     src: String,
     dst: String,
     protocol: &'static str,
-    ports: String,
+    #[serde(serialize_with = "as_text")]
+    ports: PortRange,
     before: &'static str,
     after: &'static str,
     policies: Vec<String>,
     records: usize,
+}
+
+fn as_text<S: serde::Serializer>(r: &PortRange, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(r)
+}
+
+impl Change {
+    /// Whether `next` (sorted after this one) continues it: the same
+    /// endpoints, protocol, verdicts and policies, on the next port.
+    fn extends(&self, next: &Change) -> bool {
+        (
+            &self.src,
+            &self.dst,
+            self.protocol,
+            self.before,
+            self.after,
+            &self.policies,
+        ) == (
+            &next.src,
+            &next.dst,
+            next.protocol,
+            next.before,
+            next.after,
+            &next.policies,
+        ) && u32::from(self.ports.end) + 1 == u32::from(next.ports.start)
+    }
 }
 
 fn push(v: &mut Vec<String>, s: String) {
@@ -116,7 +145,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     }
     let engine = input::engine(&args.files)?;
     let mut unknown = flow_files::Unknown::default();
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
     for ((src, dst, protocol, port), c) in conns {
         let entry = Entry {
             src,
@@ -144,16 +173,27 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         for p in engine.deciding_policies(&f) {
             push(&mut policies, p);
         }
-        changes.push(Change {
+        let change = Change {
             src: entry.src,
             dst: entry.dst,
             protocol: protocol.as_str(),
-            ports: port.to_string(),
+            ports: PortRange {
+                start: port,
+                end: port,
+            },
             before: verdict(!c.denied),
             after: verdict(after),
             policies,
             records: c.records,
-        });
+        };
+        // Adjacent ports that changed alike are one range, as in `diff`.
+        match changes.last_mut() {
+            Some(last) if last.extends(&change) => {
+                last.ports.end = port;
+                last.records += change.records;
+            }
+            _ => changes.push(change),
+        }
     }
     unknown.warn("the candidate");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -286,7 +326,7 @@ fn write_csv(out: &mut impl Write, changes: &[Change]) -> Result<()> {
             c.src.as_str(),
             &c.dst,
             c.protocol,
-            &c.ports,
+            &c.ports.to_string(),
             c.before,
             c.after,
             &c.policies.join("; "),

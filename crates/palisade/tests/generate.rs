@@ -97,8 +97,21 @@ fn generate_every_case_writes_the_expected_policies_and_check() {
         assert_eq!(v["kind"], "List");
         check_golden(&case.join("expect.json"), &json);
 
-        // The manifests read back with the cluster, with no diagnostic.
+        // The manifests read back, in both forms, with no diagnostic.
         let dir = tempfile::tempdir().unwrap();
+        let as_json = dir.path().join("generated.json");
+        std::fs::write(&as_json, &json).unwrap();
+        let o = palisade(&[
+            "validate".into(),
+            "-f".into(),
+            as_json.to_string_lossy().into_owned(),
+        ]);
+        assert_eq!(
+            (o.status.code(), String::from_utf8_lossy(&o.stderr).as_ref()),
+            (Some(0), ""),
+            "{}",
+            case.display()
+        );
         let out = dir.path().join("generated.yaml");
         let mut args = generate_args(&case, "yaml");
         args.extend(["--out".into(), out.to_string_lossy().into_owned()]);
