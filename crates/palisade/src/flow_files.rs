@@ -44,6 +44,9 @@ pub struct Entry {
     pub dst: String,
     pub src_ip: Option<IpAddr>,
     pub dst_ip: Option<IpAddr>,
+    /// `ns/name[Kind]` of the endpoint's workload, as the flow log names it.
+    pub src_workload: Option<String>,
+    pub dst_workload: Option<String>,
     pub protocol: Protocol,
     pub port: u16,
     /// The whole record, for a flow log.
@@ -104,6 +107,8 @@ fn parse_log(line: &str) -> Result<Entry, String> {
         dst: r.dst.clone(),
         src_ip: r.src_ip,
         dst_ip: r.dst_ip,
+        src_workload: r.src_workload.clone(),
+        dst_workload: r.dst_workload.clone(),
         protocol: r.protocol,
         port: r.port,
         record: Some(r),
@@ -120,6 +125,8 @@ fn parse_plain(line: &str) -> Result<Entry, String> {
         dst: p.dst,
         src_ip: None,
         dst_ip: None,
+        src_workload: None,
+        dst_workload: None,
         protocol: protocol(&p.protocol)?,
         port: p.port,
         record: None,
@@ -168,6 +175,8 @@ fn parse_csv(cols: &Columns, line: &str) -> Result<Entry, String> {
         dst,
         src_ip: None,
         dst_ip: None,
+        src_workload: None,
+        dst_workload: None,
         protocol: protocol(&f[cols.protocol])?,
         port: port(&f[cols.port])?,
         record: None,
@@ -318,28 +327,54 @@ impl Unknown {
     }
 }
 
-/// An endpoint by name through the engine; a pod the cluster does not
+/// Control characters of a name read from a file, escaped, so that a
+/// message quoting it cannot drive the terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// An endpoint by name through the engine. A pod the cluster does not
 /// have falls back to the address the record gives, where a pod of the
-/// cluster holds it.
-fn endpoint(engine: &Engine, name: &str, ip: Option<IpAddr>) -> Result<Endpoint, String> {
-    match engine.endpoint(name) {
-        Ok(e) => Ok(e),
-        Err(e) => match ip.map(|ip| engine.endpoint_for_ip(ip)) {
-            Some(found @ Endpoint::Pod(_)) => Ok(found),
-            _ => Err(format!("{name}: {e}")),
-        },
+/// cluster holds it (the pod recreated under another name), then to the
+/// workload the record names, where the cluster has its template (a
+/// cluster read from the manifests a log's pods were made from).
+fn endpoint(
+    engine: &Engine,
+    name: &str,
+    ip: Option<IpAddr>,
+    workload: Option<&str>,
+) -> Result<Endpoint, String> {
+    let err = match engine.endpoint(name) {
+        Ok(e) => return Ok(e),
+        Err(e) => e,
+    };
+    if let Some(found @ Endpoint::Pod(_)) = ip.map(|ip| engine.endpoint_for_ip(ip)) {
+        return Ok(found);
     }
+    if let Some(Ok(found)) = workload.map(|w| engine.endpoint(w)) {
+        return Ok(found);
+    }
+    Err(printable(&format!("{name}: {err}")))
 }
 
 /// The entry's two endpoints, or why they cannot be (recorded in
 /// `unknown`): an endpoint the cluster does not have, or no address family
 /// in common.
 pub fn resolve(engine: &Engine, e: &Entry, unknown: &mut Unknown) -> Option<(Endpoint, Endpoint)> {
-    let pair = endpoint(engine, &e.src, e.src_ip).and_then(|s| {
-        let d = endpoint(engine, &e.dst, e.dst_ip)?;
+    let pair = endpoint(engine, &e.src, e.src_ip, e.src_workload.as_deref()).and_then(|s| {
+        let d = endpoint(engine, &e.dst, e.dst_ip, e.dst_workload.as_deref())?;
         flow(engine, e, s, d)
             .map(|_| (s, d))
-            .map_err(|err| err.to_string())
+            .map_err(|err| printable(&err.to_string()))
     });
     match pair {
         Ok(p) => Some(p),

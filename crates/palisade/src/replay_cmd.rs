@@ -38,9 +38,12 @@ pub struct ReplayArgs {
 }
 
 /// A recorded connection: what its records say.
+#[derive(Default)]
 struct Conn {
     src_ip: Option<IpAddr>,
     dst_ip: Option<IpAddr>,
+    src_workload: Option<String>,
+    dst_workload: Option<String>,
     records: usize,
     denied: bool,
     /// Policies of the allowing and the denying records.
@@ -99,31 +102,74 @@ fn push(v: &mut Vec<String>, s: String) {
 
 fn add(conns: &mut BTreeMap<Key, Conn>, e: Entry) {
     let Some(r) = e.record else { return };
-    let c = conns
-        .entry((e.src, e.dst, e.protocol, e.port))
-        .or_insert_with(|| Conn {
-            src_ip: e.src_ip,
-            dst_ip: e.dst_ip,
-            records: 0,
-            denied: false,
-            allowed_by: Vec::new(),
-            denied_by: Vec::new(),
-        });
+    let c = conns.entry((e.src, e.dst, e.protocol, e.port)).or_default();
     c.records += 1;
     c.src_ip = c.src_ip.or(e.src_ip);
     c.dst_ip = c.dst_ip.or(e.dst_ip);
-    match (r.verdict, r.policy) {
-        (FlowVerdict::Denied, Some(p)) => {
+    c.src_workload = c.src_workload.take().or(e.src_workload);
+    c.dst_workload = c.dst_workload.take().or(e.dst_workload);
+    let policy = r.policy.map(|p| flow_files::printable(&p));
+    match (r.verdict, policy) {
+        (FlowVerdict::Denied, p) => {
             c.denied = true;
-            push(&mut c.denied_by, p);
-        }
-        (FlowVerdict::Denied, None) => {
-            c.denied = true;
-            push(&mut c.denied_by, "default deny".into());
+            push(&mut c.denied_by, p.unwrap_or_else(|| "default deny".into()));
         }
         (FlowVerdict::Allowed, Some(p)) => push(&mut c.allowed_by, p),
         (FlowVerdict::Allowed, None) => {}
     }
+}
+
+/// The recorded connections on the candidate, keyed by the candidate's own
+/// names (a pod recorded once by name and once by address is one
+/// endpoint), with the flow each stands for; the others are counted in
+/// `unknown`, per record.
+fn resolve(
+    engine: &palisade_engine::Engine,
+    conns: BTreeMap<Key, Conn>,
+    unknown: &mut flow_files::Unknown,
+) -> BTreeMap<Key, (Conn, palisade_engine::Flow)> {
+    let mut out: BTreeMap<Key, (Conn, palisade_engine::Flow)> = BTreeMap::new();
+    for ((src, dst, protocol, port), c) in conns {
+        let entry = Entry {
+            src,
+            dst,
+            src_ip: c.src_ip,
+            dst_ip: c.dst_ip,
+            src_workload: c.src_workload.clone(),
+            dst_workload: c.dst_workload.clone(),
+            protocol,
+            port,
+            record: None,
+        };
+        let resolved = flow_files::resolve(engine, &entry, unknown)
+            .and_then(|(s, d)| Some((s, d, flow_files::flow(engine, &entry, s, d).ok()?)));
+        let Some((s, d, f)) = resolved else {
+            unknown.count += c.records - 1;
+            continue;
+        };
+        let key = (
+            engine.who(s).to_string(),
+            engine.who(d).to_string(),
+            protocol,
+            port,
+        );
+        match out.get_mut(&key) {
+            None => {
+                out.insert(key, (c, f));
+            }
+            Some((m, _)) => {
+                m.records += c.records;
+                m.denied |= c.denied;
+                for p in c.allowed_by {
+                    push(&mut m.allowed_by, p);
+                }
+                for p in c.denied_by {
+                    push(&mut m.denied_by, p);
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
@@ -146,24 +192,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let engine = input::engine(&args.files)?;
     let mut unknown = flow_files::Unknown::default();
     let mut changes: Vec<Change> = Vec::new();
-    for ((src, dst, protocol, port), c) in conns {
-        let entry = Entry {
-            src,
-            dst,
-            src_ip: c.src_ip,
-            dst_ip: c.dst_ip,
-            protocol,
-            port,
-            record: None,
-        };
-        let Some((s, d)) = flow_files::resolve(&engine, &entry, &mut unknown) else {
-            // Counted per record, as the warning says.
-            unknown.count += c.records - 1;
-            continue;
-        };
-        let Ok(f) = flow_files::flow(&engine, &entry, s, d) else {
-            continue;
-        };
+    for ((src, dst, protocol, port), (c, f)) in resolve(&engine, conns, &mut unknown) {
         let after = engine.allowed(&f);
         // Unchanged: allowed now as it was, or denied now as it was.
         if after != c.denied {
@@ -174,8 +203,8 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             push(&mut policies, p);
         }
         let change = Change {
-            src: entry.src,
-            dst: entry.dst,
+            src,
+            dst,
             protocol: protocol.as_str(),
             ports: PortRange {
                 start: port,

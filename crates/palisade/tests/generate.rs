@@ -234,14 +234,14 @@ fn a_file_of_neither_format_is_named() {
 
 #[test]
 fn unknown_endpoints_are_counted_and_named_never_dropped_silently() {
-    let csv = "src,dst,port,protocol\nshop/nope,shop/db-0,5432,TCP\nshop/cache,10.99.0.1,80,TCP\nshop/cache,shop/ghost,80,TCP\nweird,shop/db-0,1,TCP\n";
+    let csv = "src,dst,port,protocol\nshop/nope,shop/db-0,5432,TCP\nshop/cache,10.99.0.1,80,TCP\nshop/cache,shop/ghost,80,TCP\nweird,shop/db-0,1,TCP\n\u{1b}[2Jns/x,shop/db-0,1,TCP\n";
     let (code, _, err) = run(
         &["generate", "--flows", "@a.csv", "-f", CLUSTER],
         &[("a.csv", csv)],
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("warning: 3 records name endpoints the cluster does not have (shop/nope: pod shop/nope not found; shop/ghost: pod shop/ghost not found; weird: \"weird\" is neither namespace/pod nor an IP address); left out\n"),
+        err.contains("warning: 4 records name endpoints the cluster does not have (shop/nope: pod shop/nope not found; shop/ghost: pod shop/ghost not found; weird: \"weird\" is neither namespace/pod nor an IP address; \\u{1b}[2Jns/x: pod \\u{1b}[2Jns/x not found); left out\n"),
         "{err}"
     );
     assert!(err.contains("check: 1 observed flow allowed;"), "{err}");
@@ -303,7 +303,8 @@ spec:
         err,
         "note: the cluster's 1 NetworkPolicy is not part of the result: the check runs with the generated set in its place (admin policies kept)
 warning: 1 record names endpoints the cluster does not have (shop/gone-pod: pod shop/gone-pod not found); left out
-check failed: 0 of 12 observed flows not allowed; 4 connections allowed beyond what was observed
+check failed: 0 of 13 observed flows not allowed; 5 connections allowed beyond what was observed
+  monitoring/prom[StatefulSet] => shop/batch[Deployment] : TCP 5432 allowed, never observed
   monitoring/prom[StatefulSet] => shop/cache : TCP 5432 allowed, never observed
   monitoring/prom[StatefulSet] => shop/db[StatefulSet] : TCP 5432 allowed, never observed
   monitoring/prom[StatefulSet] => shop/reports[Deployment] : TCP 5432 allowed, never observed
