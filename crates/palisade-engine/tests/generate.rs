@@ -132,7 +132,7 @@ fn who(of: &[Option<usize>], e: Endpoint) -> Who {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn generated_policies_allow_exactly_what_was_observed(

@@ -288,13 +288,13 @@ impl Ctx<'_> {
     fn pairs(&mut self, of: &[Option<(usize, usize)>]) {
         let pieces = self.port_pieces();
         let ports: Vec<PortProto> = pieces.iter().map(|p| p.0).collect();
-        let rows = self.engine.matrix_rows(&ports);
+        let mut rows = self.engine.matrix_rows(&ports);
         let sides: Vec<Vec<Side>> = rows
             .identities
             .iter()
             .map(|&id| self.sides_of(of, id))
             .collect();
-        for row in self.engine.matrix_rows(&ports) {
+        for row in rows.by_ref() {
             let (pp, piece) = pieces[row.port];
             for (d, cell) in row.cells.iter().enumerate() {
                 if *cell != Cell::Allowed {
