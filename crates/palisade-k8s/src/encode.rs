@@ -12,10 +12,14 @@ use palisade_model::{
     Rule,
 };
 
-/// `policy` as a manifest with `labels` on its metadata. `policyTypes` is
-/// always written, so that the direction a policy isolates never depends
-/// on defaulting.
-pub fn network_policy(policy: &NetworkPolicy, labels: &Labels) -> net::NetworkPolicy {
+/// `policy` as a manifest with `labels` and `annotations` on its
+/// metadata. `policyTypes` is always written, so that the direction a
+/// policy isolates never depends on defaulting.
+pub fn network_policy(
+    policy: &NetworkPolicy,
+    labels: &Labels,
+    annotations: &Labels,
+) -> net::NetworkPolicy {
     let mut types = Vec::new();
     if policy.ingress.is_some() {
         types.push("Ingress".to_string());
@@ -54,6 +58,7 @@ pub fn network_policy(policy: &NetworkPolicy, labels: &Labels) -> net::NetworkPo
             name: Some(policy.name.clone()),
             namespace: Some(policy.namespace.clone()),
             labels: (!labels.is_empty()).then(|| labels.clone()),
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
             ..Default::default()
         },
         spec: Some(net::NetworkPolicySpec {
@@ -265,7 +270,8 @@ mod tests {
     fn policies_read_back_through_yaml_as_the_same_model() {
         let labels: Labels = [("app.kubernetes.io/managed-by".into(), "palisade".into())].into();
         for p in policies() {
-            let yaml = serde_norway::to_string(&network_policy(&p, &labels)).unwrap();
+            let yaml =
+                serde_norway::to_string(&network_policy(&p, &labels, &Labels::new())).unwrap();
             let (objects, diags) = crate::decode("gen.yaml", yaml.as_bytes());
             assert!(diags.is_empty(), "{yaml}\n{diags:?}");
             let [obj] = &objects[..] else {

@@ -39,7 +39,14 @@ pub struct GenerateArgs {
     /// Write the manifests to this file instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the policies staged (annotation `palisade.dev/staged: "true"`):
+    /// evaluated on every connection, enforced on none, until promoted.
+    #[arg(long)]
+    staged: bool,
 }
+
+/// The annotation that makes a policy staged (docs/staged.md).
+const STAGED_ANNOTATION: &str = "palisade.dev/staged";
 
 /// How many failures of the check are printed before the rest are counted.
 const SHOWN: usize = 20;
@@ -108,10 +115,14 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         "palisade".to_string(),
     )]
     .into();
+    let mut annotations = Labels::new();
+    if args.staged {
+        annotations.insert(STAGED_ANNOTATION.to_string(), "true".to_string());
+    }
     let objects: Vec<_> = g
         .policies
         .iter()
-        .map(|p| palisade_k8s::encode::network_policy(p, &labels))
+        .map(|p| palisade_k8s::encode::network_policy(p, &labels, &annotations))
         .collect();
     let text = match args.output {
         GenerateFormat::Yaml => {

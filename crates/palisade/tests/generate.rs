@@ -345,3 +345,20 @@ fn the_documentation_quotes_the_goldens() {
         );
     }
 }
+
+#[test]
+fn staged_policies_carry_the_annotation_and_nothing_else_changes() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generate/union");
+    let mut args = generate_args(&case, "yaml");
+    args.push("--staged".into());
+    let o = palisade(&args);
+    assert_eq!(o.status.code(), Some(0));
+    let staged = String::from_utf8(o.stdout).unwrap();
+    let plain = std::fs::read_to_string(case.join("expect.yaml")).unwrap();
+    let annotation = "  annotations:\n    palisade.dev/staged: 'true'\n";
+    assert_eq!(
+        staged.matches(annotation).count(),
+        plain.matches("---\n").count()
+    );
+    assert_eq!(staged.replace(annotation, ""), plain);
+}
