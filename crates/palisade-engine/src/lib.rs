@@ -13,6 +13,7 @@ pub mod diff;
 mod error;
 pub mod first_match;
 pub mod flowlog;
+pub mod generate;
 mod ids;
 pub mod index;
 pub mod lint;

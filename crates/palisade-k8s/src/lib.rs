@@ -21,6 +21,7 @@ pub use limits::Limits;
 
 mod admin;
 mod core;
+pub mod encode;
 pub mod limits;
 mod netpol;
 mod source;

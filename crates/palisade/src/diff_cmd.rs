@@ -62,7 +62,7 @@ pub fn diff(args: DiffArgs) -> Result<ExitCode> {
     })
 }
 
-fn verdict(allowed: bool) -> &'static str {
+pub(crate) fn verdict(allowed: bool) -> &'static str {
     if allowed {
         "allowed"
     } else {
@@ -198,7 +198,7 @@ fn summary_line(s: &Summary) -> String {
 
 /// Table cells hold names, port ranges and policy names; a `|` in one
 /// would end the cell.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 

@@ -7,13 +7,16 @@ mod check_cmd;
 mod dataplane;
 mod diff_cmd;
 mod doctor;
+mod flow_files;
 mod flows_cmd;
+mod generate_cmd;
 mod input;
 mod lint_cmd;
 mod matrix_cmd;
 mod output;
 mod progress;
 mod promote_cmd;
+mod replay_cmd;
 mod report;
 
 use std::path::PathBuf;
@@ -116,6 +119,17 @@ enum Command {
     /// blocked DNS, ineffective admin rules (docs/lint.md). Exit 1 when a
     /// finding reaches --fail-on, 2 on input errors.
     Lint(lint_cmd::LintArgs),
+    /// Write least-privilege NetworkPolicies from observed connections (a
+    /// flow log, JSON lines or CSV): one per workload of the cluster,
+    /// allowing exactly what was observed plus DNS, checked by the engine
+    /// before printing (docs/generate.md). Exit 2 on bad input or when the
+    /// check fails (nothing is written then).
+    Generate(generate_cmd::GenerateArgs),
+    /// What a candidate set of manifests would have done to recorded
+    /// traffic: every recorded connection whose verdict would differ,
+    /// formatted like diff. Exit 0, or with --exit-code 1 when something
+    /// would change; 2 on error.
+    Replay(replay_cmd::ReplayArgs),
     /// Measure engine throughput on a synthetic cluster; prints ratios
     /// against baselines measured in the same run.
     Bench {
@@ -272,6 +286,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Doctor(args) => doctor::doctor(args),
         Command::Diff(args) => diff_cmd::diff(args),
+        Command::Generate(args) => generate_cmd::generate(args),
+        Command::Replay(args) => replay_cmd::replay(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Flows(args) => flows_cmd::run(args),
         Command::Promote(args) => promote_cmd::run(args),

@@ -221,3 +221,25 @@ fn labels(e: &Engine, f: &Flow, o: &Outcome, push: &mut impl FnMut(String)) {
         Decision::NotIsolated | Decision::NotSubject => {}
     }
 }
+
+impl Engine {
+    /// The policies that decided `flow`, named as a diff names them: of
+    /// the directions that denied it when it is denied, else of both,
+    /// egress then ingress.
+    pub fn deciding_policies(&self, flow: &Flow) -> Vec<String> {
+        let ex = self.explain(flow);
+        let denied = !ex.allowed();
+        let mut out: Vec<String> = Vec::new();
+        for o in [ex.egress, ex.ingress] {
+            if denied && o.allowed() {
+                continue;
+            }
+            labels(self, flow, &o, &mut |s: String| {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            });
+        }
+        out
+    }
+}

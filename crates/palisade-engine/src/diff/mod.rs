@@ -15,7 +15,7 @@
 mod affected;
 mod classes;
 mod eval;
-mod space;
+pub(crate) mod space;
 
 use std::collections::HashMap;
 

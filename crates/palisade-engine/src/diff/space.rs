@@ -100,7 +100,7 @@ fn cut_cluster(c: &Cluster, cuts: &mut [BTreeSet<u32>; 3]) {
 
 /// Per protocol (`Protocol::ALL` order), ports 1-65535 cut at every edge
 /// of both versions: no rule of either tells two ports of a piece apart.
-pub(super) fn port_pieces(base: &Cluster, head: &Cluster) -> [Vec<PortRange>; 3] {
+pub(crate) fn port_pieces(base: &Cluster, head: &Cluster) -> [Vec<PortRange>; 3] {
     let mut cuts: [BTreeSet<u32>; 3] = Default::default();
     cut_cluster(base, &mut cuts);
     cut_cluster(head, &mut cuts);
@@ -163,13 +163,13 @@ impl fmt::Display for AddrRange {
 
 /// A piece of the outside address space and the address that stands for it.
 #[derive(Clone, Debug)]
-pub(super) struct AddrPiece {
-    pub(super) range: AddrRange,
+pub(crate) struct AddrPiece {
+    pub(crate) range: AddrRange,
     /// An address of the piece that is no endpoint pod's in either version.
-    pub(super) rep: IpAddr,
+    pub(crate) rep: IpAddr,
     /// The piece is one node address: ingress from it depends on the node
     /// the destination pod runs on.
-    pub(super) node: bool,
+    pub(crate) node: bool,
 }
 
 fn is_pod_address(engines: [&Engine; 2], ip: &IpAddr) -> bool {
@@ -179,7 +179,7 @@ fn is_pod_address(engines: [&Engine; 2], ip: &IpAddr) -> bool {
 /// The outside address space of both versions in pieces, IPv4 then IPv6.
 /// A piece made only of pod addresses stands for no outside address and is
 /// left out.
-pub(super) fn addr_pieces(base: &Engine, head: &Engine) -> Vec<AddrPiece> {
+pub(crate) fn addr_pieces(base: &Engine, head: &Engine) -> Vec<AddrPiece> {
     let engines = [base, head];
     let mut bounds: [Vec<u128>; 2] = Default::default();
     let mut nodes: BTreeSet<(usize, u128)> = BTreeSet::new();

@@ -23,7 +23,7 @@ pub(crate) use render::ReasonParts;
 pub use render::Who;
 
 /// One side of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
     /// An index into `Cluster::pods` (an endpoint pod).
     Pod(usize),
