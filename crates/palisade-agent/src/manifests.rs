@@ -248,7 +248,14 @@ impl Walker {
     }
 
     fn file(&mut self, path: &Path, meta: &Metadata, link: bool, via: bool, out: &mut Vec<Found>) {
-        if let Some(first) = self.files.get(&id(meta)) {
+        // The file read first may be gone, and its inode reused by this
+        // one (a rename, or a new file in a burst that also removed it):
+        // then this is not a second name for it.
+        if let Some(first) = self
+            .files
+            .get(&id(meta))
+            .filter(|first| std::fs::metadata(first).is_ok_and(|m| id(&m) == id(meta)))
+        {
             return out.push(Found::Skipped {
                 path: path.to_path_buf(),
                 why: Skip::FileSeen {
@@ -371,4 +378,45 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         });
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a file renamed onto a name read before its old one in
+    /// the same burst (`mv z.yaml a.yaml`) was skipped as a second name
+    /// of the old file, which no longer existed, and its policies were
+    /// never read.
+    #[test]
+    fn a_renamed_file_is_not_a_second_name_of_its_old_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, z) = (dir.path().join("a.yaml"), dir.path().join("z.yaml"));
+        std::fs::write(&z, "kind: Namespace\n").unwrap();
+        let mut w = Walker::new();
+        let mut out = Vec::new();
+        w.entry(&z, false, &mut out);
+        assert!(matches!(&out[..], [Found::File { .. }]));
+        std::fs::rename(&z, &a).unwrap();
+        out.clear();
+        w.entry(&a, false, &mut out);
+        assert!(
+            matches!(&out[..], [Found::File { path, .. }] if *path == a),
+            "{out:?}"
+        );
+        // A real second name is still one.
+        std::fs::hard_link(&a, &z).unwrap();
+        out.clear();
+        w.entry(&z, false, &mut out);
+        assert!(
+            matches!(
+                &out[..],
+                [Found::Skipped {
+                    why: Skip::FileSeen { .. },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+    }
 }

@@ -61,7 +61,7 @@ fn the_walkthrough_runs_as_written() {
     let _ = palisade_lab::down("walk");
     // Whatever happens, the agents stop and the lab goes.
     let full = format!(
-        "set -euo pipefail -x\ntrap 'kill $(cat \"$W/pids\" 2>/dev/null) 2>/dev/null; palisade lab down --name walk >/dev/null 2>&1' EXIT\n{body}"
+        "set -euo pipefail -x\ntrap 'kill $(cat \"$W/pids\" 2>/dev/null) 2>/dev/null || true; palisade lab down --name walk >/dev/null 2>&1 || true' EXIT\n{body}"
     );
     let out = Command::new("bash")
         .arg("-c")

@@ -216,9 +216,14 @@ impl<B: Backend> Agent<B> {
         if let (SyncState::Known { table, .. }, Delta::Elements(sets)) = (&mut self.state, &delta) {
             apply_in_place(table, sets);
         }
-        if let (Some(log), Delta::Elements(_)) = (&self.flow_log, &delta) {
-            self.generation = next;
-            log.publish(next, Snapshot::Cluster(self.store.cluster().0));
+        if let Some(log) = &self.flow_log {
+            // A change the kernel does not see (a staged policy) keeps the
+            // generation, but the staged policies it is compared with are
+            // the new ones.
+            if let Delta::Elements(_) = &delta {
+                self.generation = next;
+            }
+            log.publish(self.generation, Snapshot::Cluster(self.store.cluster().0));
         }
         Some(self.synced(&delta, t0, SyncPath::Incremental))
     }

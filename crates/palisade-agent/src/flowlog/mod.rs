@@ -190,7 +190,8 @@ impl FlowLog {
         }
     }
 
-    /// Generation `generation` is in force in the kernel.
+    /// Generation `generation` is in force in the kernel (announced again
+    /// when only the staged policies changed).
     pub fn publish(&self, generation: u32, snapshot: Snapshot) {
         // Blocking: a generation must not be lost, and the worker drains
         // the queue quickly.
@@ -264,6 +265,11 @@ impl Worker {
                     self.metrics.flow_unreadable.inc();
                 }
                 Ok(Msg::Generation(id, snapshot)) => {
+                    // The same generation again: the kernel did not change,
+                    // the staged policies did.
+                    if self.generations.back().is_some_and(|g| g.id == id) {
+                        self.generations.pop_back();
+                    }
                     self.generations.push_back(Generation {
                         id,
                         snapshot: Some(snapshot),
@@ -462,5 +468,90 @@ fn unattributed(node: &str, time: &str, r: &Report) -> FlowRecord {
         staged_policy: None,
         generation: None,
         lost: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: s, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: s, labels: {app: b}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lockdown, namespace: s, annotations: {palisade.dev/staged: "true"}}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: []
+"#;
+
+    fn worker() -> (Worker, Arc<Ring>, Arc<Metrics>) {
+        let ring = Arc::new(Ring::new(10));
+        let metrics = Arc::new(Metrics::new());
+        let w = Worker {
+            node: "n1".into(),
+            generations: VecDeque::new(),
+            pending: VecDeque::new(),
+            lost: 0,
+            queue_lost: Arc::new(AtomicU64::new(0)),
+            ring: ring.clone(),
+            file: None,
+            metrics: metrics.clone(),
+        };
+        (w, ring, metrics)
+    }
+
+    fn report(generation: u32) -> Report {
+        Report {
+            allowed: true,
+            direction: Direction::Ingress,
+            generation,
+            headers: Headers {
+                src: "10.0.0.1".parse().unwrap(),
+                dst: "10.0.0.2".parse().unwrap(),
+                protocol: palisade_model::Protocol::Tcp,
+                port: 80,
+            },
+        }
+    }
+
+    #[test]
+    fn reports_are_compared_with_the_staged_policies_of_their_generation() {
+        let loaded = palisade_k8s::load(&[("c.yaml".into(), CLUSTER.as_bytes().to_vec())]);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let (mut w, ring, metrics) = worker();
+        w.generations.push_back(Generation {
+            id: 5,
+            snapshot: Some(Snapshot::Cluster(loaded.cluster)),
+            engines: OnceLock::new(),
+        });
+        w.record("t".into(), report(5));
+        w.record("t".into(), report(4));
+        let (recs, _) = ring.snapshot(&Filter::default());
+        assert_eq!(
+            recs[0].staged,
+            Some(StagedVerdict::WouldDeny),
+            "{:?}",
+            recs[0]
+        );
+        assert_eq!(recs[0].staged_policy.as_deref(), Some("s/lockdown"));
+        assert_eq!(
+            recs[0].reason,
+            "ingress allowed: s/b is not isolated for ingress"
+        );
+        assert_eq!((recs[1].generation, recs[1].policy.as_ref()), (None, None));
+        assert!(recs[1].reason.starts_with("unknown:"), "{}", recs[1].reason);
+        assert_eq!(metrics.flow_unattributed.get(), 1);
     }
 }
