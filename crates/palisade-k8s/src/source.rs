@@ -298,8 +298,12 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 
     /// A YAML tag of the document's own (`!name`): Kubernetes has none.
+    /// The lenient reading, which only names the object, reads past it.
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        let (tag, _) = data.variant::<String>()?;
+        let (tag, value) = data.variant::<String>()?;
+        if self.reading.lenient {
+            return de::VariantAccess::newtype_variant_seed(value, self);
+        }
         Err(self.refuse(
             self.path,
             format!(
