@@ -136,4 +136,22 @@ mod tests {
         assert_eq!(size((200 << 20) + (1 << 19)), "200.5 MiB");
         assert_eq!(size(1536), "1.5 KiB");
     }
+
+    #[test]
+    fn parser_messages_are_cut_at_max_message_chars() {
+        let at = "m".repeat(MAX_MESSAGE_CHARS);
+        assert_eq!(clip(&at), at);
+        let past = format!("{at}é");
+        assert_eq!(clip(&past), format!("{at}… (402 bytes)"));
+    }
+
+    #[test]
+    fn long_names_are_cut_only_past_a_valid_names_length() {
+        let at = "n".repeat(253);
+        assert_eq!(short(&at), at);
+        assert_eq!(
+            short(&"n".repeat(254)),
+            format!("{}… (254 bytes)", "n".repeat(MAX_QUOTED_CHARS))
+        );
+    }
 }

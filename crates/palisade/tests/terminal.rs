@@ -83,3 +83,32 @@ fn a_flow_file_line_is_escaped_and_cut() {
         )
     );
 }
+
+#[test]
+fn a_flow_file_line_may_be_64_kib_long() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pods.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop}\nstatus: {podIP: 10.0.0.1}\n",
+    )
+    .unwrap();
+    // Padded with a comment to the limit (the newline not counted), then
+    // one byte past it.
+    let flow = "shop/a 10.0.0.9 80/TCP #";
+    let at = format!("{flow}{}", "x".repeat(65536 - flow.len()));
+    assert_eq!(at.len(), 65536);
+    std::fs::write(dir.path().join("flows"), format!("{at}\n{at}x\n{flow}\n")).unwrap();
+    let o = palisade_in(
+        dir.path(),
+        &["check", "-f", "pods.yaml", "--flows", "flows"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "shop/a 10.0.0.9 80/TCP allowed: egress allowed: shop/a is not isolated for egress; ingress not restricted: 10.0.0.9 is not a pod\n".repeat(2)
+    );
+    assert_eq!(
+        stderr(&o),
+        "flows:2: line longer than 65536 bytes; skipped\nflows: 1 line(s) not answered\n"
+    );
+}
