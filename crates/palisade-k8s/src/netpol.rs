@@ -183,10 +183,17 @@ fn ip_block(cx: &mut Cx, m: &Map<String, Value>, path: &str) -> Option<IpBlock> 
             if !same_family {
                 cx.error(
                     &p,
-                    format!("{s} is not inside cidr {text} (different address family)"),
+                    format!(
+                        "{} is not inside cidr {} (different address family)",
+                        s.trim(),
+                        text.trim()
+                    ),
                 );
             } else if !net.contains(&e.network()) || e.prefix_len() < net.prefix_len() {
-                cx.error(&p, format!("{s} is not inside cidr {text}"));
+                cx.error(
+                    &p,
+                    format!("{} is not inside cidr {}", s.trim(), text.trim()),
+                );
             } else if e.prefix_len() == net.prefix_len() {
                 cx.error(
                     &p,

@@ -391,7 +391,7 @@ pub(crate) fn render(path: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                out.push_str(&limits::short(k));
             }
             Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }

@@ -50,9 +50,12 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// A field path one key deeper; a key longer than any real field's is cut
+/// (`limits::short`), since paths are printed whole.
 pub(crate) fn join(path: &str, key: &str) -> String {
+    let key = crate::limits::short(key);
     if path.is_empty() {
-        key.to_string()
+        key.into_owned()
     } else {
         format!("{path}.{key}")
     }
@@ -594,7 +597,7 @@ pub(crate) fn cidr(cx: &mut Cx, s: &str, path: &str) -> Option<IpNet> {
             if trunc != net {
                 cx.warn(
                     path,
-                    format!("{s} has host bits set; it is read as {trunc}"),
+                    format!("{t} has host bits set; it is read as {trunc}"),
                 );
             }
             Some(trunc)

@@ -196,6 +196,21 @@ fn quoted_input_is_cut_at_max_quoted_chars() {
 }
 
 #[test]
+fn a_long_unknown_field_is_cut_in_its_path_and_message() {
+    let key = "k".repeat(1 << 20);
+    // JSON: a YAML plain key may not be this long.
+    let text = format!(
+        r#"{{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {{"name": "p"}}, "spec": {{"podSelector": {{}}, "{key}": 1}}}}"#
+    );
+    let cut = format!("{}… (1048576 bytes)", "k".repeat(MAX_QUOTED_CHARS));
+    let quoted_key = format!("\"{}…\" (1048576 bytes)", "k".repeat(MAX_QUOTED_CHARS));
+    assert_eq!(
+        errors("k.json", &text),
+        [format!("k.json:1: NetworkPolicy default/p: spec.{cut}: unknown field {quoted_key} (expected one of: podSelector, ingress, egress, policyTypes)")]
+    );
+}
+
+#[test]
 fn addresses_that_read_two_ways_are_errors() {
     let text = r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
