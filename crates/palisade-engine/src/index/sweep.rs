@@ -189,7 +189,101 @@ impl SetIds {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+    use palisade_model::IpBlock;
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::classify::Partition;
+    use crate::index::{interval_start, AddrClasses};
+
+    /// Networks in a small corner of each family, so that they overlap,
+    /// nest and share edges; prefix 0 and the family's last address too.
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (0u32..64, 24u8..=32).prop_map(|(x, len)| {
+                IpNet::new(IpAddr::V4((0x0a00_0000 | x << 2).into()), len)
+                    .unwrap()
+                    .trunc()
+            }),
+            (0u128..64, 120u8..=128).prop_map(|(x, len)| {
+                IpNet::new(IpAddr::V6((0x2001_0db8u128 << 96 | x << 2).into()), len)
+                    .unwrap()
+                    .trunc()
+            }),
+            Just("0.0.0.0/0".parse().unwrap()),
+            Just("255.255.255.255/32".parse().unwrap()),
+            Just("::/0".parse().unwrap()),
+            Just(
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+                    .parse()
+                    .unwrap()
+            ),
+        ]
+    }
+
+    fn matcher() -> impl Strategy<Value = AddressMatcher> {
+        prop_oneof![
+            (net(), prop::collection::vec(net(), 0..3))
+                .prop_map(|(cidr, except)| AddressMatcher::Block(IpBlock { cidr, except })),
+            prop::collection::vec(net(), 1..4).prop_map(AddressMatcher::Networks),
+            prop::collection::vec(net(), 1..3)
+                .prop_map(|n| AddressMatcher::Nodes(n.iter().map(|n| n.network()).collect())),
+        ]
+    }
+
+    proptest! {
+        /// The sweep finds, for every interval, exactly the matchers whose
+        /// `contains` says so, and the classes are numbered as asking every
+        /// matcher about every interval numbers them.
+        #[test]
+        fn the_sweep_agrees_with_asking_every_matcher(
+            matchers in prop::collection::vec(matcher(), 0..12)
+        ) {
+            let mut bounds: [Vec<u128>; 2] = Default::default();
+            for m in &matchers {
+                m.push_bounds(&mut bounds);
+            }
+            let [b4, b6] = bounds;
+            let parts = [Partition::new(b4), Partition::new(b6)];
+            let mut naive_ids: HashMap<Vec<bool>, u32> = HashMap::new();
+            let mut naive_class = Vec::new();
+            for fam in [0, 1] {
+                let mut active = BTreeSet::new();
+                let mut swept = Vec::new();
+                sweep(fam, &parts[fam].bounds, matchers.iter(), |step| match step {
+                    Step::Toggle(item, true) => assert!(active.insert(item)),
+                    Step::Toggle(item, false) => assert!(active.remove(&item)),
+                    Step::Interval(i) => swept.push((i, active.clone())),
+                });
+                prop_assert_eq!(swept.len(), parts[fam].bounds.len());
+                for (i, set) in swept {
+                    let ip = interval_start(fam, parts[fam].bounds[i]);
+                    let asked: BTreeSet<u32> = (0..matchers.len() as u32)
+                        .filter(|&m| matchers[m as usize].contains(&ip))
+                        .collect();
+                    prop_assert_eq!(&set, &asked, "interval at {}", ip);
+                    let key: Vec<bool> = matchers.iter().map(|m| m.contains(&ip)).collect();
+                    let next = naive_ids.len() as u32;
+                    naive_class.push(*naive_ids.entry(key).or_insert(next));
+                }
+            }
+            let built = AddrClasses::build(&matchers);
+            let classes: Vec<u32> = [0, 1]
+                .into_iter()
+                .flat_map(|fam| {
+                    built
+                        .interval_starts(fam)
+                        .map(|ip| built.class(Some(ip)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            prop_assert_eq!(classes, naive_class);
+        }
+    }
 
     #[test]
     fn equal_sets_share_an_id_whatever_the_order_of_changes() {
