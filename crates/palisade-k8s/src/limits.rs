@@ -22,10 +22,9 @@ pub const MAX_DEPTH: usize = 100;
 
 /// Deepest nesting of YAML flow collections (`[`, `{`), counted on the
 /// text before it is parsed: the YAML parser's time per token grows with
-/// that nesting, so `{a: ` repeated 100,000 times took minutes. Brackets
-/// inside strings and comments count too, so the count can only be too
-/// high; it is the same as [`MAX_DEPTH`], which a real nesting that deep
-/// would meet anyway.
+/// that nesting, so `{a: ` repeated 100,000 times took minutes. The count
+/// is never below the parser's (`scan.rs` says how); it is the same as
+/// [`MAX_DEPTH`], which a real nesting that deep would meet anyway.
 pub const MAX_FLOW_DEPTH: usize = MAX_DEPTH;
 
 /// What one document may build beyond twice its size, in values and bytes

@@ -18,8 +18,20 @@ pub(crate) struct Refused {
 const CORE_TAGS: &[&str] = &["str", "int", "bool", "float", "null", "seq", "map"];
 
 /// Checks one document's text.
+///
+/// The flow depth counted is never below the parser's: every `[` and `{`
+/// counts, wherever it is, and a `]` or `}` is left uncounted inside what
+/// may be a quoted scalar or a comment (a closer there would otherwise hide
+/// real nesting: `{a: "}", b: {a: "}", ...`). A quoted scalar can only begin
+/// where a node begins, after `[`, `{`, `,`, `:`, `?` or `- ` (and any tag
+/// or anchor), which is where one is looked for; mistaking text for a
+/// quoted scalar can only make the count too high.
 pub(crate) fn check(text: &str) -> Result<(), Refused> {
     let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    // Whether the next token begins a node (so a quote there opens a
+    // quoted scalar), carried across whitespace, newlines and comments.
+    let mut node_start = true;
     for (n, l) in text.split_inclusive('\n').enumerate() {
         let line = n + 1;
         if l.starts_with("%TAG") {
@@ -29,27 +41,98 @@ pub(crate) fn check(text: &str) -> Result<(), Refused> {
                     .into(),
             });
         }
+        // Outside flow collections a quoted scalar may span lines too, but
+        // a stray quote in block text (`msg: it"s`) must not hide closers
+        // for the rest of the document.
+        if depth == 0 {
+            quote = None;
+            node_start = true;
+        }
         let bytes = l.as_bytes();
-        for (i, &b) in bytes.iter().enumerate() {
+        // A document marker, which a tag may follow (`--- !!omap`).
+        let mut i = if l.starts_with("---") {
+            node_start = true;
+            3
+        } else {
+            0
+        };
+        while i < bytes.len() {
+            let b = bytes[i];
+            if let Some(q) = quote {
+                match b {
+                    b'\\' if q == b'"' => i += 1,
+                    b'\'' if q == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                    _ if b == q => {
+                        quote = None;
+                        node_start = false;
+                    }
+                    b'[' | b'{' => depth = opened(depth, line)?,
+                    _ => {}
+                }
+                i += 1;
+                continue;
+            }
             match b {
                 b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_FLOW_DEPTH {
-                        return Err(Refused {
-                            line,
-                            message: format!(
-                                "[ and {{ nested more than {MAX_FLOW_DEPTH} deep (brackets inside strings and comments count too)"
-                            ),
-                        });
+                    depth = opened(depth, line)?;
+                    node_start = true;
+                }
+                b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    node_start = false;
+                }
+                b',' | b':' | b'?' => node_start = true,
+                b'-' if bytes.get(i + 1).is_none_or(|c| c.is_ascii_whitespace()) => {
+                    node_start = true
+                }
+                b'"' | b'\'' if node_start => quote = Some(b),
+                b'#' if i == 0 || bytes[i - 1].is_ascii_whitespace() => {
+                    // A comment: only openers count in it.
+                    for &c in &bytes[i..] {
+                        if matches!(c, b'[' | b'{') {
+                            depth = opened(depth, line)?;
+                        }
+                    }
+                    break;
+                }
+                b'!' if node_start => {
+                    if tag_at(bytes, i) {
+                        tag(&l[i..], line)?;
+                    }
+                    // A tag keeps the node's start: skip to its end.
+                    while i + 1 < bytes.len() && !is_break(bytes[i + 1]) {
+                        i += 1;
                     }
                 }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                b'!' if node_start(bytes, i) => tag(&l[i..], line)?,
-                _ => {}
+                b'&' if node_start => {
+                    while i + 1 < bytes.len() && !is_break(bytes[i + 1]) {
+                        i += 1;
+                    }
+                }
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                _ => node_start = false,
             }
+            i += 1;
         }
     }
     Ok(())
+}
+
+fn is_break(b: u8) -> bool {
+    b.is_ascii_whitespace() || matches!(b, b',' | b'[' | b']' | b'{' | b'}')
+}
+
+/// One more flow collection open, refused past the limit.
+fn opened(depth: usize, line: usize) -> Result<usize, Refused> {
+    if depth >= MAX_FLOW_DEPTH {
+        return Err(Refused {
+            line,
+            message: format!(
+                "[ and {{ nested more than {MAX_FLOW_DEPTH} deep (an opening bracket inside a string or comment counts too)"
+            ),
+        });
+    }
+    Ok(depth + 1)
 }
 
 /// Refuses the tag `t` starts with, unless it is one of the core schema's
@@ -82,7 +165,7 @@ fn tag(t: &str, line: usize) -> Result<(), Refused> {
 /// Whether the `!` at `i` can begin a node's tag: it follows the start of
 /// the line, a flow indicator, or whitespace after an indicator, an anchor
 /// or a document marker. A `!` inside a plain scalar (`a: hi !x`) does not.
-fn node_start(line: &[u8], i: usize) -> bool {
+fn tag_at(line: &[u8], i: usize) -> bool {
     let before = &line[..i];
     match before.last() {
         None => true,
@@ -125,12 +208,46 @@ mod tests {
             refused(&past),
             Some((
                 2,
-                "[ and { nested more than 100 deep (brackets inside strings and comments count too)"
+                "[ and { nested more than 100 deep (an opening bracket inside a string or comment counts too)"
                     .to_string()
             ))
         );
         // Closed collections do not add up.
         let many = "a: [[1]]\n".repeat(10 * MAX_FLOW_DEPTH);
+        assert_eq!(refused(&many), None);
+    }
+
+    #[test]
+    fn closers_inside_quotes_and_comments_do_not_hide_nesting() {
+        let deep = |unit: &str| unit.repeat(MAX_FLOW_DEPTH + 1);
+        for hostile in [
+            deep("{a: \"}\", b: "),
+            deep("{a: '}', b: "),
+            deep("{a: 'it''s }', b: "),
+            deep("{a: \"\\\"}\", b: "),
+            deep("{\"a\":\"}\",\"b\":"),
+            deep("[\"]\", "),
+            deep("{a: !!str \"}\", b: "),
+            deep("{a: &x \"}\", b: "),
+            deep("{? \"}\" : x, b: "),
+            deep("{a:\n  \"}\", b: "),
+            deep("[ # ]\n"),
+            deep("[a, # ]]]\n"),
+        ] {
+            let text = format!("x: {hostile}\n");
+            assert!(refused(&text).is_some(), "{hostile:?}");
+        }
+        // Quotes and closers in block text and plain scalars stay text.
+        for ok in [
+            "msg: it\"s ]]]]\nb: [1]\n",
+            "a: don't\nb: {c: [1]}\n",
+            "script: |\n  echo \"a: \"b\n  ]]]\nc: {d: 1}\n",
+            "a: {b: \"x]\", c: 'y}'}\n",
+            "a: [x, y] # ]]]\n",
+        ] {
+            assert_eq!(refused(ok), None, "{ok:?}");
+        }
+        let many = "a: {b: \"it's\", c: [x]}\n".repeat(10 * MAX_FLOW_DEPTH);
         assert_eq!(refused(&many), None);
     }
 

@@ -66,7 +66,7 @@ fn flow_collections_nest_at_most_max_flow_depth_deep_before_parsing() {
     );
     assert_eq!(
         errors("f.yaml", &flow(MAX_FLOW_DEPTH + 1)),
-        ["f.yaml:2: [ and { nested more than 100 deep (brackets inside strings and comments count too)"]
+        ["f.yaml:2: [ and { nested more than 100 deep (an opening bracket inside a string or comment counts too)"]
     );
     // The hostile form: `{a: ` 100,000 times is refused without parsing,
     // and so in linear time.
@@ -74,7 +74,7 @@ fn flow_collections_nest_at_most_max_flow_depth_deep_before_parsing() {
     let start = std::time::Instant::now();
     assert_eq!(
         errors("h.yaml", &hostile),
-        ["h.yaml:1: [ and { nested more than 100 deep (brackets inside strings and comments count too)"]
+        ["h.yaml:1: [ and { nested more than 100 deep (an opening bracket inside a string or comment counts too)"]
     );
     assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
 }
