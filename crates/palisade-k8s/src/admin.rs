@@ -8,6 +8,7 @@ use palisade_model::{
 };
 use serde_json::{Map, Value};
 
+use crate::limits::Q;
 use crate::walk::{
     as_map, as_str, cidr, field, get_int, get_list, get_str, has, index, join, port_name,
     port_number, protocol, selector, Cx,
@@ -85,7 +86,7 @@ pub(crate) fn decode(
             "metadata.name",
             format!(
                 "a BaselineAdminNetworkPolicy must be named \"default\", not {:?}",
-                meta.name
+                Q(&meta.name)
             ),
         );
     }
@@ -108,7 +109,10 @@ pub(crate) fn decode(
             Some(other) => {
                 cx.error(
                     "spec.tier",
-                    format!("unknown tier {other:?} (expected Admin or Baseline)"),
+                    format!(
+                        "unknown tier {other:?} (expected Admin or Baseline)",
+                        other = Q(other)
+                    ),
                 );
                 AdminTier::Admin
             }
@@ -318,7 +322,8 @@ fn rule_action(
                     &join(rp, "action"),
                     format!(
                         "unknown action {a:?} for {} (expected {expected})",
-                        flavor.kind()
+                        flavor.kind(),
+                        a = Q(a)
                     ),
                 );
                 None

@@ -8,11 +8,12 @@ use palisade_model::{
 };
 use serde_json::{Map, Value};
 
+use crate::limits::Q;
 use crate::walk::{
     as_map, as_str, field, get_bool, get_list, get_str, index, join, port_name, port_number,
     protocol, Cx,
 };
-use crate::Meta;
+use crate::{address, Meta};
 
 pub(crate) fn namespace(_cx: &mut Cx, _obj: &Map<String, Value>, meta: Meta) -> Namespace {
     let mut labels = meta.labels;
@@ -25,13 +26,16 @@ pub(crate) fn namespace(_cx: &mut Cx, _obj: &Map<String, Value>, meta: Meta) -> 
 
 fn ip(cx: &mut Cx, v: &Value, path: &str, out: &mut Vec<IpAddr>) {
     let Some(s) = as_str(cx, v, path) else { return };
-    match s.trim().parse::<IpAddr>() {
+    match address::ip(s.trim()) {
         Ok(ip) => {
             if !out.contains(&ip) {
                 out.push(ip);
             }
         }
-        Err(_) => cx.error(path, format!("{s:?} is not a valid IP address")),
+        Err(bad) => cx.error(
+            path,
+            format!("{s:?} is not a valid IP address{}", bad.reason(), s = Q(s)),
+        ),
     }
 }
 
@@ -78,7 +82,7 @@ pub(crate) fn pod(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Pod {
         Some(other) => {
             cx.error(
                 "status.phase",
-                format!("unknown phase {other:?} (expected Pending, Running, Succeeded, Failed or Unknown)"),
+                format!("unknown phase {other:?} (expected Pending, Running, Succeeded, Failed or Unknown)", other = Q(other)),
             );
             PodPhase::Unknown
         }
@@ -169,12 +173,20 @@ pub(crate) fn node(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Node {
             let Some(m) = as_map(cx, a, &p, None) else {
                 continue;
             };
-            // Hostnames live here too; only addresses that are IPs count.
+            // Hostnames live here too; only addresses that are IPs count,
+            // and one that would be read two ways is an error.
             if let Some(s) = get_str(cx, m, &p, "address") {
-                if let Ok(ip) = s.trim().parse::<IpAddr>() {
-                    if !addresses.contains(&ip) {
-                        addresses.push(ip);
+                match address::ip(s.trim()) {
+                    Ok(ip) => {
+                        if !addresses.contains(&ip) {
+                            addresses.push(ip);
+                        }
                     }
+                    Err(address::Bad::Invalid) => {}
+                    Err(bad) => cx.error(
+                        &join(&p, "address"),
+                        format!("{s:?} is not a valid IP address{}", bad.reason(), s = Q(s)),
+                    ),
                 }
             }
         }

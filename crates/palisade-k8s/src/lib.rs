@@ -19,11 +19,13 @@ use serde_json::{Map, Value};
 
 pub use limits::Limits;
 
+mod address;
 mod admin;
 mod core;
 pub mod encode;
 pub mod limits;
 mod netpol;
+mod scan;
 mod source;
 mod staged;
 mod walk;
@@ -33,6 +35,7 @@ mod workloads;
 pub use staged::STAGED_ANNOTATION;
 pub use workload::Template;
 
+use crate::limits::Q;
 use walk::{as_map, as_str, dns1123_label_error, dns1123_subdomain_error, field, get_str, Cx};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -270,12 +273,14 @@ fn object_name(obj: &Map<String, Value>, kind: &str) -> String {
         meta.and_then(|m| m.get(key))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
+            .map(limits::short)
     };
     let (name, ns) = (get("name"), get("namespace"));
-    match (name, Kind::from_name(kind)) {
+    let kind = limits::short(kind);
+    match (name, Kind::from_name(&kind)) {
         (None, _) => kind.to_string(),
         (Some(n), Some(k)) if k.namespaced() => {
-            format!("{kind} {}/{n}", ns.unwrap_or("default"))
+            format!("{kind} {}/{n}", ns.as_deref().unwrap_or("default"))
         }
         (Some(n), Some(_)) => format!("{kind} {n}"),
         (Some(n), None) => match ns {
@@ -463,7 +468,7 @@ fn decode_document(
                 .get("metadata")
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str)
-                .map(|n| format!(" (object named {n:?})"))
+                .map(|n| format!(" (object named {n:?})", n = Q(n)))
                 .unwrap_or_default();
             cx.error("kind", format!("missing kind{named}"));
         }
@@ -476,7 +481,7 @@ fn decode_document(
             cx.error("items", "lists nested too deeply");
             return;
         }
-        cx.object = Some(kind.clone());
+        cx.object = Some(limits::short(&kind).into_owned());
         let Some(items) = walk::as_list(&mut cx, items, "items") else {
             return;
         };
@@ -513,7 +518,7 @@ fn decode_document(
         }
         Some(a) if a != k.api_version() => cx.error(
             "apiVersion",
-            format!("{kind} is {}, not {a:?}", k.api_version()),
+            format!("{kind} is {}, not {a:?}", k.api_version(), a = Q(a)),
         ),
         Some(_) => {}
     }
@@ -586,7 +591,10 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
             dns1123_subdomain_error(name)
         };
         if let Some(e) = err {
-            cx.error("metadata.name", format!("invalid name {name:?}: {e}"));
+            cx.error(
+                "metadata.name",
+                format!("invalid name {name:?}: {e}", name = Q(name)),
+            );
         }
     }
     let mut namespace = "default".to_string();
@@ -595,7 +603,7 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
             if let Some(e) = dns1123_label_error(ns) {
                 cx.error(
                     "metadata.namespace",
-                    format!("invalid namespace {ns:?}: {e}"),
+                    format!("invalid namespace {ns:?}: {e}", ns = Q(ns)),
                 );
             }
             namespace = ns.to_string();

@@ -3,6 +3,7 @@
 use palisade_model::{IpBlock, LabelSelector, NamespaceScope, NetworkPolicy, Peer, PortSpec, Rule};
 use serde_json::{Map, Value};
 
+use crate::limits::Q;
 use crate::walk::{
     as_int, as_map, as_str, cidr, field, get_list, get_map, get_str, has, index, join, port_name,
     port_number, protocol, selector, Cx,
@@ -44,10 +45,13 @@ pub(crate) fn decode(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Netwo
             if t != "Ingress" && t != "Egress" {
                 cx.error(
                     &p,
-                    format!("unknown policy type {t:?} (expected Ingress or Egress)"),
+                    format!(
+                        "unknown policy type {t:?} (expected Ingress or Egress)",
+                        t = Q(t)
+                    ),
                 );
             } else if types.contains(&t) {
-                cx.error(&p, format!("duplicate policy type {t:?}"));
+                cx.error(&p, format!("duplicate policy type {t:?}", t = Q(t)));
             } else {
                 types.push(t);
             }
@@ -180,10 +184,17 @@ fn ip_block(cx: &mut Cx, m: &Map<String, Value>, path: &str) -> Option<IpBlock> 
             if !same_family {
                 cx.error(
                     &p,
-                    format!("{s} is not inside cidr {text} (different address family)"),
+                    format!(
+                        "{} is not inside cidr {} (different address family)",
+                        s.trim(),
+                        text.trim()
+                    ),
                 );
             } else if !net.contains(&e.network()) || e.prefix_len() < net.prefix_len() {
-                cx.error(&p, format!("{s} is not inside cidr {text}"));
+                cx.error(
+                    &p,
+                    format!("{} is not inside cidr {}", s.trim(), text.trim()),
+                );
             } else if e.prefix_len() == net.prefix_len() {
                 cx.error(
                     &p,

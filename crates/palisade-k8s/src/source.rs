@@ -6,6 +6,12 @@
 //! would replace the first) and a non-finite number (a plain `Value` turns
 //! `.inf` into `null`, an absent field, so `port: .inf` would read as every
 //! port). The Kubernetes API server refuses both as well.
+//!
+//! The builder also bounds what a document may cost (`limits.rs`): how deep
+//! its values nest, and how much it builds, since YAML aliases can make a
+//! small text stand for an enormous tree. A tag other than the core
+//! schema's is an error, not its text (`!!binary` would otherwise read as
+//! base64).
 
 use std::cell::Cell;
 use std::fmt;
@@ -14,7 +20,9 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
-use crate::{Diagnostic, Severity};
+use crate::limits::Q;
+use crate::limits::{self, MAX_DEPTH};
+use crate::{scan, Diagnostic, Severity};
 
 /// One parsed document: the 1-based line where its content starts.
 pub(crate) struct Document {
@@ -101,23 +109,87 @@ impl Path<'_> {
     }
 }
 
+/// What one reading of a document shares: the refusal, if any, and what
+/// is left of the document's budget of values built.
+struct Reading {
+    refused: Cell<Option<Refusal>>,
+    budget: Cell<u64>,
+    /// Read as a plain `Value` would be (a duplicate key keeps the last
+    /// value, a non-finite number is `null`), only to name the object a
+    /// refusal is in; the cost limits still apply.
+    lenient: bool,
+}
+
+impl Reading {
+    fn new(text: &str, lenient: bool) -> Reading {
+        Reading {
+            refused: Cell::new(None),
+            budget: Cell::new(limits::build_budget(text.len())),
+            lenient,
+        }
+    }
+}
+
 /// Builds a [`Value`] as `Value`'s own `Deserialize` does, except for what
-/// the module comment says it refuses. The refusal is kept in `refused`,
-/// since the parser's error carries only its text and position.
+/// the module comment says it refuses. The refusal is kept in the
+/// [`Reading`], since the parser's error carries only its text and
+/// position.
 #[derive(Clone, Copy)]
 struct Strict<'a> {
     path: Path<'a>,
-    refused: &'a Cell<Option<Refusal>>,
+    depth: usize,
+    reading: &'a Reading,
 }
 
-impl Strict<'_> {
+impl<'a> Strict<'a> {
+    fn root(reading: &'a Reading) -> Self {
+        Strict {
+            path: Path::Root,
+            depth: 0,
+            reading,
+        }
+    }
+
     fn refuse<E: de::Error>(&self, path: Path, message: String) -> E {
         let err = E::custom(&message);
-        self.refused.set(Some(Refusal {
+        self.reading.refused.set(Some(Refusal {
             path: path.segments(),
             message,
         }));
         err
+    }
+
+    /// Takes one value of `bytes` of text from the budget: what a document
+    /// builds is bounded by its size however its aliases multiply it.
+    fn spend<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
+        let cost = 1 + bytes as u64;
+        let left = self.reading.budget.get();
+        if cost > left {
+            return Err(self.refuse(self.path, limits::BUILD_REFUSAL.to_string()));
+        }
+        self.reading.budget.set(left - cost);
+        Ok(())
+    }
+
+    /// The reader of a value inside this one.
+    fn child<'b>(&'b self, path: Path<'b>) -> Strict<'b> {
+        Strict {
+            path,
+            depth: self.depth + 1,
+            reading: self.reading,
+        }
+    }
+
+    /// Refuses a mapping or list inside [`MAX_DEPTH`] others.
+    fn enter<E: de::Error>(&self) -> Result<(), E> {
+        self.spend(0)?;
+        if self.depth >= MAX_DEPTH {
+            return Err(self.refuse(
+                self.path,
+                format!("mappings and lists nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -136,29 +208,36 @@ impl<'de> Visitor<'de> for Strict<'_> {
         f.write_str("any valid JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend(0)?;
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend(0)?;
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend(0)?;
         Ok(Value::Number(v.into()))
     }
 
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        self.spend(0)?;
         Number::deserialize(de::value::I128Deserializer::new(v)).map(Value::Number)
     }
 
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        self.spend(0)?;
         Number::deserialize(de::value::U128Deserializer::new(v)).map(Value::Number)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend(0)?;
         match Number::from_f64(v) {
             Some(n) => Ok(Value::Number(n)),
+            None if self.reading.lenient => Ok(Value::Null),
             None => {
                 let name = if v.is_nan() {
                     ".nan"
@@ -172,15 +251,18 @@ impl<'de> Visitor<'de> for Strict<'_> {
         }
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend(v.len())?;
         Ok(Value::String(v.to_string()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.spend(v.len())?;
         Ok(Value::String(v))
     }
 
-    fn visit_none<E>(self) -> Result<Value, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.spend(0)?;
         Ok(Value::Null)
     }
 
@@ -188,34 +270,47 @@ impl<'de> Visitor<'de> for Strict<'_> {
         d.deserialize_any(self)
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.spend(0)?;
         Ok(Value::Null)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.enter()?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict {
-            path: Path::Index(&self.path, out.len()),
-            refused: self.refused,
-        })? {
+        while let Some(v) = seq.next_element_seed(self.child(Path::Index(&self.path, out.len())))? {
             out.push(v);
         }
         Ok(Value::Array(out))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        self.enter()?;
         let mut map = Map::new();
         while let Some(key) = access.next_key_seed(Key {
             outer: self,
             map: &map,
         })? {
-            let value = access.next_value_seed(Strict {
-                path: Path::Key(&self.path, &key),
-                refused: self.refused,
-            })?;
+            let value = access.next_value_seed(self.child(Path::Key(&self.path, &key)))?;
             map.insert(key, value);
         }
         Ok(Value::Object(map))
+    }
+
+    /// A YAML tag of the document's own (`!name`): Kubernetes has none.
+    /// The lenient reading, which only names the object, reads past it.
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (tag, value) = data.variant::<String>()?;
+        if self.reading.lenient {
+            return de::VariantAccess::newtype_variant_seed(value, self);
+        }
+        Err(self.refuse(
+            self.path,
+            format!(
+                "the YAML tag {} is not supported",
+                limits::quoted(&format!("!{tag}"))
+            ),
+        ))
     }
 }
 
@@ -228,9 +323,12 @@ struct Key<'a, 'm> {
 
 impl Key<'_, '_> {
     fn check<E: de::Error>(&self, k: &str) -> Result<(), E> {
-        if self.map.contains_key(k) {
+        self.outer.spend(k.len())?;
+        if self.map.contains_key(k) && !self.outer.reading.lenient {
             let path = Path::Key(&self.outer.path, k);
-            return Err(self.outer.refuse(path, format!("duplicate field {k:?}")));
+            return Err(self
+                .outer
+                .refuse(path, format!("duplicate field {k:?}", k = Q(k))));
         }
         Ok(())
     }
@@ -293,7 +391,7 @@ pub(crate) fn render(path: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                out.push_str(&limits::short(k));
             }
             Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }
@@ -303,11 +401,8 @@ pub(crate) fn render(path: &[Seg]) -> String {
 
 /// Reads one JSON text strictly.
 pub(crate) fn json(file: &str, text: &str) -> Option<Result<Document, Diagnostic>> {
-    let refused = Cell::new(None);
-    let seed = Strict {
-        path: Path::Root,
-        refused: &refused,
-    };
+    let reading = Reading::new(text, false);
+    let seed = Strict::root(&reading);
     let mut de = serde_json::Deserializer::from_str(text);
     match seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v)) {
         Ok(Value::Null) => None,
@@ -322,9 +417,13 @@ pub(crate) fn json(file: &str, text: &str) -> Option<Result<Document, Diagnostic
         }
         Err(e) => {
             let line = (e.line() > 0).then_some(e.line());
-            Some(Err(match refused.take() {
+            Some(Err(match reading.refused.take() {
                 Some(r) => refusal_diagnostic(file, line, r, serde_json::from_str(text).ok()),
-                None => syntax_error(file, line, format!("JSON syntax error: {e}")),
+                None => syntax_error(
+                    file,
+                    line,
+                    format!("JSON syntax error: {}", limits::clip(&e.to_string())),
+                ),
             }))
         }
     }
@@ -388,12 +487,14 @@ fn yaml_chunk(file: &str, first: usize, chunk: &str) -> Option<Result<Document, 
         .split_inclusive('\n')
         .position(content)
         .map(|p| first + p + 1)?;
-    let refused = Cell::new(None);
-    let seed = Strict {
-        path: Path::Root,
-        refused: &refused,
-    };
-    match seed.deserialize(serde_norway::Deserializer::from_str(chunk)) {
+    // Checked before parsing: the parser's own cost grows with the nesting
+    // of flow collections, and it reads a tag outside the core schema as
+    // plain text.
+    if let Err(e) = scan::check(chunk) {
+        return Some(Err(syntax_error(file, Some(first + e.line), e.message)));
+    }
+    let reading = Reading::new(chunk, false);
+    match Strict::root(&reading).deserialize(serde_norway::Deserializer::from_str(chunk)) {
         Ok(Value::Null) => None,
         Ok(value) => Some(Ok(Document {
             line: Some(line),
@@ -401,24 +502,44 @@ fn yaml_chunk(file: &str, first: usize, chunk: &str) -> Option<Result<Document, 
             bytes: chunk.len(),
         })),
         Err(e) => {
-            if let Some(r) = refused.take() {
-                let at = e.location().map_or(line, |l| first + l.line());
-                let lenient = serde_norway::from_str(chunk).ok();
+            let at = e.location().map_or(line, |l| first + l.line());
+            if let Some(r) = reading.refused.take() {
+                let reading = Reading::new(chunk, true);
+                let lenient = Strict::root(&reading)
+                    .deserialize(serde_norway::Deserializer::from_str(chunk))
+                    .ok();
                 return Some(Err(refusal_diagnostic(file, Some(at), r, lenient)));
             }
-            // Parse again with the chunk at its place in the file, so the
-            // message's positions are the file's.
-            let padded = format!("{}{chunk}", "\n".repeat(first));
-            let err = serde_norway::from_str::<Value>(&padded).err();
-            let (line, msg) = match err {
-                Some(e) => (e.location().map(|l| l.line()), e.to_string()),
-                None => (Some(line), "invalid document".to_string()),
-            };
             Some(Err(syntax_error(
                 file,
-                line,
-                format!("YAML syntax error: {msg}"),
+                Some(at),
+                format!(
+                    "YAML syntax error: {}",
+                    file_positions(&e.to_string(), first)
+                ),
             )))
         }
     }
+}
+
+/// A parser message about one document with its positions ("at line 3
+/// column 5") made the file's, by adding the lines before the document.
+/// Cheaper than parsing the document again at its place in the file,
+/// which made a file of many broken documents quadratic.
+fn file_positions(message: &str, first: usize) -> String {
+    let message = limits::clip(message);
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(i) = rest.find(" at line ") {
+        let (head, tail) = rest.split_at(i + " at line ".len());
+        out.push_str(head);
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        match tail[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + first).to_string()),
+            Err(_) => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -6,7 +6,8 @@ use std::sync::LazyLock;
 use palisade_model::{IpNet, LabelSelector, Labels, Protocol, Requirement};
 use serde_json::{Map, Value};
 
-use crate::{Diagnostic, Severity};
+use crate::limits::Q;
+use crate::{address, Diagnostic, Severity};
 
 /// Where the object being decoded lives, and the diagnostics found so far.
 pub(crate) struct Cx<'a> {
@@ -49,9 +50,12 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// A field path one key deeper; a key longer than any real field's is cut
+/// (`limits::short`), since paths are printed whole.
 pub(crate) fn join(path: &str, key: &str) -> String {
+    let key = crate::limits::short(key);
     if path.is_empty() {
-        key.to_string()
+        key.into_owned()
     } else {
         format!("{path}.{key}")
     }
@@ -67,7 +71,7 @@ pub(crate) fn describe(v: &Value) -> String {
         Value::Null => "null".to_string(),
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
+        Value::String(s) => format!("string {s:?}", s = Q(s)),
         Value::Array(_) => "a list".to_string(),
         Value::Object(_) => "a mapping".to_string(),
     }
@@ -126,12 +130,17 @@ fn unknown_field(key: &str, allowed: &[&str]) -> String {
         .min();
     match best {
         Some((d, a)) if d <= 2 && d < key.len() => {
-            format!("unknown field {key:?} (did you mean {a:?}?)")
+            format!(
+                "unknown field {key:?} (did you mean {a:?}?)",
+                key = Q(key),
+                a = Q(a)
+            )
         }
-        _ if allowed.is_empty() => format!("unknown field {key:?}"),
+        _ if allowed.is_empty() => format!("unknown field {key:?}", key = Q(key)),
         _ => format!(
             "unknown field {key:?} (expected one of: {})",
-            allowed.join(", ")
+            allowed.join(", "),
+            key = Q(key)
         ),
     }
 }
@@ -277,7 +286,10 @@ pub(crate) fn protocol(cx: &mut Cx, m: &Map<String, Value>, path: &str) -> Proto
         Some(s) => parse_protocol(s).unwrap_or_else(|| {
             cx.error(
                 &p,
-                format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"),
+                format!(
+                    "unknown protocol {s:?} (expected TCP, UDP or SCTP)",
+                    s = Q(s)
+                ),
             );
             Protocol::Tcp
         }),
@@ -424,7 +436,10 @@ pub(crate) fn port_name(cx: &mut Cx, s: &str, path: &str) -> Option<String> {
     match port_name_error(s) {
         None => Some(s.to_string()),
         Some(e) => {
-            cx.error(path, format!("{s:?} is not a valid port name: {e}"));
+            cx.error(
+                path,
+                format!("{s:?} is not a valid port name: {e}", s = Q(s)),
+            );
             None
         }
     }
@@ -441,7 +456,7 @@ pub(crate) fn labels(cx: &mut Cx, v: &Value, path: &str) -> Labels {
     };
     for (k, v) in m {
         if let Some(e) = label_key_error(k) {
-            cx.error(path, format!("invalid label key {k:?}: {e}"));
+            cx.error(path, format!("invalid label key {k:?}: {e}", k = Q(k)));
         }
         let value = match v {
             Value::String(s) => s.clone(),
@@ -464,7 +479,7 @@ pub(crate) fn labels(cx: &mut Cx, v: &Value, path: &str) -> Labels {
         if let Some(e) = label_value_error(&value) {
             cx.error(
                 &join(path, k),
-                format!("invalid label value {value:?}: {e}"),
+                format!("invalid label value {value:?}: {e}", value = Q(&value)),
             );
         }
         out.insert(k.clone(), value);
@@ -505,7 +520,10 @@ fn requirement(cx: &mut Cx, v: &Value, path: &str) -> Option<Requirement> {
         None if !has(m, "key") => cx.error(&join(path, "key"), "missing key"),
         Some(k) => {
             if let Some(e) = label_key_error(k) {
-                cx.error(&join(path, "key"), format!("invalid label key {k:?}: {e}"));
+                cx.error(
+                    &join(path, "key"),
+                    format!("invalid label key {k:?}: {e}", k = Q(k)),
+                );
             }
         }
         None => {}
@@ -521,7 +539,7 @@ fn requirement(cx: &mut Cx, v: &Value, path: &str) -> Option<Requirement> {
             let p = index(&join(path, "values"), i);
             if let Some(s) = as_str(cx, v, &p) {
                 if let Some(e) = label_value_error(s) {
-                    cx.error(&p, format!("invalid label value {s:?}: {e}"));
+                    cx.error(&p, format!("invalid label value {s:?}: {e}", s = Q(s)));
                 }
                 values.push(s.to_string());
             }
@@ -556,7 +574,10 @@ fn requirement(cx: &mut Cx, v: &Value, path: &str) -> Option<Requirement> {
         other => {
             cx.error(
                 &join(path, "operator"),
-                format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"),
+                format!(
+                    "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)",
+                    other = Q(other)
+                ),
             );
             None
         }
@@ -566,32 +587,45 @@ fn requirement(cx: &mut Cx, v: &Value, path: &str) -> Option<Requirement> {
 // ---------------------------------------------------------------------------
 // Addresses
 
-/// A CIDR. Host bits are cleared with a warning; a bare address is an error.
+/// A CIDR, read as Kubernetes' strict validation does (`address.rs`). Host
+/// bits are cleared with a warning; a bare address is an error.
 pub(crate) fn cidr(cx: &mut Cx, s: &str, path: &str) -> Option<IpNet> {
     let t = s.trim();
-    match t.parse::<IpNet>() {
-        Ok(net) => {
+    match address::cidr(t) {
+        Ok(Some(net)) => {
             let trunc = net.trunc();
             if trunc != net {
                 cx.warn(
                     path,
-                    format!("{s} has host bits set; it is read as {trunc}"),
+                    format!("{t} has host bits set; it is read as {trunc}"),
                 );
             }
             Some(trunc)
         }
-        Err(_) => {
-            if let Ok(ip) = t.parse::<std::net::IpAddr>() {
-                let len = if ip.is_ipv4() { 32 } else { 128 };
-                cx.error(
+        Ok(None) => {
+            match address::ip(t) {
+                Ok(ip) => {
+                    let len = if ip.is_ipv4() { 32 } else { 128 };
+                    cx.error(
+                        path,
+                        format!(
+                            "{s:?} is an address, not a CIDR (write {ip}/{len} for a single address)",
+                            s = Q(s)
+                        ),
+                    );
+                }
+                Err(bad) => cx.error(
                     path,
-                    format!(
-                        "{s:?} is an address, not a CIDR (write {ip}/{len} for a single address)"
-                    ),
-                );
-            } else {
-                cx.error(path, format!("{s:?} is not a valid CIDR"));
+                    format!("{s:?} is not a valid CIDR{}", bad.reason(), s = Q(s)),
+                ),
             }
+            None
+        }
+        Err(bad) => {
+            cx.error(
+                path,
+                format!("{s:?} is not a valid CIDR{}", bad.reason(), s = Q(s)),
+            );
             None
         }
     }

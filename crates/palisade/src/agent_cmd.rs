@@ -241,13 +241,13 @@ pub fn datastore(cmd: DatastoreCommand) -> Result<ExitCode> {
         match r {
             Ok(keys) => {
                 for k in keys {
-                    println!("{verb} {k}");
+                    println!("{verb} {}", crate::output::terminal(&k));
                 }
                 Ok(ExitCode::SUCCESS)
             }
             Err(DatastoreError::Invalid(diags)) => {
                 for d in &diags {
-                    eprintln!("{d}");
+                    eprintln!("{}", crate::output::terminal(&d.to_string()));
                 }
                 eprintln!("error: {} invalid; nothing was written", diags.len());
                 Ok(ExitCode::from(2))

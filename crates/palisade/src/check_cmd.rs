@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use palisade_engine::Engine;
 
+use crate::output::terminal;
 use crate::{input, output, progress, CheckFormat};
 
 /// A flow line longer than this is reported and skipped, so that one
@@ -92,12 +93,13 @@ fn check_stream(
         if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
             let skipped = skip_line(&mut reader).with_context(|| format!("reading {name}"))?;
             bar.inc(skipped);
+            let name = terminal(&name);
             eprintln!("{name}:{line_no}: line longer than {MAX_LINE_BYTES} bytes; skipped");
             bad += 1;
             continue;
         }
         let Ok(text) = std::str::from_utf8(&buf) else {
-            eprintln!("{name}:{line_no}: not UTF-8 text");
+            eprintln!("{}:{line_no}: not UTF-8 text", terminal(&name));
             bad += 1;
             continue;
         };
@@ -107,7 +109,7 @@ fn check_stream(
                 // Answers printed so far come first, so that stdout and
                 // stderr interleaved read in file order.
                 out.flush()?;
-                eprintln!("{name}:{line_no}: {msg}");
+                eprintln!("{}", terminal(&format!("{name}:{line_no}: {msg}")));
                 bad += 1;
             }
             Err(LineError::Output(e)) => return Err(e),
@@ -118,7 +120,7 @@ fn check_stream(
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{name}: {bad} line(s) not answered");
+        eprintln!("{}: {bad} line(s) not answered", terminal(&name));
         ExitCode::from(2)
     })
 }
@@ -165,7 +167,8 @@ fn answer(
         (words.next(), words.next(), words.next(), words.next())
     else {
         return Err(LineError::Bad(format!(
-            "expected `SRC DST PORT/PROTO`, got {line:?}"
+            "expected `SRC DST PORT/PROTO`, got {}",
+            palisade_k8s::limits::quoted(line)
         )));
     };
     let f = input::resolve_flow(engine, src, dst, port)

@@ -56,7 +56,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
 /// Prints diagnostics to stderr; returns the number of errors.
 pub fn report(diags: &[Diagnostic]) -> usize {
     for d in diags {
-        eprintln!("{d}");
+        eprintln!("{}", crate::output::terminal(&d.to_string()));
     }
     diags.iter().filter(|d| d.is_error()).count()
 }

@@ -113,16 +113,16 @@ pub fn place(findings: Vec<Finding>, origins: &BTreeMap<ObjectKey, Origin>) -> V
 fn write_text(out: &mut impl Write, placed: &[Placed]) -> Result<()> {
     for p in placed {
         let f = &p.finding;
-        match (&p.file, p.line) {
-            (Some(file), Some(line)) => write!(out, "{file}:{line}: ")?,
-            (Some(file), None) => write!(out, "{file}: ")?,
-            _ => {}
-        }
-        writeln!(
-            out,
-            "{}[{}] {}: {}: {}; fix: {}",
+        let place = match (&p.file, p.line) {
+            (Some(file), Some(line)) => format!("{file}:{line}: "),
+            (Some(file), None) => format!("{file}: "),
+            _ => String::new(),
+        };
+        let line = format!(
+            "{place}{}[{}] {}: {}: {}; fix: {}",
             f.severity, f.id, f.object, f.field, f.message, f.fix
-        )?;
+        );
+        writeln!(out, "{}", crate::output::terminal(&line))?;
     }
     let count = |s: Severity| placed.iter().filter(|p| p.finding.severity == s).count();
     if placed.is_empty() {

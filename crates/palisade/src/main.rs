@@ -197,7 +197,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::terminal(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

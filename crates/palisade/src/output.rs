@@ -1,6 +1,8 @@
 //! Output formats. The JSON Lines form of `check --flows -o json` is one
 //! object a line: `{"src","dst","port","protocol","allowed","reasons"}`.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write;
 
 use anyhow::Result;
@@ -9,6 +11,35 @@ use palisade_engine::{Engine, Flow, IdentityId, MatrixRows, PodId, Verdict};
 use serde_json::json;
 
 use crate::CheckFormat;
+
+/// Text that came from the input (names, file names, messages quoting
+/// them) as a terminal line shows it: control characters (newlines,
+/// escape sequences, C1 controls) and bidirectional overrides written as
+/// escapes (`\n`, `\u{1b}`), so that no input can forge a line of output
+/// or restyle the terminal. Every line of terminal text goes through here;
+/// JSON is escaped by serde instead.
+pub fn terminal(s: &str) -> Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// `detailed`: a single check prints the verdict then one reason a line;
 /// a flow file prints one line a flow.
@@ -37,17 +68,17 @@ pub fn write_check(
         CheckFormat::Text if detailed => {
             writeln!(out, "{word}")?;
             for r in &v.reasons {
-                writeln!(out, "  {r}")?;
+                writeln!(out, "  {}", terminal(r))?;
             }
         }
         CheckFormat::Text => {
-            writeln!(
-                out,
+            let line = format!(
                 "{src} {dst} {}/{} {word}: {}",
                 flow.port,
                 flow.protocol,
                 v.reasons.join("; ")
-            )?;
+            );
+            writeln!(out, "{}", terminal(&line))?;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use super::{
     bits_in, set_bit, DirClassifier, FastWord, Flags, NamedFast, RuleBit, SubjectWord, Tier,
     WordMeta, FAST_STEP, NAMED_FAST,
 };
-use crate::index::{interval_start, AddressMatcher, FlatPortKind, FlatRule, Identity, Plan};
+use crate::index::{sweep, AddressMatcher, FlatPortKind, FlatRule, Identity, Plan, Step};
 use crate::{Direction, IdSet, MatcherId, PeerMatch};
 
 /// A plan's rule lists with their tier numbers.
@@ -178,14 +178,28 @@ fn address_masks(
     let addr_masks = [0, 1].map(|fam| {
         let part = &addr[fam];
         let mut masks = vec![0u64; part.bounds.len() * width];
-        for (i, &start) in part.bounds.iter().enumerate() {
-            let ip = interval_start(fam, start);
-            for &(bit, a) in addr_rules {
-                if matchers[a.index()].contains(&ip) {
-                    set_bit(&mut masks[i * width..(i + 1) * width], bit);
+        // Per rule bit, how many of its address peers contain the sweep
+        // position (a rule may have many).
+        let mut peers = vec![0u32; width * 64];
+        let mut row = vec![0u64; width];
+        let items = addr_rules.iter().map(|&(_, a)| &matchers[a.index()]);
+        sweep(fam, &part.bounds, items, |step| match step {
+            Step::Toggle(item, on) => {
+                let bit = addr_rules[item as usize].0;
+                let n = &mut peers[bit];
+                if on {
+                    *n += 1;
+                } else {
+                    *n = n.saturating_sub(1);
+                }
+                if *n > 0 {
+                    set_bit(&mut row, bit);
+                } else {
+                    row[bit / 64] &= !(1 << (bit % 64));
                 }
             }
-        }
+            Step::Interval(i) => masks[i * width..(i + 1) * width].copy_from_slice(&row),
+        });
         masks
     });
     (addr, addr_masks)

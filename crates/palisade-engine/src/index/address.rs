@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use palisade_model::IpBlock;
 
 use crate::classify::{key, net_bounds, Partition};
+use crate::index::sweep::{self, SetIds, Step};
 
 /// Matches on an address rather than on labels; which of these contain a
 /// pod's address is part of its identity, because `ipBlock` applies to pod
@@ -72,18 +73,26 @@ impl AddrClasses {
         }
         let [b4, b6] = bounds;
         let parts = [Partition::new(b4), Partition::new(b6)];
-        let mut ids: HashMap<Vec<bool>, u32> = HashMap::new();
+        // Classes are numbered in order of first appearance, IPv4 first;
+        // the empty set is one class in both families.
+        let mut sets = SetIds::new(matchers.len());
+        let mut ids: HashMap<u32, u32> = HashMap::new();
         let class = [0, 1].map(|fam| {
-            parts[fam]
-                .bounds
-                .iter()
-                .map(|&start| {
-                    let ip = interval_start(fam, start);
-                    let set: Vec<bool> = matchers.iter().map(|m| m.contains(&ip)).collect();
-                    let next = ids.len() as u32;
-                    *ids.entry(set).or_insert(next)
-                })
-                .collect()
+            let mut class = Vec::with_capacity(parts[fam].bounds.len());
+            let mut set = sweep::EMPTY;
+            sweep::sweep(
+                fam,
+                &parts[fam].bounds,
+                matchers.iter(),
+                |step| match step {
+                    Step::Toggle(item, on) => set = sets.with(set, item, on),
+                    Step::Interval(_) => {
+                        let next = ids.len() as u32;
+                        class.push(*ids.entry(set).or_insert(next));
+                    }
+                },
+            );
+            class
         });
         AddrClasses { parts, class }
     }

@@ -9,6 +9,7 @@ mod idset;
 mod nodes;
 mod plan;
 mod resolve;
+mod sweep;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -30,6 +31,7 @@ pub use resolve::{
 
 pub(crate) use address::{first_of_family, interval_start};
 pub(crate) use nodes::Nodes;
+pub(crate) use sweep::{sweep, Step};
 
 #[derive(Clone, Debug)]
 pub struct Index {
