@@ -127,7 +127,9 @@ pub fn run(a: FlowsArgs) -> Result<ExitCode> {
             FlowsFormat::Table => {
                 let rec: FlowRecord = serde_json::from_str(&line)
                     .with_context(|| format!("the agent sent a record that is not one: {line}"))?;
-                writeln!(out, "{}", table_line(&rec))?;
+                // Names and reasons come from objects; the terminal gets
+                // them escaped.
+                writeln!(out, "{}", crate::output::terminal(&table_line(&rec)))?;
             }
         }
         out.flush()?;

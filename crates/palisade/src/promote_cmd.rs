@@ -51,13 +51,17 @@ pub fn run(args: PromoteArgs) -> Result<ExitCode> {
     match r {
         Ok(done) => {
             for p in done {
-                println!("promoted {} ({})", p.name, p.place);
+                println!(
+                    "promoted {} ({})",
+                    crate::output::terminal(&p.name),
+                    crate::output::terminal(&p.place.to_string())
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(DatastoreError::Refused(problems)) => {
             for p in &problems {
-                eprintln!("error: {p}");
+                eprintln!("error: {}", crate::output::terminal(&p.to_string()));
             }
             eprintln!("error: nothing was promoted");
             Ok(ExitCode::from(2))
