@@ -24,6 +24,7 @@ use palisade_nft::{compile_numbered, Local, Numbering, Options, Ruleset, Wiring}
 use tracing::{debug, info, warn};
 
 use crate::facts::NodeFacts;
+use crate::flowlog::FlowLog;
 use crate::input::Input;
 use crate::metrics::{label, Metrics};
 use crate::store::Store;
@@ -92,6 +93,18 @@ impl AgentConfig {
     }
 }
 
+/// Where generations start: distinct from those a previous run of the
+/// agent left in the kernel's table (reports of theirs are unattributed,
+/// not attributed to the wrong policies).
+fn first_generation() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // Milliseconds wrap in 49 days; restarts are further apart than a few
+    // generations.
+    t.as_millis() as u32
+}
+
 /// The scope the node source's facts count as (see [`AgentConfig::scopes`]).
 pub const NODE_SCOPE: &str = "node";
 
@@ -125,6 +138,11 @@ pub struct Agent<B: crate::Backend> {
     apply_time: Duration,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<Health>>,
+    /// Reports decisions to the flow log, if enabled.
+    flow_log: Option<FlowLog>,
+    /// The policy generation the kernel enforces (see
+    /// [`palisade_nft::FlowLog`]).
+    generation: u32,
 }
 
 impl<B: crate::Backend> Agent<B> {
@@ -147,7 +165,14 @@ impl<B: crate::Backend> Agent<B> {
             apply_time: Duration::ZERO,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Mutex::new(Health::default())),
+            flow_log: None,
+            generation: first_generation(),
         }
+    }
+
+    /// Reports the kernel's decisions to `log` from the next sync on.
+    pub fn set_flow_log(&mut self, log: FlowLog) {
+        self.flow_log = Some(log);
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -277,6 +302,10 @@ impl<B: crate::Backend> Agent<B> {
         let opts = Options {
             local: Local::Node(self.cfg.node.clone()),
             wiring: self.wiring.clone(),
+            flow_log: self
+                .flow_log
+                .as_ref()
+                .map(|f| f.options(self.generation.wrapping_add(1))),
         };
         let rs = compile_numbered(&engine, &opts, Numbering::Stable)
             .map_err(|e| Error::Compile(e.to_string()))?;

@@ -43,4 +43,7 @@ pub enum Error {
     /// A datastore was not read through (time out, source stopped).
     #[error("{0}")]
     Snapshot(String),
+    /// The flow log could not start.
+    #[error("{0}")]
+    FlowLog(String),
 }

@@ -45,6 +45,7 @@ pub mod dir;
 mod error;
 pub mod etcd;
 pub mod facts;
+pub mod flowlog;
 pub mod http;
 mod incr;
 pub mod input;

@@ -42,6 +42,18 @@ pub struct Metrics {
     /// Local pods whose interface the node does not show (yet): their
     /// packets are dropped.
     pub pods_unwired: Gauge,
+    /// Flow log records, by verdict and direction.
+    pub flow_records: Family<Labels, Counter>,
+    /// Reports lost, by cause (kernel: the socket overflowed; queue: the
+    /// worker fell behind; file: a write failed).
+    pub flow_lost: Family<Labels, Counter>,
+    /// Reports whose policy generation the agent no longer held.
+    pub flow_unattributed: Counter,
+    /// Reports that were not a policy decision the agent can read.
+    pub flow_unreadable: Counter,
+    /// Observed connections the staged policies would change, by staged
+    /// policy and verdict (would-deny, would-allow).
+    pub flow_staged: Family<Labels, Counter>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -72,6 +84,11 @@ impl Metrics {
             rejected_origins: Gauge::default(),
             garbage: Gauge::default(),
             pods_unwired: Gauge::default(),
+            flow_records: Family::default(),
+            flow_lost: Family::default(),
+            flow_unattributed: Counter::default(),
+            flow_unreadable: Counter::default(),
+            flow_staged: Family::default(),
         };
         registry.register(
             "objects",
@@ -121,6 +138,31 @@ impl Metrics {
             "pods_unwired",
             "Local pods whose interface the node does not show yet (their packets are dropped)",
             m.pods_unwired.clone(),
+        );
+        registry.register(
+            "flow_records",
+            "Flow log records, by verdict and direction",
+            m.flow_records.clone(),
+        );
+        registry.register(
+            "flow_lost",
+            "Flow reports lost, by cause (kernel, queue, file)",
+            m.flow_lost.clone(),
+        );
+        registry.register(
+            "flow_unattributed",
+            "Flow reports whose policy generation was no longer held",
+            m.flow_unattributed.clone(),
+        );
+        registry.register(
+            "flow_unreadable",
+            "Flow reports that were no policy decision",
+            m.flow_unreadable.clone(),
+        );
+        registry.register(
+            "flow_staged",
+            "Observed connections staged policies would change, by policy and verdict",
+            m.flow_staged.clone(),
         );
         Metrics { registry, ..m }
     }

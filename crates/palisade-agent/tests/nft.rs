@@ -148,7 +148,7 @@ fn kinds_of_sets() -> Ruleset {
             rule_set("cidr4", Type::Ipv4, true),
             rule_set("cidr6", Type::Ipv6, true),
         ],
-        chains: Vec::new(),
+        chains: vec![denied_chain()],
     }
 }
 
@@ -176,7 +176,7 @@ fn elements_for(rs: &mut Ruleset, i: u32) {
                 Some(Value::Verdict(if i.is_multiple_of(2) {
                     Verdict::Return
                 } else {
-                    Verdict::Drop
+                    Verdict::Deny(palisade_nft::Dir::Egress)
                 })),
             ),
             "peer_port" => rule(Value::Mark(i + 1), 6, Value::Port(p)),
@@ -428,7 +428,7 @@ fn large_interval_maps_read_back_exactly() {
             comment: String::new(),
             elements,
         }],
-        chains: Vec::new(),
+        chains: vec![denied_chain()],
     };
     let element = |g: u32, m: u32, p: u8| Element {
         key: vec![
@@ -440,7 +440,7 @@ fn large_interval_maps_read_back_exactly() {
         data: Some(Value::Verdict(if m.is_multiple_of(2) {
             Verdict::Return
         } else {
-            Verdict::Drop
+            Verdict::Deny(palisade_nft::Dir::Egress)
         })),
     };
     let build = |range: std::ops::Range<u32>| {
@@ -465,4 +465,16 @@ fn large_interval_maps_read_back_exactly() {
         Some(&second),
         "an element delta"
     );
+}
+
+/// The chain a `Deny` verdict goes to, as compiled tables have it.
+fn denied_chain() -> palisade_nft::Chain {
+    palisade_nft::Chain {
+        name: "egress_denied".into(),
+        hook: None,
+        rules: vec![palisade_nft::Rule {
+            stmts: vec![palisade_nft::Stmt::Drop],
+            comment: None,
+        }],
+    }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use palisade_model::Protocol;
 use serde::{Deserialize, Serialize};
 
-use crate::Direction;
+use crate::{Decision, Direction, Endpoint, Engine, Flow};
 
 /// What the enforced policies did with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,6 +77,77 @@ pub struct FlowRecord {
     pub lost: u64,
 }
 
+/// Who decided one direction of an observed packet, as a record names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    pub allowed: bool,
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    pub reason: String,
+}
+
+impl Engine {
+    /// The flow of a packet seen by the kernel: its addresses as they are
+    /// (an address held by an endpoint pod is that pod).
+    pub fn packet_flow(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> Flow {
+        let (s, d) = (self.endpoint_for_ip(src), self.endpoint_for_ip(dst));
+        let first = |e: Endpoint, ip: IpAddr| {
+            self.ips_of(&e).iter().find(|a| a.is_ipv4() == ip.is_ipv4()) == Some(&ip)
+        };
+        Flow {
+            src: s,
+            dst: d,
+            src_ip: Some(src),
+            dst_ip: Some(dst),
+            protocol,
+            port,
+            primary: (first(s, src), first(d, dst)),
+            resolved: self.resolve(s, d),
+        }
+    }
+
+    /// The deciding rule of one direction of `flow`: the policy
+    /// (`namespace/name`, or `Kind/name` for an admin policy) and the
+    /// rule's index in that policy's list for the direction; neither for a
+    /// default deny or a direction no rule decides.
+    pub fn attribute(&self, flow: &Flow, dir: Direction) -> Attribution {
+        let o = self.outcome(dir, flow);
+        let (policy, rule) = match o.decision {
+            Decision::Allowed { policy, rule, .. } => {
+                (Some(self.cluster.policies[policy].key()), Some(rule))
+            }
+            Decision::Admin { admin, rule, .. } => {
+                let p = &self.index.admin()[admin].policy;
+                (Some(format!("{}/{}", p.kind, p.name)), Some(rule))
+            }
+            Decision::Denied | Decision::NotIsolated | Decision::NotSubject | Decision::OwnNode => {
+                (None, None)
+            }
+        };
+        Attribution {
+            allowed: o.allowed(),
+            policy,
+            rule,
+            reason: self.render(&o, flow),
+        }
+    }
+
+    /// `namespace/pod` or the address, and the pod's top-level workload
+    /// (`namespace/name[Kind]`), as a record names an endpoint.
+    pub fn record_names(&self, e: Endpoint) -> (String, Option<String>) {
+        match e {
+            Endpoint::Pod(i) => {
+                let p = &self.cluster.pods[i];
+                let w = p
+                    .workload()
+                    .map(|(k, n)| format!("{}/{n}[{k}]", p.namespace));
+                (p.display_name(), w)
+            }
+            Endpoint::Ip(ip) => (ip.to_string(), None),
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -117,5 +188,83 @@ mod tests {
         let line = r#"{"time":"t","node":"n","direction":"egress","src":"a","dst":"b","protocol":"ICMP","port":0,"verdict":"allowed","policy":null,"rule":null,"reason":""}"#;
         let e = serde_json::from_str::<FlowRecord>(line).unwrap_err();
         assert!(e.to_string().contains("unknown protocol \"ICMP\""), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod attribution {
+    use palisade_model::*;
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str) -> Pod {
+        Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            node: None,
+            host_network: false,
+            source: PodSource::Live {
+                phase: PodPhase::Running,
+                owner: Some(Workload {
+                    kind: WorkloadKind::Deployment,
+                    name: format!("{name}-app"),
+                }),
+            },
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rules_and_default_denies_are_named() {
+        let mut c = Cluster {
+            pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
+            policies: vec![NetworkPolicy {
+                namespace: "default".into(),
+                name: "b-from-a".into(),
+                pod_selector: LabelSelector::from_labels([("app", "b")]),
+                ingress: Some(vec![Rule {
+                    peers: Some(vec![Peer::Pods {
+                        namespaces: NamespaceScope::Own("default".into()),
+                        pods: LabelSelector::from_labels([("app", "a")]),
+                    }]),
+                    ports: Some(vec![PortSpec::Range {
+                        protocol: Protocol::Tcp,
+                        start: 80,
+                        end: 80,
+                    }]),
+                }]),
+                egress: None,
+            }],
+            ..Cluster::default()
+        };
+        c.complete_namespaces();
+        let e = Engine::new(c);
+        let ip = |s: &str| s.parse().unwrap();
+        let ok = e.packet_flow(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Tcp, 80);
+        let a = e.attribute(&ok, Direction::Ingress);
+        assert_eq!(
+            (a.allowed, a.policy.as_deref(), a.rule),
+            (true, Some("default/b-from-a"), Some(0))
+        );
+        let no = e.packet_flow(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Udp, 80);
+        let d = e.attribute(&no, Direction::Ingress);
+        assert_eq!((d.allowed, d.policy, d.rule), (false, None, None));
+        assert_eq!(
+            d.reason,
+            "ingress denied: default/b is isolated for ingress by default/b-from-a and no rule allows 10.0.0.1 to port 80/UDP"
+        );
+        assert_eq!(
+            e.record_names(ok.src),
+            (
+                "default/a".to_string(),
+                Some("default/a-app[Deployment]".to_string())
+            )
+        );
+        let out = e.packet_flow(ip("10.0.0.1"), ip("192.0.2.1"), Protocol::Tcp, 443);
+        assert_eq!(e.record_names(out.dst), ("192.0.2.1".to_string(), None));
+        let x = e.attribute(&out, Direction::Egress);
+        assert_eq!((x.allowed, x.policy), (true, None));
     }
 }

@@ -294,7 +294,14 @@ impl Lab {
         for (n, node) in self.state.nodes.iter().enumerate() {
             let local = self.locality(engine, n);
             let wiring = palisade_nft::named_wiring(engine, &local, palisade_nft::interface_name);
-            let rs = compile_with(engine, &Options { local, wiring })?;
+            let rs = compile_with(
+                engine,
+                &Options {
+                    local,
+                    wiring,
+                    flow_log: None,
+                },
+            )?;
             run(
                 Command::new("ip").args(["netns", "exec", &node.netns, "nft", "-f", "-"]),
                 Some(&rs.to_nft_replace_text()),

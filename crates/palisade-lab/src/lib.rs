@@ -44,7 +44,8 @@ pub use cmd::{existing_netns, in_netns};
 pub use cni::{Cni, CniPlugin};
 pub use lab::{down, serve_forever, up, Config, Lab, Serve};
 pub use probe::{
-    connect_from, echo_roundtrip, probe, render_matrices, render_summary, Observation, ProbeOptions,
+    connect, connect_from, echo_roundtrip, probe, render_matrices, render_summary, Observation,
+    ProbeOptions,
 };
 pub use serve::{bind as bind_listeners, Listeners};
 pub use state::{load, NodeState, PodState, State, STATE_DIR};

@@ -336,6 +336,32 @@ impl SendRaw for std::os::fd::OwnedFd {
     }
 }
 
+/// One connection attempt from lab pod `src` to `dst` (TCP: a handshake;
+/// UDP: a datagram and its answer): whether it got through. Traffic for
+/// the flow log and for walkthroughs; SCTP is probed with raw packets by
+/// [`probe`] only.
+pub fn connect(
+    state: &State,
+    src: &str,
+    dst: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<bool> {
+    let pod = state
+        .pod(src)
+        .ok_or_else(|| Error::Msg(format!("no pod {src} in the lab")))?;
+    let f = match protocol {
+        Protocol::Tcp => probe_tcp,
+        Protocol::Udp => probe_udp,
+        Protocol::Sctp => {
+            return Err(Error::Msg(
+                "SCTP connections are made by `lab probe` only (raw INIT packets)".into(),
+            ))
+        }
+    };
+    in_netns(&pod.netns, move || Ok(f(dst, timeout)))
+}
+
 /// Opens a TCP connection from a lab pod (for tests of established flows).
 pub fn connect_from(
     state: &State,

@@ -166,6 +166,80 @@ pub(crate) fn direction_chain(dir: Dir, stages: Stages) -> Chain {
     }
 }
 
+/// The chain every denial of a direction ends in: NetworkPolicy's default
+/// deny and admin Deny verdicts alike, so that each is reported once.
+pub(crate) const fn denied_chain(dir: Dir) -> &'static str {
+    match dir {
+        Dir::Egress => "egress_denied",
+        Dir::Ingress => "ingress_denied",
+    }
+}
+
+/// The report of a decision to the flow log: TCP, UDP and SCTP only (the
+/// policies' protocols), with the policy generation in the packet's mark
+/// (it is dropped, or its mark is the scratch register of the policy
+/// chains anyway).
+fn report(log: &FlowLog, allowed: bool, dir: Dir) -> Vec<Stmt> {
+    vec![
+        Stmt::is(l4(), Expr::AnonSet(vec!["tcp", "udp", "sctp"])),
+        Stmt::Assign {
+            key: Expr::Meta(MetaKey::Mark),
+            value: Expr::Map {
+                key: Box::new(l4()),
+                map: SetId::Generation.name().into(),
+            },
+        },
+        Stmt::Log {
+            prefix: log_prefix(allowed, dir).into(),
+            group: log.group,
+        },
+    ]
+}
+
+/// A sampled report of an allowed direction, on the connection's first
+/// packet only: later packets of an unanswered connection are still `new`
+/// to conntrack, but their entry is confirmed.
+fn allowed_report(log: &FlowLog, dir: Dir) -> Option<Rule> {
+    if log.sample_ppm == 0 {
+        return None;
+    }
+    let mut stmts = vec![Stmt::Match {
+        left: Expr::CtStatus,
+        op: Op::NotIn,
+        right: Expr::Flags(vec!["confirmed"]),
+    }];
+    if log.sample_ppm < FlowLog::SAMPLE_ALL {
+        stmts.push(Stmt::Match {
+            left: Expr::Random(FlowLog::SAMPLE_ALL),
+            op: Op::Lt,
+            right: Expr::Int(log.sample_ppm),
+        });
+    }
+    stmts.extend(report(log, true, dir));
+    Some(commented(stmts, &format!("{} allowed", dir.name())))
+}
+
+pub(crate) fn denied_chains(log: Option<&FlowLog>) -> Vec<Chain> {
+    [Dir::Egress, Dir::Ingress]
+        .into_iter()
+        .map(|dir| {
+            let mut rules = Vec::new();
+            if let Some(log) = log {
+                rules.push(rule(report(log, false, dir)));
+            }
+            rules.push(commented(
+                vec![Stmt::Drop],
+                &format!("{} denied", dir.name()),
+            ));
+            Chain {
+                name: denied_chain(dir).into(),
+                hook: None,
+                rules,
+            }
+        })
+        .collect()
+}
+
 /// `return` when `key` is in set `set`.
 fn returns_if_in(key: Expr, set: SetId) -> Rule {
     rule(vec![
@@ -263,7 +337,7 @@ pub(crate) fn np_chains(dir: Dir) -> Vec<Chain> {
         ),
         Stmt::Return,
     ]));
-    by_addr.push(commented(vec![Stmt::Drop], &format!("{name} denied")));
+    by_addr.push(rule(vec![Stmt::Goto(denied_chain(dir).into())]));
     let chain = |suffix: &str, rules| Chain {
         name: format!("{name}{suffix}"),
         hook: None,
@@ -342,7 +416,7 @@ pub(crate) fn unknown_source_rules(input: bool) -> Vec<Rule> {
 /// destination address whatever interface it leaves on; one to a pod
 /// interface that no local pod's address explains (a pod the agent does
 /// not know) is dropped.
-pub(crate) fn to_pod_rules() -> Vec<Rule> {
+pub(crate) fn to_pod_rules(ingress: &str) -> Vec<Rule> {
     let mut rules = Vec::new();
     for v4 in [true, false] {
         rules.push(rule(vec![
@@ -350,7 +424,7 @@ pub(crate) fn to_pod_rules() -> Vec<Rule> {
                 addr(v4, "daddr"),
                 Expr::SetRef(SetId::Local(Family::of_v4(v4)).name().into()),
             ),
-            Stmt::Goto("ingress".into()),
+            Stmt::Goto(ingress.into()),
         ]));
     }
     for v4 in [true, false] {
@@ -426,7 +500,17 @@ pub(crate) fn on_link(types: Vec<&'static str>) -> Vec<Stmt> {
 /// Policy is keyed by address only (groups, identities), never by
 /// interface: bridged pods all reach the IP layer on their bridge, and a
 /// pod's interface may appear after the pod.
-pub(crate) fn chains(stages: Stages) -> Vec<Chain> {
+///
+/// With a flow log, denials are reported in `{dir}_denied`, and allowed
+/// directions after their check: egress in `from_pod`, ingress in
+/// `to_pod`, which wraps the ingress check so that there is an "after".
+pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
+    let allowed_in = log.and_then(|l| allowed_report(l, Dir::Ingress));
+    let ingress = if allowed_in.is_some() {
+        "to_pod"
+    } else {
+        "ingress"
+    };
     let conntrack = vec![
         rule(vec![
             Stmt::Match {
@@ -455,10 +539,11 @@ pub(crate) fn chains(stages: Stages) -> Vec<Chain> {
     }));
     forward.extend(unknown_source_rules(false));
     forward.extend(conntrack.clone());
-    forward.extend(to_pod_rules());
+    forward.extend(to_pod_rules(ingress));
     let mut pod = conntrack;
     pod.push(rule(vec![Stmt::Jump("egress".into())]));
-    pod.extend(to_pod_rules());
+    pod.extend(log.and_then(|l| allowed_report(l, Dir::Egress)));
+    pod.extend(to_pod_rules(ingress));
     // A bridged pod that is not bound yet answers the node's neighbour
     // solicitation from its own address: how it gets bound.
     let mut input = vec![neighbour_discovery()];
@@ -490,5 +575,13 @@ pub(crate) fn chains(stages: Stages) -> Vec<Chain> {
     out.extend(np_chains(Dir::Egress));
     out.push(direction_chain(Dir::Ingress, stages));
     out.extend(np_chains(Dir::Ingress));
+    out.extend(denied_chains(log));
+    if let Some(r) = allowed_in {
+        out.push(Chain {
+            name: "to_pod".into(),
+            hook: None,
+            rules: vec![rule(vec![Stmt::Jump("ingress".into())]), r],
+        });
+    }
     out
 }

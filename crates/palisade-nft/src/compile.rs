@@ -37,10 +37,26 @@ pub fn compile_numbered(
         baseline: has(AdminTier::Baseline),
     };
     sets.extend(admin_tier_sets(engine, &view, stages, &mark_of, numbering));
+    if let Some(f) = &opts.flow_log {
+        sets.push(SetId::Generation.set(generation_elements(f.generation)));
+    }
     Ok(Ruleset {
         sets,
-        chains: chains(stages),
+        chains: chains(stages, opts.flow_log.as_ref()),
     })
+}
+
+/// The generation map's elements: every logged protocol maps to
+/// `generation` (nft has no constant-keyed map; the protocol is a key
+/// every logged packet has).
+pub fn generation_elements(generation: u32) -> Vec<Element> {
+    Protocol::ALL
+        .into_iter()
+        .map(|p| Element {
+            key: vec![Value::Proto(p.number())],
+            data: Some(Value::Mark(generation)),
+        })
+        .collect()
 }
 
 /// The node's view of the index: its local endpoint pods, their

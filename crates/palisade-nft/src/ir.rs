@@ -46,7 +46,9 @@ pub enum Value {
 pub enum Verdict {
     /// Leave the current check: this direction is allowed.
     Return,
-    Drop,
+    /// `goto {dir}_denied`: the direction's one place that drops, so that
+    /// an admin Deny is logged like any other denial.
+    Deny(crate::Dir),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,6 +106,10 @@ pub enum Expr {
     Prefix(String, u8),
     /// An anonymous set of symbols: `{ tcp, udp, sctp }`.
     AnonSet(Vec<&'static str>),
+    /// `ct status`.
+    CtStatus,
+    /// `numgen random mod N`: uniform in `0..N`.
+    Random(u32),
 }
 
 impl Expr {
@@ -118,6 +124,9 @@ pub enum Op {
     Ne,
     /// Flag test (`ct state established,related`).
     In,
+    /// Negated flag test (`ct status & confirmed == 0`).
+    NotIn,
+    Lt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +152,11 @@ pub enum Stmt {
     Vmap {
         key: Expr,
         map: String,
+    },
+    /// `log prefix "..." group N`: a copy of the packet to the NFLOG group.
+    Log {
+        prefix: String,
+        group: u16,
     },
 }
 

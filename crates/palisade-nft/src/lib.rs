@@ -137,7 +137,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chains::*;
 use compile::*;
-pub use compile::{compile_numbered, compile_with};
+pub use compile::{compile_numbered, compile_with, generation_elements};
 use elements::*;
 use peers::*;
 
@@ -181,6 +181,51 @@ pub struct Options {
     pub local: Local,
     /// How the node reaches its local pods (learned from the node).
     pub wiring: Wiring,
+    /// Report decisions to the agent's flow log; `None`: the kernel
+    /// reports nothing.
+    pub flow_log: Option<FlowLog>,
+}
+
+/// What the dataplane reports to the agent's flow log, over NFLOG.
+///
+/// Every denied new connection attempt is reported, and a sample of the
+/// allowed ones, each once per direction where it is decided (the first
+/// packet only: established traffic never meets a log rule). A report
+/// carries, in its packet mark, the policy generation it was decided by:
+/// the generation map changes in the same transaction as the policy, so a
+/// report is never attributed to another version than the one that
+/// decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLog {
+    /// The NFLOG group the agent listens on.
+    pub group: u16,
+    /// Allowed new connections reported, in millionths
+    /// ([`FlowLog::SAMPLE_ALL`]: every one; 0: denials only).
+    pub sample_ppm: u32,
+    /// The agent's policy generation (its low 32 bits).
+    pub generation: u32,
+}
+
+impl FlowLog {
+    pub const SAMPLE_ALL: u32 = 1_000_000;
+}
+
+/// The log prefix of a report: what was decided, in which direction.
+pub fn log_prefix(allowed: bool, dir: Dir) -> &'static str {
+    match (allowed, dir) {
+        (true, Dir::Egress) => "palisade allow egress",
+        (true, Dir::Ingress) => "palisade allow ingress",
+        (false, Dir::Egress) => "palisade deny egress",
+        (false, Dir::Ingress) => "palisade deny ingress",
+    }
+}
+
+/// [`log_prefix`] read back: (allowed, direction).
+pub fn parse_log_prefix(prefix: &str) -> Option<(bool, Dir)> {
+    [true, false]
+        .into_iter()
+        .flat_map(|a| [(a, Dir::Egress), (a, Dir::Ingress)])
+        .find(|&(a, d)| log_prefix(a, d) == prefix)
 }
 
 /// The lab's node-side interface name of a pod: `pl` and 12 hex digits of
@@ -254,6 +299,7 @@ pub fn compile(
         &Options {
             local,
             wiring: wiring.clone(),
+            flow_log: None,
         },
     )
 }
@@ -270,6 +316,13 @@ impl Dir {
         match self {
             Dir::Egress => "egress",
             Dir::Ingress => "ingress",
+        }
+    }
+
+    pub fn of(d: Direction) -> Dir {
+        match d {
+            Direction::Egress => Dir::Egress,
+            Direction::Ingress => Dir::Ingress,
         }
     }
 

@@ -82,6 +82,9 @@ pub enum SetId {
     TierPeer(Dir, AdminTier, Family),
     /// `group . address range . l4proto . port range : verdict`.
     TierCidr(Dir, AdminTier, Family),
+    /// `l4proto : mark`, every protocol to the policy generation, which
+    /// the flow log's reports carry ([`crate::FlowLog`]).
+    Generation,
     /// The agent's empty marker set, whose comment records the structure
     /// hash ([`crate::syntax::replace_text`]); never referenced by a rule.
     Structure,
@@ -171,6 +174,7 @@ impl SetId {
             TierCidr(I, A, V6) => "ingress_admin_cidr6",
             TierCidr(I, B, V4) => "ingress_baseline_cidr4",
             TierCidr(I, B, V6) => "ingress_baseline_cidr6",
+            Generation => "generation",
             Structure => "agent_structure",
             BridgePorts => "ports",
             BridgePortSrc(V4) => "port_src4",
@@ -197,6 +201,7 @@ impl SetId {
             Cidr(_, f) | TierCidr(_, _, f) => vec![Type::Mark, f.addr(), Type::Proto, Type::Port],
             Any(_) => vec![Type::Mark, Type::Proto, Type::Port],
             Structure => vec![Type::Mark],
+            Generation => vec![Type::Proto],
             BridgePortSrc(f) => vec![Type::Ifname, Type::Ether, f.addr()],
             BridgeBound(f) => vec![f.addr()],
             BridgeBoundMacs => vec![Type::Ether],
@@ -208,7 +213,7 @@ impl SetId {
     pub fn data(self) -> Option<Type> {
         use SetId::*;
         match self {
-            Identity(_) | Group(..) | TierGroup(..) => Some(Type::Mark),
+            Identity(_) | Group(..) | TierGroup(..) | Generation => Some(Type::Mark),
             TierPeer(..) | TierCidr(..) => Some(Type::Verdict),
             _ => None,
         }
@@ -293,6 +298,7 @@ impl SetId {
     /// Every set of both tables.
     pub fn all() -> Vec<SetId> {
         let mut out = SetId::inet(true, true);
+        out.push(SetId::Generation);
         out.push(SetId::Structure);
         out.push(SetId::BridgePorts);
         out.extend(Family::BOTH.map(SetId::BridgePortSrc));

@@ -85,6 +85,8 @@ impl Encode for Op {
             Op::Eq => 0,
             Op::Ne => 1,
             Op::In => 2,
+            Op::NotIn => 3,
+            Op::Lt => 4,
         });
     }
 }
@@ -137,6 +139,11 @@ impl Encode for Expr {
                 e.u8(11);
                 v.encode(e);
             }
+            Expr::CtStatus => e.u8(12),
+            Expr::Random(n) => {
+                e.u8(13);
+                e.u32(*n);
+            }
         }
     }
 }
@@ -170,6 +177,11 @@ impl Encode for Stmt {
                 e.u8(7);
                 key.encode(e);
                 e.str(map);
+            }
+            Stmt::Log { prefix, group } => {
+                e.u8(8);
+                e.str(prefix);
+                e.u32(u32::from(*group));
             }
         }
     }

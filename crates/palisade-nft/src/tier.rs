@@ -88,10 +88,10 @@ fn port_names(rules: &[FlatRule]) -> BTreeSet<u32> {
         .collect()
 }
 
-pub(crate) fn verdict(a: AdminAction) -> Option<Value> {
+pub(crate) fn verdict(a: AdminAction, dir: crate::Dir) -> Option<Value> {
     match a {
         AdminAction::Allow => Some(Value::Verdict(Verdict::Return)),
-        AdminAction::Deny => Some(Value::Verdict(Verdict::Drop)),
+        AdminAction::Deny => Some(Value::Verdict(Verdict::Deny(dir))),
         // Pass hands the flow to the next stage, as no match would: its
         // ranges are left out, after having shadowed later rules.
         AdminAction::Pass => None,
@@ -303,7 +303,9 @@ fn peer_elements(
                 first_match(&list)
             });
             for &(p, lo, hi, action) in resolved.iter() {
-                let Some(v) = verdict(action) else { continue };
+                let Some(v) = verdict(action, crate::Dir::of(dir)) else {
+                    continue;
+                };
                 out[fam].push(Element {
                     key: vec![
                         Value::Mark(g),
@@ -364,7 +366,9 @@ fn address_elements(
         }
         for (lo, hi, ports) in first_match_2d(&boxes, &resolved) {
             for (p, plo, phi, action) in ports {
-                let Some(v) = verdict(action) else { continue };
+                let Some(v) = verdict(action, crate::Dir::of(dir)) else {
+                    continue;
+                };
                 out.push(Element {
                     key: vec![
                         Value::Mark(g),

@@ -100,6 +100,60 @@ fn admin_tiers() {
     );
 }
 
+/// With a flow log: every denial reported in `{dir}_denied`, a quarter of
+/// allowed first packets after each direction's check, the generation in
+/// its map; the kernel accepts both renderings.
+#[test]
+fn flow_log() {
+    let e = engine(&[
+        "tests/topologies/xyz.yaml",
+        "tests/cases/anp-pass-and-baseline",
+    ]);
+    let local = palisade_nft::Local::Node("node-1".into());
+    let opts = palisade_nft::Options {
+        wiring: palisade_nft::named_wiring(&e, &local, palisade_nft::interface_name),
+        local,
+        flow_log: Some(palisade_nft::FlowLog {
+            group: 7,
+            sample_ppm: 250_000,
+            generation: 42,
+        }),
+    };
+    let r = palisade_nft::compile_with(&e, &opts).unwrap();
+    let text = r.to_nft_text();
+    check_golden("flow-log-node-1.nft", &text);
+    if nix_is_root() {
+        for (flag, input) in [
+            (None, r.to_nft_replace_text()),
+            (Some("-j"), serde_json::to_string(&r.to_json()).unwrap()),
+        ] {
+            let mut cmd = std::process::Command::new("nft");
+            cmd.args(flag).args(["-c", "-f", "-"]);
+            let out = pipe(cmd, &input);
+            assert!(
+                out.status.success(),
+                "{flag:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn pipe(mut cmd: std::process::Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn unknown_node_is_an_error() {
     let e = engine(&["tests/topologies/xyz.yaml"]);
@@ -250,6 +304,7 @@ fn templates_put_nothing_in_the_ruleset() {
             let opts = palisade_nft::Options {
                 wiring: palisade_nft::named_wiring(e, &local, palisade_nft::interface_name),
                 local: local.clone(),
+                flow_log: None,
             };
             palisade_nft::compile_numbered(e, &opts, palisade_nft::Numbering::Stable)
                 .unwrap()

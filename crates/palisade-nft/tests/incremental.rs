@@ -40,6 +40,7 @@ fn full(c: &Cluster) -> Ruleset {
         local: Local::Node(NODE.into()),
         // The wiring is the caller's, outside the incremental state.
         wiring: Default::default(),
+        flow_log: None,
     };
     compile_numbered(&engine, &opts, Numbering::Stable).unwrap()
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use palisade_agent::datastore::{self, DatastoreError};
+use palisade_agent::flowlog::{FlowLog, FlowLogConfig};
 use palisade_agent::{dir, etcd, http, kube, Agent, AgentConfig, Backend, DryRun, Nft};
 
 #[derive(Args)]
@@ -48,6 +49,28 @@ pub struct AgentArgs {
     /// Quiet period that ends a burst of changes, in milliseconds.
     #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
+    /// Keep a flow log: the kernel reports every denied connection attempt
+    /// (and a sample of allowed ones) and the agent names the policy and
+    /// rule that decided it; served at GET /flows.
+    #[arg(long)]
+    flows: bool,
+    /// Also write the flow log to this file (JSON lines, rotated by size);
+    /// implies --flows.
+    #[arg(long)]
+    flow_log: Option<PathBuf>,
+    /// Rotate the flow log file at this many bytes (keeping 4 older ones).
+    #[arg(long, default_value_t = 64 << 20)]
+    flow_log_max_bytes: u64,
+    /// Share of allowed new connections reported, 0 (denials only) to 1.
+    #[arg(long, default_value_t = 0.0)]
+    flow_sample: f64,
+    /// The NFLOG group the kernel reports to (one agent per group and
+    /// network namespace).
+    #[arg(long, default_value_t = 1729)]
+    flow_group: u16,
+    /// Records kept in memory for GET /flows.
+    #[arg(long, default_value_t = 10_000)]
+    flow_ring: usize,
 }
 
 #[derive(Subcommand)]
@@ -179,9 +202,23 @@ fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Resul
     }));
     let _node = palisade_agent::node::spawn(args.netns.clone(), tx.clone())
         .context("reading the node's links and routes")?;
-    let addr =
-        http::serve(&args.listen, agent.metrics(), agent.health()).map_err(anyhow::Error::msg)?;
-    tracing::info!(%addr, %node, "serving /metrics, /healthz and /readyz");
+    let mut ring = None;
+    if args.flows || args.flow_log.is_some() {
+        let Some(sample_ppm) = FlowLogConfig::sample_ppm_of(args.flow_sample) else {
+            bail!("--flow-sample {}: a share from 0 to 1", args.flow_sample);
+        };
+        let mut fc = FlowLogConfig::new(args.flow_group);
+        fc.sample_ppm = sample_ppm;
+        fc.file = args.flow_log.clone();
+        fc.max_file_bytes = args.flow_log_max_bytes;
+        fc.ring = args.flow_ring;
+        let log = FlowLog::start(fc, &node, args.netns.as_deref(), agent.metrics())?;
+        ring = Some(log.ring());
+        agent.set_flow_log(log);
+    }
+    let addr = http::serve(&args.listen, agent.metrics(), agent.health(), ring.clone())
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(%addr, %node, flows = ring.is_some(), "serving /metrics, /healthz, /readyz and /flows");
     if args.kube {
         kube::spawn(tx).context("starting the Kubernetes source")?;
     } else if !args.etcd.is_empty() {

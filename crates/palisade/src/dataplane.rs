@@ -2,7 +2,7 @@
 //! namespace lab (up, probe, down, and the hidden listener).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -89,6 +89,19 @@ pub enum LabCommand {
         /// Expect what the Kubernetes API says (kubeconfig or in-cluster).
         #[arg(long)]
         kube: bool,
+    },
+    /// Make the connections of a flow file (`SRC DST PORT/PROTO` a line, as
+    /// `check --flows` reads; TCP and UDP), each once, from the source pod
+    /// to the destination pod's first address, and say which got through.
+    /// Traffic for the agents' flow logs.
+    Traffic {
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[arg(long)]
+        flows: PathBuf,
+        /// How long an attempt waits, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
     /// Remove everything the lab made.
     Down {
@@ -295,9 +308,24 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                     None => String::new(),
                 }
             );
+            if lab.state.cni.is_some() {
+                // Where the node agents are to run.
+                for n in &lab.state.nodes {
+                    println!(
+                        "node {}: network namespace {}",
+                        n.node.as_deref().unwrap_or("?"),
+                        n.netns
+                    );
+                }
+            }
             lab.keep();
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Traffic {
+            name,
+            flows,
+            timeout_ms,
+        } => traffic(&name, &flows, timeout_ms),
         LabCommand::Probe {
             name,
             ports,
@@ -493,5 +521,58 @@ fn probe_engine(
     } else {
         let files: Vec<PathBuf> = state.sources.iter().map(PathBuf::from).collect();
         input::engine(&files)?
+    })
+}
+
+/// `lab traffic`: each line's connection, made once.
+fn traffic(name: &str, flows: &Path, timeout_ms: u64) -> Result<ExitCode> {
+    let state = palisade_lab::load(name)?;
+    let text = std::fs::read_to_string(flows).with_context(|| flows.display().to_string())?;
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let mut bad = false;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", flows.display(), i + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [src, dst, port] = fields.as_slice() else {
+            eprintln!("{at}: want SRC DST PORT/PROTO, got {line:?}");
+            bad = true;
+            continue;
+        };
+        let pp: PortProto = match port.parse() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{at}: {e}");
+                bad = true;
+                continue;
+            }
+        };
+        let Some(ip) = state
+            .pod(dst)
+            .and_then(|p| p.ips.iter().find(|a| a.is_ipv4()).or(p.ips.first()))
+        else {
+            eprintln!("{at}: no pod {dst} in lab {name}");
+            bad = true;
+            continue;
+        };
+        let dst_addr = std::net::SocketAddr::new(*ip, pp.port);
+        match palisade_lab::connect(&state, src, dst_addr, pp.protocol, timeout) {
+            Ok(through) => println!(
+                "{src} -> {dst} {port}: {}",
+                if through { "connected" } else { "no answer" }
+            ),
+            Err(e) => {
+                eprintln!("{at}: {e}");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -8,6 +8,7 @@ mod dataplane;
 mod diff_cmd;
 mod doctor;
 mod flow_files;
+mod flows_cmd;
 mod generate_cmd;
 mod input;
 mod lint_cmd;
@@ -170,6 +171,9 @@ enum Command {
     /// Run the node agent: watch a datastore, keep the node's nftables
     /// table in sync with minimal transactions (or `agent bench`).
     Agent(agent_cmd::AgentArgs),
+    /// Read a running agent's flow log (`palisade agent --flows`): each
+    /// decision the kernel reported, with the policy and rule that made it.
+    Flows(flows_cmd::FlowsArgs),
     /// Write validated manifests to, or read them from, etcd.
     Datastore {
         #[command(subcommand)]
@@ -272,6 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate_cmd::generate(args),
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
+        Command::Flows(args) => flows_cmd::run(args),
         Command::Bench {
             pods,
             policies,

@@ -5,13 +5,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use palisade_nft::{Element, Ruleset};
+use palisade_nft::{generation_elements, Element, Ruleset, SetId};
 use tracing::{debug, info, warn};
 
 use super::wire::wiring_deltas;
 use super::Agent;
 use crate::backend::BackendError;
 use crate::delta::{self, Delta, SetDelta};
+use crate::flowlog::Snapshot;
 use crate::incr::Incr;
 use crate::{Backend, Error};
 
@@ -184,6 +185,12 @@ impl<B: Backend> Agent<B> {
             return None;
         };
         sets.extend(wiring_deltas(table, &self.wiring)?);
+        let next = self.generation.wrapping_add(1);
+        if self.flow_log.is_some() && !sets.is_empty() {
+            let name = SetId::Generation.name();
+            let old = &table.set(name)?.elements;
+            sets.extend(delta::set_delta(name, old, &generation_elements(next)));
+        }
         if self
             .cfg
             .replace_above_interval_removals
@@ -208,6 +215,10 @@ impl<B: Backend> Agent<B> {
         }
         if let (SyncState::Known { table, .. }, Delta::Elements(sets)) = (&mut self.state, &delta) {
             apply_in_place(table, sets);
+        }
+        if let (Some(log), Delta::Elements(_)) = (&self.flow_log, &delta) {
+            self.generation = next;
+            log.publish(next, Snapshot::Cluster(self.store.cluster().0));
         }
         Some(self.synced(&delta, t0, SyncPath::Incremental))
     }
@@ -256,6 +267,11 @@ impl<B: Backend> Agent<B> {
             "incremental state rebuilt"
         );
         self.state = SyncState::Known { table: rs, incr };
+        if let Some(log) = &self.flow_log {
+            // The table was compiled for the next generation.
+            self.generation = self.generation.wrapping_add(1);
+            log.publish(self.generation, Snapshot::Engine(Box::new(engine)));
+        }
         Ok(self.synced(&delta, t0, SyncPath::Full))
     }
 

@@ -44,6 +44,11 @@ pub fn lab_up(name: &str, engine: &Engine, plugin: CniPlugin, ports: &[PortProto
 
 pub struct NodeAgent {
     pub node: String,
+    /// The flow log's records, when started with one.
+    #[allow(dead_code)]
+    pub flows: Option<Arc<palisade_agent::flowlog::Ring>>,
+    #[allow(dead_code)]
+    pub metrics: Arc<palisade_agent::metrics::Metrics>,
     #[allow(dead_code)]
     pub netns: String,
     pub tx: Sender<Input>,
@@ -54,8 +59,27 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn start(node: &str, netns: &str, engine: &Engine) -> NodeAgent {
+        NodeAgent::start_logged(node, netns, engine, None)
+    }
+
+    /// [`NodeAgent::start`], with a flow log when `flows` is given.
+    pub fn start_logged(
+        node: &str,
+        netns: &str,
+        engine: &Engine,
+        flows: Option<palisade_agent::flowlog::FlowLogConfig>,
+    ) -> NodeAgent {
         let cfg = AgentConfig::new(node, vec![SCOPE.into(), NODE_SCOPE.into()]);
         let mut agent = Agent::new(cfg, Nft::new(Some(netns.to_string())));
+        let metrics = agent.metrics();
+        let flows = flows.map(|fc| {
+            let log =
+                palisade_agent::flowlog::FlowLog::start(fc, node, Some(netns), agent.metrics())
+                    .unwrap_or_else(|e| panic!("flow log in {netns}: {e}"));
+            let ring = log.ring();
+            agent.set_flow_log(log);
+            ring
+        });
         let ns = netns.to_string();
         agent.set_poke(Box::new(move |stale, ips| {
             let _ = netlink::refresh_neighbours(Some(&ns), stale, ips);
@@ -72,6 +96,8 @@ impl NodeAgent {
         let thread = std::thread::spawn(move || agent.run(rx));
         NodeAgent {
             node: node.into(),
+            flows,
+            metrics,
             netns: netns.into(),
             tx,
             health,

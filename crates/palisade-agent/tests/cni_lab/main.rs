@@ -4,6 +4,7 @@
 //! sources are dropped; a pod whose interface appears after the agent
 //! knows it is never a hole. Root only (CI runs as root).
 
+mod flows;
 mod harness;
 
 use harness::{agents, lab_up, probe, root, wait_settled, NodeAgent};
@@ -297,3 +298,36 @@ per_plugin!(
     a_late_interface_is_enforced_from_its_first_packet_routed,
     a_late_interface_is_enforced_from_its_first_packet_bridged
 );
+
+fn flow_denials(plugin: CniPlugin) {
+    if plugins().contains(&plugin) {
+        flows::denials(plugin.clone(), tag(&plugin));
+    }
+}
+
+per_plugin!(
+    flow_denials,
+    every_denial_is_logged_with_its_rule_routed,
+    every_denial_is_logged_with_its_rule_bridged
+);
+
+#[test]
+fn allowed_connections_sampled_at_rate_one_are_logged_once() {
+    if plugins().contains(&CniPlugin::Ptp) {
+        flows::sampled(CniPlugin::Ptp, "ptp");
+    }
+}
+
+#[test]
+fn a_burst_beyond_the_queue_is_counted_as_lost() {
+    if plugins().contains(&CniPlugin::Ptp) {
+        flows::burst(CniPlugin::Ptp, "ptp");
+    }
+}
+
+#[test]
+fn a_staged_policy_logs_would_deny_and_blocks_nothing_until_promoted() {
+    if plugins().contains(&CniPlugin::Ptp) {
+        flows::staged(CniPlugin::Ptp, "ptp");
+    }
+}

@@ -5,9 +5,11 @@
 //! two of its pods, on different nodes, whose TCP flow its policies allow by
 //! rule in both directions (egress of the client, ingress of the server),
 //! become a lab of their own. Their nodes then run in turn with no table,
-//! with a conntrack-only table, and with the ruleset compiled from the
+//! with a conntrack-only table, with the ruleset compiled from the
 //! *whole* synthetic cluster for that node (every pod of the node in its
-//! sets, every policy in its allow sets), and each time we measure:
+//! sets, every policy in its allow sets), and with that ruleset reporting
+//! to the agent's flow log (denials only, and every new connection), and
+//! each time we measure:
 //!
 //! - the new-connection rate: sequential connect and close (RST, no
 //!   TIME_WAIT) from the client pod to a listener in the server pod;
@@ -20,8 +22,8 @@
 //! - TCP throughput: one bulk stream client → server across both nodes and
 //!   the fabric.
 //!
-//! The three setups are interleaved: every round measures each once, in an
-//! order that rotates through all six permutations ([`round_order`]), and
+//! The setups are interleaved: every round measures each once, in an
+//! order that rotates from round to round ([`round_order`]), and
 //! the report gives per setup the median over rounds and the range, the
 //! ratio of medians against no table, and the median of the per-round
 //! (paired) ratios. On a small shared machine single measurements vary by
@@ -124,6 +126,9 @@ fn pick_pair(engine: &Engine) -> Option<(usize, usize, u16, u8)> {
     best
 }
 
+/// The NFLOG group of the logging setups.
+const FLOW_GROUP: u16 = 1729;
+
 /// A table that only tracks connections: what conntrack alone costs.
 const CONNTRACK_ONLY: &str = "table inet palisade {}\ndelete table inet palisade\n\
 table inet palisade {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\
@@ -171,7 +176,39 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     let server = c.pods[sv].key();
 
     progress("compiling the nodes' rulesets");
-    let (mut nodes, texts) = compile_nodes(&engine, &lab)?;
+    let (mut nodes, texts) = compile_nodes(&engine, &lab, None)?;
+    let logged = |sample_ppm| palisade_nft::FlowLog {
+        group: FLOW_GROUP,
+        sample_ppm,
+        generation: 1,
+    };
+    let (_, denial_texts) = compile_nodes(&engine, &lab, Some(logged(0)))?;
+    let (_, all_texts) = compile_nodes(
+        &engine,
+        &lab,
+        Some(logged(palisade_nft::FlowLog::SAMPLE_ALL)),
+    )?;
+    // The agent's own flow log reads and attributes the reports, on the
+    // same machine, as it would on a node.
+    progress("starting the nodes' flow logs");
+    let mut flow_logs = Vec::new();
+    for n in &lab.state.nodes {
+        let name = n.node.clone().unwrap_or_default();
+        let log = palisade_agent::flowlog::FlowLog::start(
+            palisade_agent::flowlog::FlowLogConfig::new(FLOW_GROUP),
+            &name,
+            Some(&n.netns),
+            std::sync::Arc::new(palisade_agent::metrics::Metrics::new()),
+        )
+        .map_err(|e| Error::Msg(e.to_string()))?;
+        log.publish(1, palisade_agent::flowlog::Snapshot::Cluster(c.clone()));
+        flow_logs.push(log);
+    }
+    let texts_of = |s: Setup| match s {
+        Setup::LogDenials => &denial_texts,
+        Setup::LogAll => &all_texts,
+        _ => &texts,
+    };
 
     let server_ns = lab
         .pod(&server)
@@ -189,7 +226,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
                 .position(|&s| s == setup)
                 .expect("a known setup");
             progress(&format!("round {}: {}", round + 1, setup.label()));
-            load_setup(&lab, setup, &texts, &mut nodes)?;
+            load_setup(&lab, setup, texts_of(setup), &mut nodes)?;
             if setup == Setup::Full && denied_blocked.is_none() {
                 if let Some(p) = denied {
                     let reached = reaches(&lab, &client, SocketAddr::new(dst_ip, p))?;
@@ -202,6 +239,14 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         }
     }
     drop(listener);
+    let recorded: usize = flow_logs
+        .iter()
+        .map(|l| l.ring().snapshot(&Default::default()).0.len())
+        .sum();
+    progress(&format!(
+        "flow log records made while measuring: {recorded}"
+    ));
+    drop(flow_logs);
     lab.down()?;
     Ok(Report {
         pods: c.pods.len(),
@@ -254,7 +299,11 @@ fn two_pod_lab(engine: &Engine, cl: usize, sv: usize, name: &str) -> Result<Lab>
 
 /// Each lab node's ruleset for the whole cluster, with its sizes and
 /// compile and render times, and its `nft -f` text.
-fn compile_nodes(engine: &Engine, lab: &Lab) -> Result<(Vec<NodeRuleset>, Vec<String>)> {
+fn compile_nodes(
+    engine: &Engine,
+    lab: &Lab,
+    flow_log: Option<palisade_nft::FlowLog>,
+) -> Result<(Vec<NodeRuleset>, Vec<String>)> {
     let c = engine.cluster();
     let mut nodes = Vec::new();
     let mut texts = Vec::new();
@@ -266,6 +315,7 @@ fn compile_nodes(engine: &Engine, lab: &Lab) -> Result<(Vec<NodeRuleset>, Vec<St
             &Options {
                 local: Local::Node(name.clone()),
                 wiring: named_wiring(engine, &Local::Node(name.clone()), interface_name),
+                flow_log,
             },
         )?;
         let compile = t.elapsed();
@@ -312,6 +362,7 @@ fn load_setup(lab: &Lab, setup: Setup, texts: &[String], nodes: &mut [NodeRulese
                 let d = lab.load_table(n, &texts[n])?;
                 nodes[n].loads.push(d);
             }
+            Setup::LogDenials | Setup::LogAll => lab.load_table(n, &texts[n]).map(|_| ())?,
         }
     }
     // Old conntrack entries belong to the previous setup. Best effort: a

@@ -55,22 +55,36 @@ type Metric = (
     usize,
 );
 
-/// The three dataplane states (measured in [`round_order`] within a round).
+/// The dataplane states (measured in [`round_order`] within a round).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
     NoTable,
     ConntrackOnly,
     Full,
+    /// The full ruleset reporting denials to the agent's flow log (the
+    /// measured flow is allowed: this is what logging costs it).
+    LogDenials,
+    /// The full ruleset reporting every new connection too (sample rate 1),
+    /// each attributed by the agent's flow log on the same machine.
+    LogAll,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [Setup::NoTable, Setup::ConntrackOnly, Setup::Full];
+    pub const ALL: [Setup; 5] = [
+        Setup::NoTable,
+        Setup::ConntrackOnly,
+        Setup::Full,
+        Setup::LogDenials,
+        Setup::LogAll,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Setup::NoTable => "(a) no table",
             Setup::ConntrackOnly => "(c) conntrack-only table",
             Setup::Full => "(b) full ruleset",
+            Setup::LogDenials => "(d) (b) + flow log, denials",
+            Setup::LogAll => "(e) (b) + flow log, all",
         }
     }
 }
@@ -112,21 +126,18 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// The order of the three setups in round `round`: the six permutations in
-/// turn, so over six rounds each setup is measured twice in each position
-/// (first, second, last) and a drift of the machine's load does not favour
-/// any of them.
-pub fn round_order(round: usize) -> [Setup; 3] {
-    use Setup::{ConntrackOnly as C, Full as B, NoTable as A};
-    const ORDERS: [[Setup; 3]; 6] = [
-        [A, C, B],
-        [B, A, C],
-        [C, B, A],
-        [A, B, C],
-        [C, A, B],
-        [B, C, A],
-    ];
-    ORDERS[round % ORDERS.len()]
+/// The order of the setups in round `round`: a rotation of [`Setup::ALL`]
+/// by the round, reversed in odd rounds, so that over rounds each setup
+/// comes first, last and in between, next to each of the others, and a
+/// drift of the machine's load does not favour any of them.
+pub fn round_order(round: usize) -> Vec<Setup> {
+    let mut v = Setup::ALL.to_vec();
+    let n = v.len();
+    v.rotate_left(round % n);
+    if round % 2 == 1 {
+        v.reverse();
+    }
+    v
 }
 
 /// Median and range of one metric over the rounds.
@@ -165,7 +176,12 @@ impl Report {
     /// Per-round ratios `s / (a)` of one metric (same round, so the same
     /// background load), summarised.
     fn paired(&self, s: Setup, f: fn(&Measure) -> f64) -> Summary {
-        let base = self.of(Setup::NoTable);
+        self.paired_against(Setup::NoTable, s, f)
+    }
+
+    /// Per-round ratios `s / base` of one metric, summarised.
+    fn paired_against(&self, base: Setup, s: Setup, f: fn(&Measure) -> f64) -> Summary {
+        let base = self.of(base);
         let v: Vec<f64> = self
             .of(s)
             .iter()
@@ -256,15 +272,19 @@ impl Report {
             let _ = writeln!(s, "{name}:");
             let _ = writeln!(
                 s,
-                "  {:<26} {:>24} {:>7} {:>8}",
-                "setup", "median (min-max)", "ratio", "paired"
+                "  {:<28} {:>24} {:>7} {:>8} {:>8} {:>8}",
+                "setup", "median (min-max)", "ratio", "paired", "vs (c)", "vs (b)"
             );
+            let conntrack = values(Setup::ConntrackOnly).median;
             for setup in Setup::ALL {
+                if self.of(setup).is_empty() {
+                    continue;
+                }
                 let v = values(setup);
                 let failed: u64 = self.of(setup).iter().map(failed_of).sum();
                 let _ = writeln!(
                     s,
-                    "  {:<26} {:>24} {:>6.1}% {:>7.1}%{}",
+                    "  {:<28} {:>24} {:>6.1}% {:>7.1}% {:>7.1}% {:>7.1}%{}",
                     setup.label(),
                     format!(
                         "{:.digits$} ({:.digits$}-{:.digits$})",
@@ -272,6 +292,8 @@ impl Report {
                     ),
                     100.0 * v.median / base.max(1e-9),
                     100.0 * self.paired(setup, f).median,
+                    100.0 * v.median / conntrack.max(1e-9),
+                    100.0 * self.paired_against(Setup::Full, setup, f).median,
                     if failed > 0 {
                         format!("  ({failed} failed connects)")
                     } else {
@@ -288,15 +310,20 @@ impl Report {
             s,
             "({} rounds of {:.1} s per measurement, each {:.1} s after its table swap, setups \
              interleaved in rotating order; medians over rounds; ratio: of medians against (a); \
-             paired: median of the per-round ratios against (a))",
+             paired: median of the per-round ratios against (a); vs (c): of medians against \
+             the conntrack-only table; vs (b): median of the per-round ratios against the \
+             ruleset without flow log)",
             self.of(Setup::NoTable).len(),
             self.duration.as_secs_f64(),
             self.settle.as_secs_f64()
         );
         for setup in Setup::ALL {
+            if self.of(setup).is_empty() {
+                continue;
+            }
             let _ = writeln!(
                 s,
-                "  {:<26} per round (conn/s; CRR conn/s; Gbit/s): {}",
+                "  {:<28} per round (conn/s; CRR conn/s; Gbit/s): {}",
                 setup.label(),
                 self.of(setup)
                     .iter()

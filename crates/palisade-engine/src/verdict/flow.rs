@@ -9,7 +9,7 @@ use super::{Endpoint, Flow, Resolved};
 use crate::{Engine, Error, IdentityId, PodId};
 
 impl Engine {
-    pub(super) fn ips_of<'a>(&'a self, e: &'a Endpoint) -> &'a [IpAddr] {
+    pub(crate) fn ips_of<'a>(&'a self, e: &'a Endpoint) -> &'a [IpAddr] {
         match *e {
             Endpoint::Pod(i) => &self.cluster.pods[i].ips,
             Endpoint::Ip(ref ip) => std::slice::from_ref(ip),
@@ -88,7 +88,7 @@ impl Engine {
         })
     }
 
-    pub(super) fn resolve(&self, src: Endpoint, dst: Endpoint) -> Resolved {
+    pub(crate) fn resolve(&self, src: Endpoint, dst: Endpoint) -> Resolved {
         Resolved {
             stamp: self.stamp,
             src: self.endpoint_identity(src),

@@ -108,7 +108,9 @@ impl Incremental {
                 continue;
             }
             for (p, lo, hi, action) in first_match(&list) {
-                let Some(v) = verdict(action) else { continue };
+                let Some(v) = verdict(action, ts.dir) else {
+                    continue;
+                };
                 out.put(
                     SetId::TierPeer(ts.dir, ts.tier, Family::of_v4(v4)).name(),
                     Element {
@@ -159,7 +161,9 @@ impl Incremental {
             }
             for (lo, hi, ports) in first_match_2d(&boxes, &resolved) {
                 for (p, plo, phi, action) in ports {
-                    let Some(v) = verdict(action) else { continue };
+                    let Some(v) = verdict(action, ts.dir) else {
+                        continue;
+                    };
                     out.put(
                         SetId::TierCidr(ts.dir, ts.tier, Family::of_index(fam)).name(),
                         Element {

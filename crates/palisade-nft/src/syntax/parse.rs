@@ -158,7 +158,13 @@ fn parse_field(t: Type, interval: bool, v: &Json) -> Option<Value> {
             }
             match o.keys().next()?.as_str() {
                 "return" => Value::Verdict(Verdict::Return),
-                "drop" => Value::Verdict(Verdict::Drop),
+                "goto" => {
+                    let target = o.get("goto")?.get("target")?.as_str()?;
+                    let d = [crate::Dir::Egress, crate::Dir::Ingress]
+                        .into_iter()
+                        .find(|&d| crate::chains::denied_chain(d) == target)?;
+                    Value::Verdict(Verdict::Deny(d))
+                }
                 _ => return None,
             }
         }

@@ -29,7 +29,15 @@ impl Verdict {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Verdict::Return => "return",
-            Verdict::Drop => "drop",
+            Verdict::Deny(crate::Dir::Egress) => "goto egress_denied",
+            Verdict::Deny(crate::Dir::Ingress) => "goto ingress_denied",
+        }
+    }
+
+    fn json(self) -> Json {
+        match self {
+            Verdict::Return => json!({"return": null}),
+            Verdict::Deny(d) => json!({"goto": {"target": crate::chains::denied_chain(d)}}),
         }
     }
 }
@@ -128,7 +136,7 @@ impl Value {
             Value::Port(p) => json!(p),
             Value::PortRange(a, b) if a == b => json!(a),
             Value::PortRange(a, b) => json!({"range": [a, b]}),
-            Value::Verdict(v) => json!({ v.name(): null }),
+            Value::Verdict(v) => v.json(),
         }
     }
 }
@@ -161,6 +169,8 @@ impl Expr {
             Expr::Flags(f) => f.join(","),
             Expr::Prefix(a, l) => format!("{a}/{l}"),
             Expr::AnonSet(v) => format!("{{ {} }}", v.join(", ")),
+            Expr::CtStatus => "ct status".into(),
+            Expr::Random(n) => format!("numgen random mod {n}"),
         }
     }
 
@@ -182,6 +192,8 @@ impl Expr {
             Expr::Flags(f) => json!(f),
             Expr::Prefix(a, l) => json!({"prefix": {"addr": a, "len": l}}),
             Expr::AnonSet(v) => json!({ "set": v }),
+            Expr::CtStatus => json!({"ct": {"key": "status"}}),
+            Expr::Random(n) => json!({"numgen": {"mode": "random", "mod": n, "offset": 0}}),
         }
     }
 }
@@ -192,6 +204,8 @@ impl Stmt {
             Stmt::Match { left, op, right } => match op {
                 Op::Eq | Op::In => format!("{} {}", left.text(), right.text()),
                 Op::Ne => format!("{} != {}", left.text(), right.text()),
+                Op::NotIn => format!("{} & {} == 0", left.text(), right.text()),
+                Op::Lt => format!("{} < {}", left.text(), right.text()),
             },
             Stmt::Assign { key, value } => format!("{} set {}", key.text(), value.text()),
             Stmt::Accept => "accept".into(),
@@ -200,16 +214,28 @@ impl Stmt {
             Stmt::Jump(c) => format!("jump {c}"),
             Stmt::Goto(c) => format!("goto {c}"),
             Stmt::Vmap { key, map } => format!("{} vmap @{map}", key.text()),
+            Stmt::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
         }
     }
 
     fn json(&self) -> Json {
         match self {
+            Stmt::Match {
+                left,
+                op: Op::NotIn,
+                right,
+            } => json!({"match": {
+                "op": "==",
+                "left": {"&": [left.json(), right.json()]},
+                "right": 0
+            }}),
             Stmt::Match { left, op, right } => {
                 let op = match op {
                     Op::Eq => "==",
                     Op::Ne => "!=",
                     Op::In => "in",
+                    Op::Lt => "<",
+                    Op::NotIn => unreachable!("matched above"),
                 };
                 json!({"match": {"op": op, "left": left.json(), "right": right.json()}})
             }
@@ -224,6 +250,7 @@ impl Stmt {
             Stmt::Vmap { key, map } => {
                 json!({"vmap": {"key": key.json(), "data": format!("@{map}")}})
             }
+            Stmt::Log { prefix, group } => json!({"log": {"prefix": prefix, "group": group}}),
         }
     }
 }
@@ -371,12 +398,27 @@ impl Ruleset {
         )
     }
 
-    /// The table as nftables JSON (`nft -j -f`): table, sets, chains, rules.
+    /// The table as nftables JSON (`nft -j -f`): table, chains, sets, rules.
     pub fn to_json(&self) -> Json {
         let mut items = vec![
             json!({"metainfo": {"json_schema_version": 1}}),
             json!({"table": {"family": FAMILY, "name": TABLE}}),
         ];
+        // Chains first: verdict map elements may name them (`goto
+        // egress_denied`).
+        for c in &self.chains {
+            let mut obj = serde_json::Map::new();
+            obj.insert("family".into(), json!(FAMILY));
+            obj.insert("table".into(), json!(TABLE));
+            obj.insert("name".into(), json!(c.name));
+            if let Some(h) = &c.hook {
+                obj.insert("type".into(), json!("filter"));
+                obj.insert("hook".into(), json!(h.hook));
+                obj.insert("prio".into(), json!(h.priority));
+                obj.insert("policy".into(), json!("accept"));
+            }
+            items.push(json!({ "chain": obj }));
+        }
         for set in &self.sets {
             let ty: Json = if set.key.len() == 1 {
                 json!(set.key[0].nft_name())
@@ -417,19 +459,6 @@ impl Ruleset {
             }
             let kind = if set.data.is_some() { "map" } else { "set" };
             items.push(json!({ kind: obj }));
-        }
-        for c in &self.chains {
-            let mut obj = serde_json::Map::new();
-            obj.insert("family".into(), json!(FAMILY));
-            obj.insert("table".into(), json!(TABLE));
-            obj.insert("name".into(), json!(c.name));
-            if let Some(h) = &c.hook {
-                obj.insert("type".into(), json!("filter"));
-                obj.insert("hook".into(), json!(h.hook));
-                obj.insert("prio".into(), json!(h.priority));
-                obj.insert("policy".into(), json!("accept"));
-            }
-            items.push(json!({ "chain": obj }));
         }
         for c in &self.chains {
             for r in &c.rules {

@@ -1,19 +1,26 @@
-//! `/metrics`, `/healthz` and `/readyz` over HTTP (meant for loopback).
+//! `/metrics`, `/healthz`, `/readyz` and `/flows` over HTTP (meant for
+//! loopback). Read-only: every other method is refused.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::agent::Health;
+use crate::flowlog::Ring;
 use crate::metrics::Metrics;
 use crate::Error;
 
+mod flows;
+
 /// Serves until the process ends; returns the bound address
-/// ([`Error::Listen`] when it cannot).
+/// ([`Error::Listen`] when it cannot). `/flows` answers from `flows`, the
+/// flow log's ring, when there is one.
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<Health>>,
+    flows: Option<Arc<Ring>>,
 ) -> Result<SocketAddr, Error> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| Error::Listen(format!("listening on {addr}: {e}")))?;
@@ -24,8 +31,21 @@ pub fn serve(
     thread::Builder::new()
         .name("http".into())
         .spawn(move || {
+            let followers = Arc::new(AtomicUsize::new(0));
             for req in server.incoming_requests() {
-                let (code, body, ctype) = match req.url() {
+                if *req.method() != tiny_http::Method::Get {
+                    let _ = req.respond(
+                        tiny_http::Response::from_string("only GET\n").with_status_code(405),
+                    );
+                    continue;
+                }
+                let (path, query) = req.url().split_once('?').unwrap_or((req.url(), ""));
+                if path == "/flows" {
+                    let query = query.to_string();
+                    flows::answer(req, &query, flows.as_ref(), &followers);
+                    continue;
+                }
+                let (code, body, ctype) = match path {
                     "/metrics" => (
                         200,
                         metrics.encode(),
