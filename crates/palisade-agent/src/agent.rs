@@ -285,18 +285,20 @@ impl<B: crate::Backend> Agent<B> {
 
     /// The node's ruleset for the current store.
     pub fn desired(&self) -> Result<Ruleset, Error> {
-        self.build().map(|(rs, _)| rs)
+        self.build().map(|(rs, ..)| rs)
     }
 
-    /// The node's ruleset for the current store, and the engine it was
-    /// compiled from.
-    fn build(&self) -> Result<(Ruleset, Engine), Error> {
+    /// The node's ruleset for the current store, the engine it was
+    /// compiled from, and whether the store holds staged policies (which
+    /// the engine leaves out).
+    fn build(&self) -> Result<(Ruleset, Engine, bool), Error> {
         let t = Instant::now();
         let (cluster, diags) = self.store.cluster();
         for d in diags.iter().filter(|d| d.is_error()) {
             warn!("merging objects: {d}");
         }
         let t_cluster = t.elapsed();
+        let staged = cluster.has_staged();
         let engine = Engine::new(cluster);
         let t_engine = t.elapsed();
         let opts = Options {
@@ -315,7 +317,7 @@ impl<B: crate::Backend> Agent<B> {
             compile_ms = (t.elapsed() - t_engine).as_secs_f64() * 1e3,
             "built"
         );
-        Ok((rs, engine))
+        Ok((rs, engine, staged))
     }
 
     /// Runs until every sender is gone: debounces bursts, syncs, retries

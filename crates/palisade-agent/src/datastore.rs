@@ -3,6 +3,8 @@
 //! Every object is validated with `palisade-k8s` first; if any file has an
 //! error nothing is written. Writes go in transactions of at most 128
 //! operations (etcd's default limit), so up to 128 objects land atomically.
+//! `apply --staged` writes the policy objects with
+//! [`palisade_k8s::STAGED_ANNOTATION`] set to `"true"`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +25,16 @@ pub enum DatastoreError {
     /// etcd failed, as one sentence that names etcd.
     #[error("{0}")]
     Etcd(String),
+    /// The Kubernetes API failed, as one sentence.
+    #[error("{0}")]
+    Kube(String),
+    /// What `promote` was asked for cannot be done (names not found or not
+    /// staged, an edit that cannot be made); nothing was written. One line
+    /// per problem.
+    #[error("{}; nothing was written", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("{path}: {message}")]
+    Write { path: String, message: String },
 }
 
 /// Objects of the manifests as (key, JSON), validated.
@@ -110,7 +122,7 @@ fn raw_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Value>, DatastoreError
     Ok(out)
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,7 +156,73 @@ async fn txn(endpoints: &[String], ops: Vec<TxnOp>) -> Result<(), DatastoreError
 
 /// Validates and writes the objects of `files`; returns their keys.
 pub fn apply(endpoints: &[String], files: &[PathBuf]) -> Result<Vec<String>, DatastoreError> {
-    let objs = objects(files)?;
+    apply_objects(endpoints, objects(files)?)
+}
+
+/// What `apply --staged` wrote: every key, and those of the policies it
+/// staged (none: the files held no policy, which the caller should say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedApply {
+    pub keys: Vec<String>,
+    pub staged: Vec<String>,
+}
+
+/// [`apply`], with every policy object staged; other kinds are written as
+/// they are.
+pub fn apply_staged(
+    endpoints: &[String],
+    files: &[PathBuf],
+) -> Result<StagedApply, DatastoreError> {
+    let mut objs = objects(files)?;
+    let mut staged = Vec::new();
+    for (k, v) in &mut objs {
+        if palisade_k8s::is_policy_kind(&k.kind) {
+            stage(v);
+            staged.push(key_of(k));
+        }
+    }
+    let keys = apply_objects(endpoints, objs)?;
+    Ok(StagedApply { keys, staged })
+}
+
+/// Sets the staging annotation of an object (validated: `metadata` and its
+/// `annotations`, where present, are mappings).
+pub fn stage(v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if ann.is_null() {
+        *ann = Value::Object(Default::default());
+    }
+    if let Some(ann) = ann.as_object_mut() {
+        ann.insert(
+            palisade_k8s::STAGED_ANNOTATION.into(),
+            Value::String("true".into()),
+        );
+    }
+}
+
+/// Removes the staging annotation of an object; whether it had one.
+pub fn unstage(v: &mut Value) -> bool {
+    v.get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Value::as_object_mut)
+        .is_some_and(|a| a.remove(palisade_k8s::STAGED_ANNOTATION).is_some())
+}
+
+fn apply_objects(
+    endpoints: &[String],
+    objs: Vec<(ObjectKey, Value)>,
+) -> Result<Vec<String>, DatastoreError> {
     let keys: Vec<String> = objs.iter().map(|(k, _)| key_of(k)).collect();
     let ops = objs
         .iter()

@@ -168,6 +168,7 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Option<Input> {
                 pod_selector: LabelSelector::from_labels([("app", app(k).as_str())]),
                 ingress: rules.clone(),
                 egress: if m > 1 { rules } else { None },
+                staged: false,
             };
             c.policies.push(p.clone());
             Input::Upsert(entry(Object::NetworkPolicy(p)))
@@ -686,4 +687,46 @@ fn an_unknown_node_is_refused_until_an_object_names_it() {
     assert!(h.ready && h.node_unknown.is_none(), "{}", h.status());
     assert_eq!(h.readiness(), "ready\n");
     assert!(rec.state().table.is_some());
+}
+
+/// Whether a policy names an `ipBlock` (staging it changes the set of
+/// blocks, which the incremental path refuses).
+fn has_blocks(p: &NetworkPolicy) -> bool {
+    p.ingress
+        .iter()
+        .chain(&p.egress)
+        .flatten()
+        .flat_map(|r| r.peers.iter().flatten())
+        .any(|peer| matches!(peer, Peer::IpBlock(_)))
+}
+
+/// Staging a policy withdraws what it enforces and unstaging it (the
+/// annotation removed, as `promote` does) restores it, both on the
+/// incremental path, each time equal to a fresh agent's table.
+#[test]
+fn staging_and_promoting_a_policy_take_the_incremental_path() {
+    let mut c = cluster();
+    let (rec, mut a) = started(&c);
+    a.sync().unwrap();
+    let enforced = rec.state().table.clone().unwrap();
+    // A policy whose absence changes this node's table.
+    let i = (0..c.policies.len())
+        .find(|&i| {
+            let mut without = c.clone();
+            without.policies.remove(i);
+            !has_blocks(&c.policies[i]) && full_rebuild(&without) != enforced
+        })
+        .expect("a policy that matters on node0");
+    for staged in [true, false] {
+        c.policies[i].staged = staged;
+        let p = Object::NetworkPolicy(c.policies[i].clone());
+        assert!(a.handle(Input::Upsert(entry(p))));
+        let r = a.sync().unwrap();
+        assert_eq!(r.path, SyncPath::Incremental, "staged: {staged}");
+        assert!(r.added + r.removed > 0, "staged: {staged}: {r:?}");
+        assert_is_rebuild(&rec, &c, &a);
+        collect_all(&mut a);
+        let table = rec.state().table.clone().unwrap();
+        assert_eq!(table == enforced, !staged);
+    }
 }

@@ -209,6 +209,119 @@ fn the_agent_follows_etcd_through_outages_and_compaction() {
     converge(&rec, &["10.9.0.1", "10.9.0.3"], "invalid value ignored");
 }
 
+const TO_STAGE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lockdown, namespace: shop, annotations: {owner: team-a}}
+spec: {podSelector: {}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: guard}
+spec:
+  priority: 10
+  subject: {namespaces: {}}
+  egress: [{name: no-metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}]
+"#;
+
+/// The stored JSON of `key`.
+fn stored(ep: &[String], key: &str) -> serde_json::Value {
+    let mut c = connect(ep);
+    let r = block_on(c.get(key, None)).unwrap();
+    serde_json::from_slice(r.kvs()[0].value()).unwrap()
+}
+
+fn revision(ep: &[String]) -> i64 {
+    let mut c = connect(ep);
+    block_on(c.get("/", None))
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
+/// `datastore apply --staged` stages the policy objects only; `promote`
+/// refuses unknown and enforced names without writing, and turns every
+/// named policy into an enforced one in a single transaction (one
+/// revision), keeping the other annotations.
+#[test]
+fn staged_policies_are_written_and_promoted_in_one_transaction() {
+    use palisade_agent::promote::{self, PolicyName};
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(tmp.path()) else {
+        return;
+    };
+    let ep = vec![etcd.client.clone()];
+    let np = "/palisade/v1/NetworkPolicy/shop/lockdown";
+    let anp = "/palisade/v1/AdminNetworkPolicy/_/guard";
+    let f = write(tmp.path(), "p.yaml", TO_STAGE);
+    let a = datastore::apply_staged(&ep, &[f]).unwrap();
+    assert_eq!(a.keys, ["/palisade/v1/Namespace/_/shop", np, anp]);
+    assert_eq!(a.staged, [np, anp]);
+    assert_eq!(
+        stored(&ep, np)["metadata"]["annotations"],
+        serde_json::json!({"owner": "team-a", "palisade.dev/staged": "true"})
+    );
+    assert_eq!(
+        stored(&ep, anp)["metadata"]["annotations"],
+        serde_json::json!({"palisade.dev/staged": "true"})
+    );
+    assert_eq!(
+        stored(&ep, "/palisade/v1/Namespace/_/shop")["metadata"].get("annotations"),
+        None
+    );
+    // Nothing to stage: the caller says so.
+    let ns = write(
+        tmp.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    );
+    assert_eq!(
+        datastore::apply_staged(&ep, &[ns]).unwrap().staged,
+        Vec::<String>::new()
+    );
+
+    let names = |v: &[&str]| -> Vec<PolicyName> {
+        v.iter().map(|s| PolicyName::parse(s).unwrap()).collect()
+    };
+    let before = revision(&ep);
+    match promote::etcd(&ep, &names(&["shop/lockdown", "shop/nope"])) {
+        Err(datastore::DatastoreError::Refused(p)) => assert_eq!(
+            p,
+            ["shop/nope: not found in etcd (/palisade/v1/NetworkPolicy/shop/nope)"]
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(revision(&ep), before, "a refusal writes nothing");
+
+    let done = promote::etcd(&ep, &names(&["shop/lockdown", "AdminNetworkPolicy/guard"])).unwrap();
+    let done: Vec<(String, String)> = done.into_iter().map(|p| (p.name, p.place)).collect();
+    assert_eq!(
+        done,
+        [
+            ("AdminNetworkPolicy/guard".to_string(), anp.to_string()),
+            ("shop/lockdown".to_string(), np.to_string())
+        ]
+    );
+    assert_eq!(revision(&ep), before + 1, "one transaction");
+    assert_eq!(
+        stored(&ep, np)["metadata"]["annotations"],
+        serde_json::json!({"owner": "team-a"})
+    );
+    assert_eq!(
+        stored(&ep, anp)["metadata"]["annotations"],
+        serde_json::json!({})
+    );
+    match promote::etcd(&ep, &names(&["shop/lockdown"])) {
+        Err(datastore::DatastoreError::Refused(p)) => assert_eq!(p, ["shop/lockdown: not staged"]),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Pods in the large tests: with kubectl's last-applied annotation, about
 /// 10 MB, more than twice gRPC's default 4 MiB message limit.
 const MANY: usize = 2_000;

@@ -66,6 +66,7 @@ fn main() {
                 ports: None,
             }]),
             egress: None,
+            staged: false,
         };
         let key = (pol.namespace.clone(), pol.name.clone());
         let t = Instant::now();

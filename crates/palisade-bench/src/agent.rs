@@ -326,6 +326,7 @@ impl Events {
                 ports: None,
             }]),
             egress: None,
+            staged: false,
         })
     }
 }

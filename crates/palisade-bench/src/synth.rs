@@ -291,6 +291,7 @@ pub fn cluster(p: &Params) -> Cluster {
             pod_selector: selector,
             ingress,
             egress,
+            staged: false,
         });
     }
     for i in 0..p.admin_policies {
@@ -367,6 +368,7 @@ fn admin_policy(r: &mut Rng, p: &Params, i: usize, tier: AdminTier) -> AdminPoli
         },
         ingress,
         egress,
+        staged: false,
     }
 }
 

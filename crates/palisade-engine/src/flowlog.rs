@@ -236,6 +236,7 @@ mod attribution {
                     }]),
                 }]),
                 egress: None,
+                staged: false,
             }],
             ..Cluster::default()
         };

@@ -20,6 +20,7 @@ pub mod lint;
 pub mod live;
 pub mod matrix;
 mod names;
+pub mod staged;
 mod verdict;
 
 pub use error::Error;
@@ -35,6 +36,8 @@ use palisade_model::Cluster;
 pub struct Engine {
     cluster: Cluster,
     index: Index,
+    /// Whether staged policies are enforced here ([`Engine::with_staged`]).
+    with_staged: bool,
     /// Tells this engine's flows from other engines' (see `Resolved`).
     stamp: u32,
     /// The fixed pieces of reasons, made when the first is rendered.
@@ -46,16 +49,39 @@ pub struct Engine {
 static STAMPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl Engine {
-    pub fn new(cluster: Cluster) -> Engine {
-        let index = Index::build(&cluster);
+    /// The engine of what `cluster` enforces: its staged policies are
+    /// dropped, so that no consumer (the compiler, the agent, the audit
+    /// commands) can enforce or report one by mistake. `cluster()` returns
+    /// the cluster without them.
+    pub fn new(mut cluster: Cluster) -> Engine {
+        cluster.drop_staged();
+        Engine::build(cluster, false)
+    }
+
+    /// The engine that enforces the staged policies of `cluster` as well,
+    /// to compare with [`Engine::new`] (see [`staged`]). `cluster()` keeps
+    /// them, flags included, so that a decision can be traced to them.
+    pub fn with_staged(cluster: Cluster) -> Engine {
+        Engine::build(cluster, true)
+    }
+
+    fn build(cluster: Cluster, with_staged: bool) -> Engine {
+        let index = Index::build_all(&cluster);
         let stamp = STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Engine {
             cluster,
             index,
+            with_staged,
             stamp,
             parts: Default::default(),
             names: Default::default(),
         }
+    }
+
+    /// Whether this engine enforces staged policies too
+    /// ([`Engine::with_staged`]).
+    pub fn enforces_staged(&self) -> bool {
+        self.with_staged
     }
 
     pub fn cluster(&self) -> &Cluster {

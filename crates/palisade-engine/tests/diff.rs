@@ -186,6 +186,7 @@ fn edit(r: &mut Rng, c: &mut Cluster, serial: usize) {
                 pod_selector: sel(r),
                 ingress,
                 egress,
+                staged: false,
             });
         }
         8 if pods > 0 => {

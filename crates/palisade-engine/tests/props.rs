@@ -464,6 +464,7 @@ proptest! {
                     ]),
                 }]),
                 egress: None,
+                staged: false,
             });
         }
         let engine = Engine::new(c.clone());

@@ -157,6 +157,7 @@ pub(crate) fn decode(
         subject: subject.unwrap_or(AdminSubject::Namespaces(LabelSelector::everything())),
         ingress,
         egress,
+        staged: meta.staged,
     }
 }
 

@@ -25,10 +25,12 @@ pub mod encode;
 pub mod limits;
 mod netpol;
 mod source;
+mod staged;
 mod walk;
 mod workload;
 mod workloads;
 
+pub use staged::STAGED_ANNOTATION;
 pub use workload::Template;
 
 use walk::{as_map, as_str, dns1123_label_error, dns1123_subdomain_error, field, get_str, Cx};
@@ -553,6 +555,14 @@ pub(crate) struct Meta {
     pub labels: Labels,
     /// The controlling workload, for pods and workloads.
     pub owner: Option<Workload>,
+    /// [`STAGED_ANNOTATION`] is `"true"` (read on policy kinds only).
+    pub staged: bool,
+}
+
+/// Whether `kind` is one of the policy kinds (NetworkPolicy and the admin
+/// kinds): the kinds that are decoded strictly and can be staged.
+pub fn is_policy_kind(kind: &str) -> bool {
+    Kind::from_name(kind).is_some_and(Kind::strict)
 }
 
 fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
@@ -600,9 +610,12 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
         Some(v) => walk::labels(cx, v, "metadata.labels"),
         None => Labels::new(),
     };
+    let mut is_staged = false;
     if kind.strict() {
         if let Some(a) = field(&m, "annotations") {
-            walk::as_map(cx, a, "metadata.annotations", None);
+            if let Some(a) = walk::as_map(cx, a, "metadata.annotations", None) {
+                is_staged = staged::read(cx, a);
+            }
         }
     }
     let owner = match kind {
@@ -614,6 +627,7 @@ fn metadata(cx: &mut Cx, obj: &Map<String, Value>, kind: Kind) -> Meta {
         namespace,
         labels,
         owner,
+        staged: is_staged,
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) fn decode(cx: &mut Cx, obj: &Map<String, Value>, meta: Meta) -> Netwo
         pod_selector,
         ingress: has_ingress.then(|| ingress.unwrap_or_default()),
         egress: has_egress.then(|| egress.unwrap_or_default()),
+        staged: meta.staged,
     }
 }
 

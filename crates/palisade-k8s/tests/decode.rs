@@ -635,6 +635,7 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
             ]),
         }]),
         egress: Some(vec![ALL]),
+        staged: false,
     }];
     let admin_policies = vec![
         AdminPolicy {
@@ -668,6 +669,7 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
                 ]))],
                 ports: None,
             }],
+            staged: false,
         },
         AdminPolicy {
             kind: "AdminNetworkPolicy".into(),
@@ -704,6 +706,7 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
                     ]),
                 },
             ],
+            staged: false,
         },
         AdminPolicy {
             kind: "BaselineAdminNetworkPolicy".into(),
@@ -721,6 +724,7 @@ fn valid_fixture_decodes_to_the_expected_cluster() {
                 ports: None,
             }],
             egress: vec![],
+            staged: false,
         },
     ];
     let expected = Cluster {

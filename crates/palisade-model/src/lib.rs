@@ -392,6 +392,9 @@ pub struct NetworkPolicy {
     /// `policyTypes` defaulting); the rules are then the only allows.
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
+    /// Annotated `palisade.dev/staged: "true"`: evaluated beside the
+    /// enforced policies for comparison, never enforced.
+    pub staged: bool,
 }
 
 impl NetworkPolicy {
@@ -486,6 +489,15 @@ pub struct AdminPolicy {
     pub subject: AdminSubject,
     pub ingress: Vec<AdminRule>,
     pub egress: Vec<AdminRule>,
+    /// As [`NetworkPolicy::staged`].
+    pub staged: bool,
+}
+
+impl AdminPolicy {
+    /// `Kind/name`, as flow records, `diff` and `promote` name it.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
 }
 
 /// Everything a set of manifests (or a datastore) describes.
@@ -499,6 +511,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether any policy of the cluster is staged.
+    pub fn has_staged(&self) -> bool {
+        self.policies.iter().any(|p| p.staged) || self.admin_policies.iter().any(|p| p.staged)
+    }
+
+    /// The cluster without its staged policies: what is enforced.
+    pub fn enforced(&self) -> Cluster {
+        let mut c = self.clone();
+        c.drop_staged();
+        c
+    }
+
+    /// Removes the staged policies, in place.
+    pub fn drop_staged(&mut self) {
+        self.policies.retain(|p| !p.staged);
+        self.admin_policies.retain(|p| !p.staged);
+    }
     /// Adds the implicit namespace of every pod and policy that has no
     /// Namespace object, as Kubernetes would have it.
     pub fn complete_namespaces(&mut self) {

@@ -167,7 +167,8 @@ pub(crate) fn direction_chain(dir: Dir, stages: Stages) -> Chain {
 }
 
 /// The chain every denial of a direction ends in: NetworkPolicy's default
-/// deny and admin Deny verdicts alike, so that each is reported once.
+/// deny and admin Deny verdicts alike, so that each is reported once and
+/// counted (`nft list chain inet palisade egress_denied`).
 pub(crate) const fn denied_chain(dir: Dir) -> &'static str {
     match dir {
         Dir::Egress => "egress_denied",
@@ -228,7 +229,7 @@ pub(crate) fn denied_chains(log: Option<&FlowLog>) -> Vec<Chain> {
                 rules.push(rule(report(log, false, dir)));
             }
             rules.push(commented(
-                vec![Stmt::Drop],
+                vec![Stmt::Counter, Stmt::Drop],
                 &format!("{} denied", dir.name()),
             ));
             Chain {

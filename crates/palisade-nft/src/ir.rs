@@ -153,6 +153,8 @@ pub enum Stmt {
         key: Expr,
         map: String,
     },
+    /// `counter`: packets and bytes that reached it.
+    Counter,
     /// `log prefix "..." group N`: a copy of the packet to the NFLOG group.
     Log {
         prefix: String,

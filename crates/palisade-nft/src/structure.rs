@@ -178,6 +178,7 @@ impl Encode for Stmt {
                 key.encode(e);
                 e.str(map);
             }
+            Stmt::Counter => e.u8(9),
             Stmt::Log { prefix, group } => {
                 e.u8(8);
                 e.str(prefix);

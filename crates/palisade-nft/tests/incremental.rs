@@ -1,6 +1,7 @@
 //! The incremental compiler against the full one: after every change of a
 //! random sequence (pods added, removed, relabelled, moved, given other
-//! ports; policies added, removed, edited), the previous ruleset patched
+//! ports; policies added, removed, edited, staged and unstaged), the
+//! previous ruleset patched
 //! with the incremental delta equals the full compilation of the new
 //! cluster, element for element. A refused change rebuilds the state from
 //! the full compilation, as the agent does; refusals must stay rare.
@@ -200,6 +201,9 @@ enum Op {
     /// A host-network copy of pod `a` on node `b`, with that node's
     /// addresses.
     AddHostPod(usize, usize),
+    /// Policy `a` staged if it was enforced, enforced if it was staged:
+    /// the kernel must lose or gain exactly what the policy enforces.
+    ToggleStaged(usize),
     /// Several of the above before one sync.
     Burst(Vec<Op>),
 }
@@ -220,6 +224,7 @@ fn leaf() -> impl Strategy<Value = Op> {
         1 => (0..1000usize, 0..2usize).prop_map(|(a, b)| Op::PodInNewNamespace(a, b)),
         1 => (0..4usize).prop_map(Op::NodeAddresses),
         1 => (0..1000usize, 0..3usize).prop_map(|(a, b)| Op::AddHostPod(a, b)),
+        2 => (0..1000usize).prop_map(Op::ToggleStaged),
     ]
 }
 
@@ -391,6 +396,14 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
             let p = c.policies.remove(a % npol);
             vec![policy(c, &p)]
         }
+        Op::ToggleStaged(a) => {
+            let Some(p) = c.policies.get_mut(a % npol) else {
+                return vec![];
+            };
+            p.staged = !p.staged;
+            let p = p.clone();
+            vec![policy(c, &p)]
+        }
         Op::SwapRules(a, b, which) => {
             if c.policies.is_empty() {
                 return vec![];
@@ -461,6 +474,7 @@ fn step(c: &mut Cluster, n: &mut usize, op: &Op) -> Vec<Change> {
                 pod_selector: LabelSelector::from_labels([("app", app(*k).as_str())]),
                 ingress: rules.clone(),
                 egress: if m % 2 == 0 { rules } else { None },
+                staged: false,
             };
             c.policies.push(p.clone());
             vec![policy(c, &p)]
@@ -519,6 +533,7 @@ fn incremental_compile_equals_full_compile() {
     let (applied, refused) = (Cell::new(0usize), Cell::new(0usize));
     let deferred = Cell::new(0usize);
     let selections = Cell::new(0usize);
+    let toggled = Cell::new(0usize);
     runner
         .run(
             &(1u64..10_000, prop::collection::vec(op(), 1..30)),
@@ -573,6 +588,9 @@ fn incremental_compile_equals_full_compile() {
                             let d = difference(&rs, &expect);
                             prop_assert!(d.is_empty(), "after {:?}:\n{}", op, d);
                             applied.set(applied.get() + 1);
+                            if matches!(op, Op::ToggleStaged(_)) {
+                                toggled.set(toggled.get() + 1);
+                            }
                             deferred.set(deferred.get() + st.as_ref().unwrap().garbage_len());
                         }
                         Some(Err(_)) | None => {
@@ -603,6 +621,10 @@ fn incremental_compile_equals_full_compile() {
         deferred.get()
     );
     assert!(deferred.get() > 0, "no removal was ever deferred");
+    assert!(
+        toggled.get() > 0,
+        "no staging change took the incremental path"
+    );
     assert!(
         selections.get() > 4 * refused,
         "selection deltas checked only {} times",

@@ -101,6 +101,11 @@ pub enum DatastoreCommand {
         files: Vec<PathBuf>,
         #[arg(long, value_delimiter = ',', required = true)]
         etcd: Vec<String>,
+        /// Write the policy objects staged (annotation
+        /// `palisade.dev/staged: "true"`): compared with, never enforced,
+        /// until `palisade promote`. Other kinds are written as they are.
+        #[arg(long)]
+        staged: bool,
     },
     /// Delete the objects the manifests name.
     Delete {
@@ -251,8 +256,38 @@ pub fn datastore(cmd: DatastoreCommand) -> Result<ExitCode> {
         }
     };
     match cmd {
-        DatastoreCommand::Apply { files, etcd } => {
-            report(datastore::apply(&etcd, &files), "applied")
+        DatastoreCommand::Apply {
+            files,
+            etcd,
+            staged: false,
+        } => report(datastore::apply(&etcd, &files), "applied"),
+        DatastoreCommand::Apply {
+            files,
+            etcd,
+            staged: true,
+        } => {
+            let r = datastore::apply_staged(&etcd, &files);
+            if let Ok(a) = &r {
+                if a.staged.is_empty() {
+                    eprintln!(
+                        "warning: --staged: none of the objects is a policy; they were written as they are"
+                    );
+                }
+            }
+            let keys = r.map(|a| {
+                let staged: std::collections::HashSet<String> = a.staged.into_iter().collect();
+                a.keys
+                    .into_iter()
+                    .map(|k| {
+                        if staged.contains(&k) {
+                            format!("{k} (staged)")
+                        } else {
+                            k
+                        }
+                    })
+                    .collect()
+            });
+            report(keys, "applied")
         }
         DatastoreCommand::Delete { files, etcd } => {
             report(datastore::delete(&etcd, &files), "deleted")

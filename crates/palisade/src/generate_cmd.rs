@@ -45,9 +45,6 @@ pub struct GenerateArgs {
     staged: bool,
 }
 
-/// The annotation that makes a policy staged (docs/staged.md).
-const STAGED_ANNOTATION: &str = "palisade.dev/staged";
-
 /// How many failures of the check are printed before the rest are counted.
 const SHOWN: usize = 20;
 
@@ -115,14 +112,14 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         "palisade".to_string(),
     )]
     .into();
-    let mut annotations = Labels::new();
-    if args.staged {
-        annotations.insert(STAGED_ANNOTATION.to_string(), "true".to_string());
-    }
+    // Staged only in the output: the check above ran them enforced.
     let objects: Vec<_> = g
         .policies
-        .iter()
-        .map(|p| palisade_k8s::encode::network_policy(p, &labels, &annotations))
+        .into_iter()
+        .map(|mut p| {
+            p.staged = args.staged;
+            palisade_k8s::encode::network_policy(&p, &labels)
+        })
         .collect();
     let text = match args.output {
         GenerateFormat::Yaml => {

@@ -15,6 +15,7 @@ mod lint_cmd;
 mod matrix_cmd;
 mod output;
 mod progress;
+mod promote_cmd;
 mod replay_cmd;
 mod report;
 
@@ -174,6 +175,11 @@ enum Command {
     /// Read a running agent's flow log (`palisade agent --flows`): each
     /// decision the kernel reported, with the policy and rule that made it.
     Flows(flows_cmd::FlowsArgs),
+    /// Turn staged policies (annotation `palisade.dev/staged: "true"`) into
+    /// enforced ones where they are kept: a directory of manifests, etcd or
+    /// the Kubernetes API. Names that do not exist or are not staged are an
+    /// error and nothing is written. Exit 0, or 2 on error.
+    Promote(promote_cmd::PromoteArgs),
     /// Write validated manifests to, or read them from, etcd.
     Datastore {
         #[command(subcommand)]
@@ -215,14 +221,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .filter_map(|p| Some((&p.namespace, p.workload()?)))
                 .collect();
+            let staged = c.policies.iter().filter(|p| p.staged).count()
+                + c.admin_policies.iter().filter(|p| p.staged).count();
             println!(
-                "valid: {} namespaces, {} pods, {} workloads, {} nodes, {} network policies, {} admin policies",
+                "valid: {} namespaces, {} pods, {} workloads, {} nodes, {} network policies, {} admin policies{}",
                 c.namespaces.len(),
                 live.count(),
                 workloads.len(),
                 c.nodes.len(),
                 c.policies.len(),
-                c.admin_policies.len()
+                c.admin_policies.len(),
+                if staged > 0 {
+                    format!(" ({staged} staged: not enforced)")
+                } else {
+                    String::new()
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -277,6 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Datastore { command } => agent_cmd::datastore(command),
         Command::Flows(args) => flows_cmd::run(args),
+        Command::Promote(args) => promote_cmd::run(args),
         Command::Bench {
             pods,
             policies,

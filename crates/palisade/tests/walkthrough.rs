@@ -35,16 +35,29 @@ fn script(page: &str) -> String {
 #[test]
 fn the_walkthrough_runs_as_written() {
     if !palisade_lab::sys::is_root() {
-        assert!(std::env::var_os("CI").is_none(), "under CI the walkthrough must run (root)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI the walkthrough must run (root)"
+        );
         eprintln!("skipped: the walkthrough needs root");
         return;
     }
     let page = std::fs::read_to_string(repo().join("docs/walkthrough.md")).unwrap();
     let body = script(&page);
-    assert!(body.contains("palisade promote"), "the page lost its blocks");
+    assert!(
+        body.contains("palisade promote"),
+        "the page lost its blocks"
+    );
     let w = tempfile::tempdir().unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_palisade")).parent().unwrap().to_owned();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let bin = Path::new(env!("CARGO_BIN_EXE_palisade"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let _ = palisade_lab::down("walk");
     // Whatever happens, the agents stop and the lab goes.
     let full = format!(
@@ -62,7 +75,17 @@ fn the_walkthrough_runs_as_written() {
         .iter()
         .map(|f| {
             let t = std::fs::read_to_string(w.path().join(f)).unwrap_or_default();
-            format!("--- {f}\n{}", t.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+            format!(
+                "--- {f}\n{}",
+                t.lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         })
         .collect::<Vec<_>>()
         .join("\n");

@@ -225,7 +225,7 @@ impl<B: Backend> Agent<B> {
 
     /// Rebuilds the engine, compiles the store and brings the table to it.
     fn full_sync(&mut self, t0: Instant) -> Result<SyncReport, Error> {
-        let (mut rs, engine) = match self.build() {
+        let (mut rs, engine, staged) = match self.build() {
             Ok(built) => {
                 self.health_mut().compile_error = None;
                 built
@@ -270,7 +270,14 @@ impl<B: Backend> Agent<B> {
         if let Some(log) = &self.flow_log {
             // The table was compiled for the next generation.
             self.generation = self.generation.wrapping_add(1);
-            log.publish(self.generation, Snapshot::Engine(Box::new(engine)));
+            // The engine enforces no staged policy: the flow log needs the
+            // cluster to compare with them.
+            let snap = if staged {
+                Snapshot::Cluster(self.store.cluster().0)
+            } else {
+                Snapshot::Engine(Box::new(engine))
+            };
+            log.publish(self.generation, snap);
         }
         Ok(self.synced(&delta, t0, SyncPath::Full))
     }

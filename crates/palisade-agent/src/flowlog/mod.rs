@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_engine::flowlog::{FlowRecord, FlowVerdict};
+use palisade_engine::flowlog::{FlowRecord, FlowVerdict, StagedVerdict};
 use palisade_engine::{Direction, Engine};
 use palisade_model::Cluster;
 use tracing::warn;
@@ -74,9 +74,10 @@ impl FlowLogConfig {
     }
 }
 
-/// The policy a generation enforced: the engine the full path built, or
-/// the store's cluster (the incremental path builds none), made into an
-/// engine when a report first needs it.
+/// The policy a generation enforced: the engine the full path built (of a
+/// cluster without staged policies), or the store's cluster (the
+/// incremental path builds no engine; staged policies are compared with),
+/// made into engines when a report first needs them.
 pub enum Snapshot {
     Engine(Box<Engine>),
     Cluster(Cluster),
@@ -204,20 +205,25 @@ impl FlowLog {
 struct Generation {
     id: u32,
     snapshot: Option<Snapshot>,
-    engine: OnceLock<Engine>,
+    /// What the kernel enforced, and the same with the staged policies
+    /// (`None` without any).
+    engines: OnceLock<(Engine, Option<Engine>)>,
 }
 
 impl Generation {
-    fn engine(&mut self) -> &Engine {
-        if self.engine.get().is_none() {
+    fn engines(&mut self) -> &(Engine, Option<Engine>) {
+        if self.engines.get().is_none() {
             let e = match self.snapshot.take() {
-                Some(Snapshot::Engine(e)) => *e,
-                Some(Snapshot::Cluster(c)) => Engine::new(c),
-                None => Engine::new(Cluster::default()),
+                Some(Snapshot::Engine(e)) => (*e, None),
+                Some(Snapshot::Cluster(c)) => {
+                    let staged = c.has_staged().then(|| Engine::with_staged(c.clone()));
+                    (Engine::new(c), staged)
+                }
+                None => (Engine::new(Cluster::default()), None),
             };
-            let _ = self.engine.set(e);
+            let _ = self.engines.set(e);
         }
-        self.engine.get().expect("set above")
+        self.engines.get().expect("set above")
     }
 }
 
@@ -261,7 +267,7 @@ impl Worker {
                     self.generations.push_back(Generation {
                         id,
                         snapshot: Some(snapshot),
-                        engine: OnceLock::new(),
+                        engines: OnceLock::new(),
                     });
                     if self.generations.len() > KEEP_GENERATIONS {
                         self.generations.pop_front();
@@ -297,7 +303,14 @@ impl Worker {
 
     fn record(&mut self, time: String, r: Report) {
         let mut rec = match self.generations.iter_mut().find(|g| g.id == r.generation) {
-            Some(g) => attributed(g.engine(), &self.node, &time, &r),
+            Some(g) => {
+                let (enforced, staged) = g.engines();
+                let mut rec = attributed(enforced, &self.node, &time, &r);
+                if let Some(s) = staged {
+                    compare_staged(&self.metrics, enforced, s, &r, &mut rec);
+                }
+                rec
+            }
             None => {
                 self.metrics.flow_unattributed.inc();
                 unattributed(&self.node, &time, &r)
@@ -327,6 +340,41 @@ impl Worker {
         }
         self.ring.push(rec);
     }
+}
+
+/// Where the staged policies would decide the reported direction
+/// otherwise: the record says so, and the staged policy's metric counts it.
+fn compare_staged(
+    metrics: &Metrics,
+    enforced: &Engine,
+    staged: &Engine,
+    r: &Report,
+    rec: &mut FlowRecord,
+) {
+    let h = &r.headers;
+    let diff = palisade_engine::staged::compare(
+        enforced,
+        staged,
+        h.src.into(),
+        h.dst.into(),
+        h.protocol,
+        h.port,
+        r.direction,
+    );
+    let Ok(Some(d)) = diff else { return };
+    let verdict = match d.verdict {
+        StagedVerdict::WouldDeny => "would-deny",
+        StagedVerdict::WouldAllow => "would-allow",
+    };
+    metrics
+        .flow_staged
+        .get_or_create(&vec![
+            ("policy".to_string(), d.policy.clone().unwrap_or_default()),
+            ("verdict".to_string(), verdict.to_string()),
+        ])
+        .inc();
+    rec.staged = Some(d.verdict);
+    rec.staged_policy = d.policy;
 }
 
 /// Record times: UTC, milliseconds, fixed width, so that they sort as text.

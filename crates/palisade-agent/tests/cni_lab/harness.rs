@@ -59,14 +59,15 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn start(node: &str, netns: &str, engine: &Engine) -> NodeAgent {
-        NodeAgent::start_logged(node, netns, engine, None)
+        NodeAgent::start_logged(node, netns, engine.cluster(), None)
     }
 
-    /// [`NodeAgent::start`], with a flow log when `flows` is given.
+    /// [`NodeAgent::start`] told `cluster` (staged policies included, which
+    /// an engine leaves out), with a flow log when `flows` is given.
     pub fn start_logged(
         node: &str,
         netns: &str,
-        engine: &Engine,
+        cluster: &palisade_model::Cluster,
         flows: Option<palisade_agent::flowlog::FlowLogConfig>,
     ) -> NodeAgent {
         let cfg = AgentConfig::new(node, vec![SCOPE.into(), NODE_SCOPE.into()]);
@@ -90,7 +91,7 @@ impl NodeAgent {
             .unwrap_or_else(|e| panic!("node source in {netns}: {e}"));
         tx.send(Input::Resync {
             scope: SCOPE.into(),
-            entries: entries(engine.cluster()),
+            entries: entries(cluster),
         })
         .unwrap();
         let thread = std::thread::spawn(move || agent.run(rx));

@@ -196,6 +196,7 @@ pub fn generate(engine: &Engine, observed: &[Observed]) -> Generated {
                 pod_selector: wl.selector.clone(),
                 ingress: Some(ing),
                 egress: Some(eg),
+                staged: false,
             }
         })
         .collect();

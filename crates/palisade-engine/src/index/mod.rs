@@ -55,7 +55,19 @@ pub struct Index {
 }
 
 impl Index {
+    /// The index of what `cluster` enforces: staged policies are absent, and
+    /// policy positions ([`Index::policy`]) are those of
+    /// [`Cluster::enforced`].
     pub fn build(cluster: &Cluster) -> Index {
+        if cluster.has_staged() {
+            Index::build_all(&cluster.enforced())
+        } else {
+            Index::build_all(cluster)
+        }
+    }
+
+    /// The index of every policy of `cluster`, staged ones included.
+    pub(crate) fn build_all(cluster: &Cluster) -> Index {
         // Resolve every rule first: that fixes the address matchers, which
         // identities depend on.
         let mut r = resolve::Resolver::new(cluster);
@@ -138,7 +150,8 @@ impl Index {
         &self.matchers[id.index()]
     }
 
-    /// NetworkPolicy `i` of `Cluster::policies`, resolved.
+    /// NetworkPolicy `i` of `Cluster::policies`, resolved (of the cluster
+    /// the index was built over: [`Engine::cluster`](crate::Engine::cluster)).
     pub fn policy(&self, i: usize) -> &ResolvedPolicy {
         &self.policies[i]
     }

@@ -94,6 +94,7 @@ fn np(
         pod_selector: sel,
         ingress: Some(ingress),
         egress,
+        staged: false,
     }
 }
 
@@ -287,6 +288,7 @@ fn anp(name: &str, priority: u32, rules: Vec<AdminRule>) -> AdminPolicy {
         subject: AdminSubject::Namespaces(LabelSelector::everything()),
         ingress: rules,
         egress: vec![],
+        staged: false,
     }
 }
 

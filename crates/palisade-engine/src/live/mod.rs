@@ -56,6 +56,21 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The change to what is enforced: a staged NetworkPolicy is absent, so
+    /// staging one is its removal and unstaging it (the annotation removed
+    /// or set to "false") its addition.
+    pub fn enforced(self) -> Change {
+        match self {
+            Change::Policy { key, new } => Change::Policy {
+                key,
+                new: new.filter(|p| !p.staged),
+            },
+            other => other,
+        }
+    }
+}
+
 /// Why a change cannot be applied incrementally. The state may be
 /// half-updated: drop it and build from a full engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +210,11 @@ impl Live {
     /// `members`: whether the delta records every pod joining its identity
     /// (one entry per pod: not kept when nobody reads it).
     fn start(engine: &Engine, members: bool) -> Result<(Live, SelectionDelta), Refused> {
+        if engine.enforces_staged() {
+            // The live index follows the kernel, which never enforces a
+            // staged policy.
+            return refuse("an engine that enforces staged policies");
+        }
         let idx = engine.index();
         let cluster = engine.cluster();
         let mut live = Live {
@@ -251,6 +271,7 @@ impl Live {
     /// Applies one change and says what it did to the identities and the
     /// selections. On `Err` the state may be half-updated.
     pub fn apply(&mut self, change: Change) -> Result<SelectionDelta, Refused> {
+        let change = change.enforced();
         self.check(&change)?;
         let mut delta = SelectionDelta::default();
         match change {
@@ -313,7 +334,8 @@ impl Live {
                 if new.as_ref().is_some_and(|p| policy_key(p) != *key) {
                     return refuse("policy key mismatch");
                 }
-                self.blocks_after(key, new.as_ref()).map(|_| ())
+                let enforced = new.as_ref().filter(|p| !p.staged);
+                self.blocks_after(key, enforced).map(|_| ())
             }
             Change::Namespace { .. } | Change::Node { .. } if !self.admin.is_empty() => {
                 // Admin subjects and peers select by namespace labels and

@@ -52,14 +52,40 @@ impl Engine {
         let s = self.endpoint(src)?;
         let d = self.endpoint(dst)?;
         let (sip, dip) = (src.parse::<IpAddr>().ok(), dst.parse::<IpAddr>().ok());
+        self.flow_at((s, sip), (d, dip), protocol, port)
+    }
+
+    /// The flow between two addresses, as a packet shows it: an address an
+    /// endpoint pod holds is that pod (at that address), any other is
+    /// outside the pod network.
+    pub fn flow_between_addresses(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, Error> {
+        let (s, d) = (self.endpoint_for_ip(src), self.endpoint_for_ip(dst));
+        self.flow_at((s, Some(src)), (d, Some(dst)), protocol, port)
+    }
+
+    /// A flow between resolved endpoints, at the addresses given for them
+    /// (the family of either fixes the family of both).
+    fn flow_at(
+        &self,
+        (s, sip): (Endpoint, Option<IpAddr>),
+        (d, dip): (Endpoint, Option<IpAddr>),
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Flow, Error> {
         let Some(v4) = sip.or(dip).map(|ip| ip.is_ipv4()) else {
             return self.flow(s, d, protocol, port);
         };
         if let (Some(a), Some(b)) = (sip, dip) {
             if a.is_ipv4() != b.is_ipv4() {
                 return Err(Error::MixedFamilies {
-                    src: src.to_string(),
-                    dst: dst.to_string(),
+                    src: a.to_string(),
+                    dst: b.to_string(),
                 });
             }
         }

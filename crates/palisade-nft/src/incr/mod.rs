@@ -257,6 +257,8 @@ impl Incremental {
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<ElementDelta, Refused> {
         let mut out = ElementDelta::default();
         for c in changes {
+            // A staged policy is absent from the kernel, as from the index.
+            let c = c.enforced();
             self.live.check(&c)?;
             match c {
                 Change::Pod { key, new } => self.pod(key, new, &mut out)?,

@@ -215,6 +215,7 @@ impl Stmt {
             Stmt::Goto(c) => format!("goto {c}"),
             Stmt::Vmap { key, map } => format!("{} vmap @{map}", key.text()),
             Stmt::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
+            Stmt::Counter => "counter".into(),
         }
     }
 
@@ -251,6 +252,7 @@ impl Stmt {
                 json!({"vmap": {"key": key.json(), "data": format!("@{map}")}})
             }
             Stmt::Log { prefix, group } => json!({"log": {"prefix": prefix, "group": group}}),
+            Stmt::Counter => json!({"counter": null}),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Needs root and the server that `scripts/kube-tools` builds (CI runs
 //! both); skipped with the reason printed otherwise, except under CI.
 
+mod promote;
 mod server;
 #[path = "../support/mod.rs"]
 mod support;
