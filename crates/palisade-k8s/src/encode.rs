@@ -12,14 +12,15 @@ use palisade_model::{
     Rule,
 };
 
-/// `policy` as a manifest with `labels` and `annotations` on its
-/// metadata. `policyTypes` is always written, so that the direction a
-/// policy isolates never depends on defaulting.
-pub fn network_policy(
-    policy: &NetworkPolicy,
-    labels: &Labels,
-    annotations: &Labels,
-) -> net::NetworkPolicy {
+use crate::staged::STAGED_ANNOTATION;
+
+/// `policy` as a manifest with `labels` on its metadata, and the staging
+/// annotation when it is staged. `policyTypes` is always written, so that
+/// the direction a policy isolates never depends on defaulting.
+pub fn network_policy(policy: &NetworkPolicy, labels: &Labels) -> net::NetworkPolicy {
+    let annotations: Option<Labels> = policy
+        .staged
+        .then(|| [(STAGED_ANNOTATION.to_string(), "true".to_string())].into());
     let mut types = Vec::new();
     if policy.ingress.is_some() {
         types.push("Ingress".to_string());
@@ -58,7 +59,7 @@ pub fn network_policy(
             name: Some(policy.name.clone()),
             namespace: Some(policy.namespace.clone()),
             labels: (!labels.is_empty()).then(|| labels.clone()),
-            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            annotations,
             ..Default::default()
         },
         spec: Some(net::NetworkPolicySpec {
@@ -185,7 +186,6 @@ mod tests {
                 namespace: "shop".into(),
                 name: "web-generated".into(),
                 pod_selector: sel(&[("app", "web"), ("tier", "front")]),
-                staged: false,
                 ingress: Some(vec![
                     Rule {
                         peers: Some(vec![Peer::Pods {
@@ -246,25 +246,26 @@ mod tests {
                         PortSpec::AllPorts(Protocol::Tcp),
                     ]),
                 }]),
+                staged: false,
             },
             NetworkPolicy {
                 namespace: "shop".into(),
                 name: "idle-generated".into(),
                 pod_selector: sel(&[("app", "idle")]),
-                staged: false,
                 ingress: Some(vec![]),
                 egress: Some(vec![]),
+                staged: true,
             },
             NetworkPolicy {
                 namespace: "shop".into(),
                 name: "egress-only".into(),
                 pod_selector: LabelSelector::everything(),
-                staged: false,
                 ingress: None,
                 egress: Some(vec![Rule {
                     peers: None,
                     ports: None,
                 }]),
+                staged: false,
             },
         ]
     }
@@ -273,8 +274,7 @@ mod tests {
     fn policies_read_back_through_yaml_as_the_same_model() {
         let labels: Labels = [("app.kubernetes.io/managed-by".into(), "palisade".into())].into();
         for p in policies() {
-            let yaml =
-                serde_norway::to_string(&network_policy(&p, &labels, &Labels::new())).unwrap();
+            let yaml = serde_norway::to_string(&network_policy(&p, &labels)).unwrap();
             let (objects, diags) = crate::decode("gen.yaml", yaml.as_bytes());
             assert!(diags.is_empty(), "{yaml}\n{diags:?}");
             let [obj] = &objects[..] else {

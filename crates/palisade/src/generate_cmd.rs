@@ -112,17 +112,14 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         "palisade".to_string(),
     )]
     .into();
-    let mut annotations = Labels::new();
-    if args.staged {
-        annotations.insert(
-            palisade_k8s::STAGED_ANNOTATION.to_string(),
-            "true".to_string(),
-        );
-    }
+    // Staged only in the output: the check above ran them enforced.
     let objects: Vec<_> = g
         .policies
-        .iter()
-        .map(|p| palisade_k8s::encode::network_policy(p, &labels, &annotations))
+        .into_iter()
+        .map(|mut p| {
+            p.staged = args.staged;
+            palisade_k8s::encode::network_policy(&p, &labels)
+        })
         .collect();
     let text = match args.output {
         GenerateFormat::Yaml => {

@@ -64,12 +64,17 @@ pub fn report(diags: &[Diagnostic]) -> usize {
 /// Loads manifests and builds the engine; invalid input is an error, never
 /// a guess.
 pub fn engine(paths: &[PathBuf]) -> Result<Engine> {
+    Ok(Engine::new(cluster(paths)?))
+}
+
+/// Loads manifests into a cluster; invalid input is an error.
+pub fn cluster(paths: &[PathBuf]) -> Result<palisade_model::Cluster> {
     let loaded = load(paths)?;
     let errors = report(&loaded.diagnostics);
     if errors > 0 {
         bail!("{errors} error(s) in the manifests; nothing was decided");
     }
-    Ok(Engine::new(loaded.cluster))
+    Ok(loaded.cluster)
 }
 
 pub fn resolve_flow(engine: &Engine, src: &str, dst: &str, port: &str) -> Result<Flow> {

@@ -189,7 +189,9 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     if bad > 0 {
         bail!("{bad} bad line(s) in the flow files; nothing was replayed");
     }
-    let engine = input::engine(&args.files)?;
+    // Staged policies of the candidate count as enforced: replay answers
+    // what promoting them would do.
+    let engine = palisade_engine::Engine::with_staged(input::cluster(&args.files)?);
     let mut unknown = flow_files::Unknown::default();
     let mut changes: Vec<Change> = Vec::new();
     for ((src, dst, protocol, port), (c, f)) in resolve(&engine, conns, &mut unknown) {

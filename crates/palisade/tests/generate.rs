@@ -362,3 +362,27 @@ fn staged_policies_carry_the_annotation_and_nothing_else_changes() {
     );
     assert_eq!(staged.replace(annotation, ""), plain);
 }
+
+/// A staged candidate replays as if promoted: the same answer as the same
+/// policies enforced.
+#[test]
+fn replay_counts_the_candidates_staged_policies_as_enforced() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replay/shop");
+    let generated = std::fs::read_to_string(case.join("candidate/generated.yaml")).unwrap();
+    let staged = generated.replace(
+        "metadata:\n  labels:",
+        "metadata:\n  annotations:\n    palisade.dev/staged: 'true'\n  labels:",
+    );
+    assert_ne!(staged, generated);
+    let cluster = rel(&case.join("candidate/cluster.yaml"));
+    let flows = rel(&case.join("flows.jsonl"));
+    let (code, out, err) = run(
+        &["replay", "--flows", &flows, "-f", &cluster, "@staged.yaml"],
+        &[("staged.yaml", &staged)],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        std::fs::read_to_string(case.join("expect.txt")).unwrap()
+    );
+}
