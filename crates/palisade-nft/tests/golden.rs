@@ -192,22 +192,8 @@ fn nft_accepts_text_and_json() {
             (Some("-j"), serde_json::to_string(&r.to_json()).unwrap()),
         ] {
             let mut cmd = std::process::Command::new("nft");
-            if let Some(f) = flag {
-                cmd.arg(f);
-            }
-            cmd.args(["-c", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = cmd.spawn().expect("nft");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            cmd.args(flag).args(["-c", "-f", "-"]);
+            let out = pipe(cmd, &input);
             assert!(
                 out.status.success(),
                 "{case} {flag:?}: {}\n{input}",

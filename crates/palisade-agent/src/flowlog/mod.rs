@@ -85,8 +85,6 @@ pub enum Snapshot {
 
 enum Msg {
     Report(Report),
-    Lost(u64),
-    Unreadable,
     Generation(u32, Snapshot),
 }
 
@@ -141,12 +139,21 @@ impl FlowLog {
                         return;
                     }
                     for ev in batch.drain(..) {
-                        let msg = match ev {
-                            nflog::Event::Report(r) => Msg::Report(r),
-                            nflog::Event::Lost(n) => Msg::Lost(n),
-                            nflog::Event::Unreadable => Msg::Unreadable,
+                        // Losses and unreadable reports are counted here,
+                        // not queued: a full queue must not hide them.
+                        let r = match ev {
+                            nflog::Event::Report(r) => r,
+                            nflog::Event::Lost(n) => {
+                                m.flow_lost.get_or_create(&label("cause", "kernel")).inc_by(n);
+                                dropped.fetch_add(n, Ordering::Relaxed);
+                                continue;
+                            }
+                            nflog::Event::Unreadable => {
+                                m.flow_unreadable.inc();
+                                continue;
+                            }
                         };
-                        match reader_tx.try_send(msg) {
+                        match reader_tx.try_send(Msg::Report(r)) {
                             Ok(()) => {}
                             Err(TrySendError::Full(_)) => {
                                 m.flow_lost.get_or_create(&label("cause", "queue")).inc();
@@ -165,7 +172,6 @@ impl FlowLog {
             node: node.to_string(),
             generations: VecDeque::new(),
             pending: VecDeque::new(),
-            lost: 0,
             queue_lost,
             ring: ring.clone(),
             file,
@@ -233,9 +239,8 @@ struct Worker {
     generations: VecDeque<Generation>,
     /// Reports of a generation not announced yet, with when they came.
     pending: VecDeque<(Instant, String, Report)>,
-    /// Reports lost since the last record: by the kernel, and (shared with
-    /// the reader) in the queue.
-    lost: u64,
+    /// Reports lost since the last record, in the kernel or the queue
+    /// (counted by the reader).
     queue_lost: Arc<AtomicU64>,
     ring: Arc<Ring>,
     file: Option<file::Rotating>,
@@ -253,16 +258,6 @@ impl Worker {
                     } else {
                         self.record(time, r);
                     }
-                }
-                Ok(Msg::Lost(n)) => {
-                    self.lost += n;
-                    self.metrics
-                        .flow_lost
-                        .get_or_create(&label("cause", "kernel"))
-                        .inc_by(n);
-                }
-                Ok(Msg::Unreadable) => {
-                    self.metrics.flow_unreadable.inc();
                 }
                 Ok(Msg::Generation(id, snapshot)) => {
                     // The same generation again: the kernel did not change,
@@ -322,7 +317,7 @@ impl Worker {
                 unattributed(&self.node, &time, &r)
             }
         };
-        rec.lost = std::mem::take(&mut self.lost) + self.queue_lost.swap(0, Ordering::Relaxed);
+        rec.lost = self.queue_lost.swap(0, Ordering::Relaxed);
         let verdict = match rec.verdict {
             FlowVerdict::Allowed => "allowed",
             FlowVerdict::Denied => "denied",
@@ -396,9 +391,10 @@ fn attributed(engine: &Engine, node: &str, time: &str, r: &Report) -> FlowRecord
     let h = &r.headers;
     let flow = engine.packet_flow(h.src, h.dst, h.protocol, h.port);
     let a = engine.attribute(&flow, r.direction);
-    let (src, src_workload) = engine.record_names(flow.src);
-    let (dst, dst_workload) = engine.record_names(flow.dst);
-    let reason = if a.allowed == r.allowed {
+    let mut rec = unattributed(node, time, r);
+    (rec.src, rec.src_workload) = engine.record_names(flow.src);
+    (rec.dst, rec.dst_workload) = engine.record_names(flow.dst);
+    rec.reason = if a.allowed == r.allowed {
         a.reason
     } else {
         // The kernel and the engine of the same generation disagree: a
@@ -409,31 +405,10 @@ fn attributed(engine: &Engine, node: &str, time: &str, r: &Report) -> FlowRecord
             a.reason
         )
     };
-    FlowRecord {
-        time: time.to_string(),
-        node: node.to_string(),
-        direction: r.direction,
-        src,
-        src_workload,
-        src_ip: Some(h.src),
-        dst,
-        dst_workload,
-        dst_ip: Some(h.dst),
-        protocol: h.protocol,
-        port: h.port,
-        verdict: if r.allowed {
-            FlowVerdict::Allowed
-        } else {
-            FlowVerdict::Denied
-        },
-        policy: a.policy,
-        rule: a.rule,
-        reason,
-        staged: None,
-        staged_policy: None,
-        generation: Some(u64::from(r.generation)),
-        lost: 0,
-    }
+    rec.policy = a.policy;
+    rec.rule = a.rule;
+    rec.generation = Some(u64::from(r.generation));
+    rec
 }
 
 fn unattributed(node: &str, time: &str, r: &Report) -> FlowRecord {
@@ -503,7 +478,6 @@ spec:
             node: "n1".into(),
             generations: VecDeque::new(),
             pending: VecDeque::new(),
-            lost: 0,
             queue_lost: Arc::new(AtomicU64::new(0)),
             ring: ring.clone(),
             file: None,

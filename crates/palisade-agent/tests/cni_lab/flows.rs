@@ -155,12 +155,15 @@ fn expected_denial(
     (dir, node_of(e, ip), a.policy, a.rule, a.reason)
 }
 
-/// Waits up to one second after the probes for `done` to hold.
-fn within_a_second(agents: &[NodeAgent], done: impl Fn(&[FlowRecord]) -> bool) -> Vec<FlowRecord> {
+/// Waits for `done` to hold, up to 5 s after the probes: on a quiet
+/// machine records come within milliseconds (the kernel flushes reports
+/// after 10 ms at the latest), a loaded one may take longer, and no test
+/// asserts a wall-clock time.
+fn soon(agents: &[NodeAgent], done: impl Fn(&[FlowRecord]) -> bool) -> Vec<FlowRecord> {
     let t = Instant::now();
     loop {
         let recs = records(agents);
-        if done(&recs) || t.elapsed() > Duration::from_secs(1) {
+        if done(&recs) || t.elapsed() > Duration::from_secs(5) {
             return recs;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -186,7 +189,7 @@ pub fn denials(plugin: CniPlugin, tag: &str) {
         "the case denies in both directions, both families, all protocols"
     );
     let want: Vec<_> = denied.iter().map(|o| (o, expected_denial(&e, o))).collect();
-    let recs = within_a_second(&agents, |recs| {
+    let recs = soon(&agents, |recs| {
         want.iter()
             .all(|(o, (dir, ..))| recs.iter().any(|r| same_packet(r, o, *dir)))
     });
@@ -286,7 +289,7 @@ pub fn sampled(plugin: CniPlugin, tag: &str) {
     let allowed: Vec<&Observation> = obs.iter().filter(|o| o.observed).collect();
     assert!(allowed.len() >= 24);
     let dirs = [Direction::Egress, Direction::Ingress];
-    let recs = within_a_second(&agents, |recs| {
+    let recs = soon(&agents, |recs| {
         allowed.iter().all(|o| {
             dirs.iter()
                 .all(|&d| recs.iter().any(|r| same_packet(r, o, d)))
@@ -373,17 +376,22 @@ pub fn burst(plugin: CniPlugin, tag: &str) {
         .iter()
         .find(|n| n.node.as_deref() == Some("node-a"))
         .unwrap();
-    let denied = denied_count(&node_a.netns);
+    // A report lost at the very end shows as a gap only when a later one
+    // arrives: one more attempt every 200 ms until everything the kernel
+    // denied is accounted for.
+    let t = Instant::now();
+    let mut denied = denied_count(&node_a.netns);
+    while (count().len() as u64) + lost("kernel") + lost("queue") < denied
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        send(1);
+        denied = denied_count(&node_a.netns);
+    }
     assert!(
         denied > SENT / 2,
         "most of the burst reached the node: {denied}"
     );
-    let t = Instant::now();
-    while (count().len() as u64) + lost("kernel") + lost("queue") < denied
-        && t.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let recs = count();
     let in_records: u64 = recs.iter().map(|r| r.lost).sum();
     let (kernel, queue) = (lost("kernel"), lost("queue"));
@@ -476,7 +484,7 @@ pub fn staged(plugin: CniPlugin, tag: &str) {
             .cloned()
             .collect()
     };
-    let recs = within_a_second(&agents, |r| !ingress(r).is_empty());
+    let recs = soon(&agents, |r| !ingress(r).is_empty());
     let got = ingress(&recs);
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].verdict, FlowVerdict::Allowed);
@@ -523,7 +531,7 @@ pub fn staged(plugin: CniPlugin, tag: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let recs = within_a_second(&agents, |r| {
+    let recs = soon(&agents, |r| {
         ingress(r).iter().any(|x| x.verdict == FlowVerdict::Denied)
     });
     let denied: Vec<FlowRecord> = ingress(&recs)

@@ -104,6 +104,24 @@ pub fn received(s: &UdpSocket, wait: Duration) -> Vec<IpAddr> {
     out
 }
 
+/// Whether a datagram from `from` reaches `s` within 3 s: a check that
+/// something arrives need not wait as long as one that nothing does, and
+/// may wait longer on a loaded machine.
+pub fn arrives(s: &UdpSocket, from: IpAddr) -> bool {
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    while t.elapsed() < Duration::from_secs(3) {
+        if let Ok((_, f)) = s.recv_from(&mut buf) {
+            if f.ip() == from {
+                // What else was sent with it is not for the next check.
+                received(s, Duration::from_millis(100));
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Sends a few datagrams from `src` (an address of the namespace) to
 /// `dst`.
 pub fn send(netns: &str, src: IpAddr, dst: IpAddr) {
