@@ -16,7 +16,7 @@ mod ring;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -93,6 +93,15 @@ pub struct FlowLog {
     cfg: FlowLogConfig,
     tx: SyncSender<Msg>,
     ring: Arc<Ring>,
+    /// Tells the reader to close the socket (which holds the node's
+    /// network namespace) when the agent is done.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FlowLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Generations kept for late reports (the kernel's queue, the reader).
@@ -128,11 +137,13 @@ impl FlowLog {
         let m = metrics.clone();
         let queue_lost = Arc::new(AtomicU64::new(0));
         let dropped = queue_lost.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         thread::Builder::new()
             .name("flow-reader".into())
             .spawn(move || {
                 let mut batch = Vec::new();
-                loop {
+                while !stopped.load(Ordering::Relaxed) {
                     if let Err(e) = reader.next_batch(&mut batch) {
                         warn!(error = %e, "the flow log's NFLOG socket failed; no more flow records");
                         m.error("flow_log");
@@ -184,7 +195,12 @@ impl FlowLog {
                 what: "the flow log",
                 error,
             })?;
-        Ok(FlowLog { cfg, tx, ring })
+        Ok(FlowLog {
+            cfg,
+            tx,
+            ring,
+            stop,
+        })
     }
 
     /// The compiler's options for generation `generation`.

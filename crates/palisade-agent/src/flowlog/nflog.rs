@@ -55,6 +55,25 @@ pub fn open(netns: Option<&str>, group: u16, receive_buffer: usize) -> io::Resul
         let mut s = Socket::new(NETLINK_NETFILTER)?;
         s.bind_auto()?;
         let _ = s.set_rx_buf_sz(receive_buffer);
+        // Wakes the reader twice a second, so that it notices when the
+        // agent is done with it.
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 500_000,
+        };
+        // SAFETY: a valid socket and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         // Kernels before 3.17 need the families bound; later ones ignore it.
         for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
             request(
@@ -116,6 +135,15 @@ impl Reader {
             // The kernel dropped reports: the next sequence number says
             // how many.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(()),
+            // Nothing within the receive timeout.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
         let mut at = 0;

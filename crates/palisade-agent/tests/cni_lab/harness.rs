@@ -15,6 +15,17 @@ use palisade_bench::agent::{entries, SCOPE};
 use palisade_engine::{Engine, PortProto};
 use palisade_lab::{Cni, CniPlugin, Config, Lab, Observation, ProbeOptions, Serve};
 
+/// One lab test at a time. Side by side they interfere: the burst test
+/// fills the kernel's per-CPU backlog, which every network namespace
+/// shares, and two bridged labs at once lost the first datagrams between
+/// bridged pods (cause not found; each passes alone, and with any routed
+/// test beside it).
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn root() -> bool {
     if palisade_lab::sys::is_root() {
         return true;

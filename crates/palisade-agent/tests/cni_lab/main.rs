@@ -60,11 +60,13 @@ macro_rules! per_plugin {
     ($scenario:ident, $routed:ident, $bridged:ident) => {
         #[test]
         fn $routed() {
+            let _alone = harness::alone();
             $scenario(CniPlugin::Ptp);
         }
 
         #[test]
         fn $bridged() {
+            let _alone = harness::alone();
             $scenario(CniPlugin::Bridge);
         }
     };
@@ -307,6 +309,7 @@ per_plugin!(
 
 #[test]
 fn allowed_connections_sampled_at_rate_one_are_logged_once() {
+    let _alone = harness::alone();
     if plugins().contains(&CniPlugin::Ptp) {
         flows::sampled(CniPlugin::Ptp, "ptp");
     }
@@ -314,6 +317,7 @@ fn allowed_connections_sampled_at_rate_one_are_logged_once() {
 
 #[test]
 fn a_burst_beyond_the_queue_is_counted_as_lost() {
+    let _alone = harness::alone();
     if plugins().contains(&CniPlugin::Ptp) {
         flows::burst(CniPlugin::Ptp, "ptp");
     }
@@ -321,6 +325,7 @@ fn a_burst_beyond_the_queue_is_counted_as_lost() {
 
 #[test]
 fn a_staged_policy_logs_would_deny_and_blocks_nothing_until_promoted() {
+    let _alone = harness::alone();
     if plugins().contains(&CniPlugin::Ptp) {
         flows::staged(CniPlugin::Ptp, "ptp");
     }
