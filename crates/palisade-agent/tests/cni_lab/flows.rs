@@ -189,13 +189,47 @@ pub fn denials(plugin: CniPlugin, tag: &str) {
         "the case denies in both directions, both families, all protocols"
     );
     let want: Vec<_> = denied.iter().map(|o| (o, expected_denial(&e, o))).collect();
-    let recs = soon(&agents, |recs| {
+    let mut recs = soon(&agents, |recs| {
         want.iter()
             .all(|(o, (dir, ..))| recs.iter().any(|r| same_packet(r, o, *dir)))
     });
+    // Bridged labs sometimes drop a pod's first packets before any policy
+    // (the kernel then denies without a report, and the probe still
+    // agrees); a missing TCP or UDP record gets one more real attempt,
+    // which must be reported. The cause of those drops is not found yet.
+    let missing: Vec<&Observation> = want
+        .iter()
+        .filter(|(o, (dir, ..))| !recs.iter().any(|r| same_packet(r, o, *dir)))
+        .map(|(o, _)| **o)
+        .filter(|o| o.protocol != "SCTP")
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "{} denials without a record; trying them again",
+            missing.len()
+        );
+        for o in &missing {
+            let proto = o.protocol.parse().unwrap();
+            let to = SocketAddr::new(o.dst_ip, o.port);
+            let through =
+                palisade_lab::connect(&lab.state, &o.src, to, proto, Duration::from_millis(300))
+                    .unwrap();
+            assert!(!through, "{o}: denied by the probe, allowed now");
+        }
+        recs = soon(&agents, |recs| {
+            want.iter()
+                .all(|(o, (dir, ..))| recs.iter().any(|r| same_packet(r, o, *dir)))
+        });
+    }
     let mut problems = Vec::new();
     for (o, (dir, node, policy, rule, reason)) in &want {
         let found: Vec<&FlowRecord> = recs.iter().filter(|r| same_packet(r, o, *dir)).collect();
+        // A retried denial may have its first attempt's record too.
+        let found = if missing.iter().any(|m| std::ptr::eq(*m, **o)) {
+            found.into_iter().take(1).collect()
+        } else {
+            found
+        };
         match found.as_slice() {
             [r] => {
                 let got = (&r.node, &r.policy, r.rule, &r.reason, r.verdict);
