@@ -18,6 +18,31 @@ pub enum FlowVerdict {
     Denied,
 }
 
+impl FlowVerdict {
+    /// As records spell it (`allowed`, `denied`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowVerdict::Allowed => "allowed",
+            FlowVerdict::Denied => "denied",
+        }
+    }
+
+    pub fn of(allowed: bool) -> FlowVerdict {
+        if allowed {
+            FlowVerdict::Allowed
+        } else {
+            FlowVerdict::Denied
+        }
+    }
+
+    /// [`FlowVerdict::as_str`] read back.
+    pub fn parse(s: &str) -> Option<FlowVerdict> {
+        [FlowVerdict::Allowed, FlowVerdict::Denied]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
 /// What the staged policies, added to the enforced ones, would have done
 /// where that differs from what was done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,6 +51,16 @@ pub enum StagedVerdict {
     WouldDeny,
     #[serde(rename = "would-allow")]
     WouldAllow,
+}
+
+impl StagedVerdict {
+    /// As records spell it (`would-deny`, `would-allow`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StagedVerdict::WouldDeny => "would-deny",
+            StagedVerdict::WouldAllow => "would-allow",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

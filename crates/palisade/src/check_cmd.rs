@@ -158,18 +158,8 @@ fn answer(
     format: CheckFormat,
     out: &mut impl Write,
 ) -> Result<(), LineError> {
-    let line = raw.split('#').next().unwrap_or("").trim();
-    if line.is_empty() {
+    let Some((src, dst, port)) = input::flow_line(raw).map_err(LineError::Bad)? else {
         return Ok(());
-    }
-    let mut words = line.split_whitespace();
-    let (Some(src), Some(dst), Some(port), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Err(LineError::Bad(format!(
-            "expected `SRC DST PORT/PROTO`, got {}",
-            palisade_k8s::limits::quoted(line)
-        )));
     };
     let f = input::resolve_flow(engine, src, dst, port)
         .map_err(|e| LineError::Bad(format!("{e:#}")))?;

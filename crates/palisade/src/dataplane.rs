@@ -530,17 +530,16 @@ fn traffic(name: &str, flows: &Path, timeout_ms: u64) -> Result<ExitCode> {
     let text = std::fs::read_to_string(flows).with_context(|| flows.display().to_string())?;
     let timeout = std::time::Duration::from_millis(timeout_ms);
     let mut bad = false;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (i, raw) in text.lines().enumerate() {
         let at = format!("{}:{}", flows.display(), i + 1);
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [src, dst, port] = fields.as_slice() else {
-            eprintln!("{at}: want SRC DST PORT/PROTO, got {line:?}");
-            bad = true;
-            continue;
+        let (src, dst, port) = match input::flow_line(raw) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("{}", crate::output::terminal(&format!("{at}: {e}")));
+                bad = true;
+                continue;
+            }
         };
         let pp: PortProto = match port.parse() {
             Ok(p) => p,
@@ -561,11 +560,14 @@ fn traffic(name: &str, flows: &Path, timeout_ms: u64) -> Result<ExitCode> {
         let dst_addr = std::net::SocketAddr::new(*ip, pp.port);
         match palisade_lab::connect(&state, src, dst_addr, pp.protocol, timeout) {
             Ok(through) => println!(
-                "{src} -> {dst} {port}: {}",
-                if through { "connected" } else { "no answer" }
+                "{}",
+                crate::output::terminal(&format!(
+                    "{src} -> {dst} {port}: {}",
+                    if through { "connected" } else { "no answer" }
+                ))
             ),
             Err(e) => {
-                eprintln!("{at}: {e}");
+                eprintln!("{}", crate::output::terminal(&format!("{at}: {e}")));
                 bad = true;
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use palisade_engine::flowlog::{FlowRecord, FlowVerdict, StagedVerdict};
+use palisade_engine::flowlog::{FlowRecord, FlowVerdict};
 
 #[derive(Args)]
 pub struct FlowsArgs {
@@ -55,13 +55,11 @@ pub fn run(a: FlowsArgs) -> Result<ExitCode> {
     }
     let mut query = Vec::new();
     if let Some(v) = a.verdict {
-        query.push(format!(
-            "verdict={}",
-            match v {
-                VerdictArg::Allowed => "allowed",
-                VerdictArg::Denied => "denied",
-            }
-        ));
+        let v = match v {
+            VerdictArg::Allowed => FlowVerdict::Allowed,
+            VerdictArg::Denied => FlowVerdict::Denied,
+        };
+        query.push(format!("verdict={}", v.as_str()));
     }
     if let Some(s) = &a.since {
         query.push(format!(
@@ -138,15 +136,10 @@ pub fn run(a: FlowsArgs) -> Result<ExitCode> {
 }
 
 fn table_line(r: &FlowRecord) -> String {
-    let mut verdict = match r.verdict {
-        FlowVerdict::Allowed => "allowed".to_string(),
-        FlowVerdict::Denied => "denied".to_string(),
-    };
+    let mut verdict = r.verdict.as_str().to_string();
     if let Some(s) = r.staged {
-        verdict.push_str(match s {
-            StagedVerdict::WouldDeny => " (staged: would-deny",
-            StagedVerdict::WouldAllow => " (staged: would-allow",
-        });
+        verdict.push_str(" (staged: ");
+        verdict.push_str(s.as_str());
         if let Some(p) = &r.staged_policy {
             verdict.push_str(" by ");
             verdict.push_str(p);

@@ -77,6 +77,23 @@ pub fn cluster(paths: &[PathBuf]) -> Result<palisade_model::Cluster> {
     Ok(loaded.cluster)
 }
 
+/// One line of a flow file: `SRC DST PORT/PROTO`, `#` comments; `None`
+/// for a blank or comment line, an error naming what the line holds.
+pub fn flow_line(raw: &str) -> Result<Option<(&str, &str, &str)>, String> {
+    let line = raw.split('#').next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(src), Some(dst), Some(port), None) => Ok(Some((src, dst, port))),
+        _ => Err(format!(
+            "expected `SRC DST PORT/PROTO`, got {}",
+            palisade_k8s::limits::quoted(line)
+        )),
+    }
+}
+
 pub fn resolve_flow(engine: &Engine, src: &str, dst: &str, port: &str) -> Result<Flow> {
     let pp: PortProto = port
         .parse()

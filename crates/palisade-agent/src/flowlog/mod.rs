@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_engine::flowlog::{FlowRecord, FlowVerdict, StagedVerdict};
+use palisade_engine::flowlog::{FlowRecord, FlowVerdict};
 use palisade_engine::{Direction, Engine};
 use palisade_model::Cluster;
 use tracing::warn;
@@ -334,10 +334,7 @@ impl Worker {
             }
         };
         rec.lost = self.queue_lost.swap(0, Ordering::Relaxed);
-        let verdict = match rec.verdict {
-            FlowVerdict::Allowed => "allowed",
-            FlowVerdict::Denied => "denied",
-        };
+        let verdict = rec.verdict.as_str();
         self.metrics
             .flow_records
             .get_or_create(&vec![
@@ -379,10 +376,7 @@ fn compare_staged(
         r.direction,
     );
     let Ok(Some(d)) = diff else { return };
-    let verdict = match d.verdict {
-        StagedVerdict::WouldDeny => "would-deny",
-        StagedVerdict::WouldAllow => "would-allow",
-    };
+    let verdict = d.verdict.as_str();
     metrics
         .flow_staged
         .get_or_create(&vec![
@@ -417,7 +411,7 @@ fn attributed(engine: &Engine, node: &str, time: &str, r: &Report) -> FlowRecord
         // defect, to be seen rather than hidden.
         format!(
             "the kernel {} this, but the policies of its generation say: {}",
-            if r.allowed { "allowed" } else { "denied" },
+            FlowVerdict::of(r.allowed).as_str(),
             a.reason
         )
     };
@@ -445,11 +439,7 @@ fn unattributed(node: &str, time: &str, r: &Report) -> FlowRecord {
         dst_ip: Some(h.dst),
         protocol: h.protocol,
         port: h.port,
-        verdict: if r.allowed {
-            FlowVerdict::Allowed
-        } else {
-            FlowVerdict::Denied
-        },
+        verdict: FlowVerdict::of(r.allowed),
         policy: None,
         rule: None,
         reason: format!(
@@ -465,6 +455,7 @@ fn unattributed(node: &str, time: &str, r: &Report) -> FlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_engine::flowlog::StagedVerdict;
 
     const CLUSTER: &str = r#"
 apiVersion: v1

@@ -91,11 +91,10 @@ pub(crate) fn parse_query(query: &str) -> Result<(Filter, bool), String> {
         match &*k {
             "since" => f.since = Some(since(&v)?),
             "verdict" => {
-                f.verdict = Some(match &*v {
-                    "allowed" => FlowVerdict::Allowed,
-                    "denied" => FlowVerdict::Denied,
-                    _ => return Err(format!("verdict={v}: allowed or denied")),
-                })
+                f.verdict = Some(
+                    FlowVerdict::parse(&v)
+                        .ok_or_else(|| format!("verdict={v}: allowed or denied"))?,
+                )
             }
             "staged" => f.staged = flag(&k, &v)?,
             "follow" => follow = flag(&k, &v)?,
