@@ -69,14 +69,13 @@ fn flow_collections_nest_at_most_max_flow_depth_deep_before_parsing() {
         ["f.yaml:2: [ and { nested more than 100 deep (an opening bracket inside a string or comment counts too)"]
     );
     // The hostile form: `{a: ` 100,000 times is refused without parsing,
-    // and so in linear time.
+    // and so in linear time (parsed, it took minutes: the suite's time
+    // limit, not a clock here, would catch that again).
     let hostile = "{a: ".repeat(100_000);
-    let start = std::time::Instant::now();
     assert_eq!(
         errors("h.yaml", &hostile),
         ["h.yaml:1: [ and { nested more than 100 deep (an opening bracket inside a string or comment counts too)"]
     );
-    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
 }
 
 /// A document whose budget is `short` more than the values it builds: a
@@ -148,12 +147,11 @@ fn an_alias_bomb_is_refused_in_bounded_memory() {
 #[test]
 fn many_broken_documents_take_linear_time() {
     // Each document's message used to come from parsing it again at its
-    // place in the file: quadratic in the number of documents.
+    // place in the file: quadratic in the number of documents (the suite's
+    // time limit, not a clock here, would catch that again).
     let text = "---\nkind: [\n".repeat(20_000);
-    let start = std::time::Instant::now();
     let (_, diags) = decode("b.yaml", text.as_bytes());
     assert_eq!(diags.len(), 20_000);
-    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
     // Positions are still the file's.
     assert_eq!(
         diags[19_999].to_string(),
