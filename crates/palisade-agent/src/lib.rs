@@ -39,6 +39,7 @@
 pub mod agent;
 pub mod backend;
 mod burst;
+pub mod conntrack;
 pub mod datastore;
 pub mod delta;
 pub mod dir;

@@ -54,6 +54,12 @@ pub struct Metrics {
     /// Observed connections the staged policies would change, by staged
     /// policy and verdict (would-deny, would-allow).
     pub flow_staged: Family<Labels, Counter>,
+    /// The node's conntrack table, read on every scrape.
+    pub conntrack_entries: Gauge,
+    pub conntrack_max: Gauge,
+    /// New connections the kernel refused or evicted for room, by reason.
+    pub conntrack_dropped: Family<Labels, Counter>,
+    conntrack: std::sync::Mutex<crate::conntrack::Watch>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -89,6 +95,10 @@ impl Metrics {
             flow_unattributed: Counter::default(),
             flow_unreadable: Counter::default(),
             flow_staged: Family::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_max: Gauge::default(),
+            conntrack_dropped: Family::default(),
+            conntrack: Default::default(),
         };
         registry.register(
             "objects",
@@ -164,7 +174,29 @@ impl Metrics {
             "Observed connections staged policies would change, by policy and verdict",
             m.flow_staged.clone(),
         );
+        registry.register(
+            "conntrack_entries",
+            "Entries of the node's conntrack table",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_max",
+            "The kernel's limit of conntrack entries",
+            m.conntrack_max.clone(),
+        );
+        registry.register(
+            "conntrack_dropped",
+            "New connections the kernel dropped (table_full) or entries it evicted (early_drop, insert_failed)",
+            m.conntrack_dropped.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Reports the conntrack table of `netns` (`None`: the agent's own
+    /// namespace, the default).
+    pub fn watch_conntrack(&self, netns: Option<String>) {
+        *self.conntrack.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::conntrack::Watch::new(netns);
     }
 
     pub fn error(&self, reason: &str) {
@@ -173,6 +205,10 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.conntrack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(self);
         let mut s = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut s, &self.registry);

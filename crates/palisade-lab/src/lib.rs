@@ -36,6 +36,7 @@ mod cmd;
 pub mod cni;
 mod lab;
 mod probe;
+pub mod raw;
 mod serve;
 mod state;
 pub mod sys;

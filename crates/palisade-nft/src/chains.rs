@@ -502,6 +502,34 @@ pub(crate) fn on_link(types: Vec<&'static str>) -> Vec<Stmt> {
 /// interface: bridged pods all reach the IP layer on their bridge, and a
 /// pod's interface may appear after the pod.
 ///
+/// A TCP segment that would start a connection without SYN: conntrack
+/// takes an ACK (and data) it has no entry for as the middle of an unknown
+/// connection and tracks it as new (`nf_conntrack_tcp_loose`, on by
+/// default), so it would meet policy and, allowed, leave an entry that no
+/// handshake made. Only a SYN opens a connection here; everything else
+/// without an entry is dropped before an entry exists.
+fn not_a_first_segment() -> Rule {
+    commented(
+        vec![
+            Stmt::Match {
+                left: Expr::CtState,
+                op: Op::In,
+                right: Expr::Flags(vec!["new"]),
+            },
+            Stmt::Match {
+                left: Expr::Masked(
+                    Box::new(Expr::payload("tcp", "flags")),
+                    vec!["fin", "syn", "rst", "ack"],
+                ),
+                op: Op::Ne,
+                right: Expr::Symbol("syn"),
+            },
+            Stmt::Drop,
+        ],
+        "TCP without SYN for no connection",
+    )
+}
+
 /// With a flow log, denials are reported in `{dir}_denied`, and allowed
 /// directions after their check: egress in `from_pod`, ingress in
 /// `to_pod`, which wraps the ingress check so that there is an "after".
@@ -529,6 +557,7 @@ pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
             },
             Stmt::Drop,
         ]),
+        not_a_first_segment(),
     ];
     let mut forward = vec![neighbour_discovery()];
     forward.extend([true, false].into_iter().map(|v4| {

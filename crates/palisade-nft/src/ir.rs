@@ -21,6 +21,10 @@ pub enum Type {
     Port,
     /// The data of a verdict map.
     Verdict,
+    /// The target address of a neighbour advertisement, as the raw 128
+    /// bits after the ICMPv6 header (`@th,64,128`: this nft has no
+    /// expression of its own for it).
+    NdTarget,
 }
 
 /// One field of a set element: a single value or an inclusive range.
@@ -39,6 +43,8 @@ pub enum Value {
     PortRange(u16, u16),
     /// The data of a verdict map element.
     Verdict(Verdict),
+    /// An address as [`Type::NdTarget`] holds it.
+    NdTarget(Ipv6Addr),
 }
 
 /// The verdicts a verdict map element can hold.
@@ -110,6 +116,14 @@ pub enum Expr {
     CtStatus,
     /// `numgen random mod N`: uniform in `0..N`.
     Random(u32),
+    /// `@base,offset,len`: raw header bits.
+    Raw {
+        base: &'static str,
+        offset: u32,
+        len: u32,
+    },
+    /// `EXPR & (a|b|c)`: the bits of `EXPR` among the named flags.
+    Masked(Box<Expr>, Vec<&'static str>),
 }
 
 impl Expr {

@@ -26,8 +26,19 @@
 //!   neighbour discovery with hop limit 255 (bridged, never routed) is
 //!   accepted first. Then `ct state established,related accept` and `ct
 //!   state invalid drop`: only the first packet of a connection meets
-//!   policy. The same checks guard the `input` hook. Bridged pods' ports
-//!   are checked in a second table ([`compile_bridge`]).
+//!   policy; an ICMP error belongs to a connection (`related`) or is
+//!   invalid. A new TCP connection must start with a SYN (`tcp flags &
+//!   (fin|syn|rst|ack) != syn` with `ct state new` is dropped): conntrack
+//!   would otherwise take an ACK it has no entry for as an unknown
+//!   connection's middle and track it as new (`nf_conntrack_tcp_loose`),
+//!   so that segments of no connection reached pods. Denied first packets
+//!   are dropped before their entry is confirmed: they never fill the
+//!   conntrack table. The same checks guard the `input` hook. Fragments
+//!   meet all of this reassembled: conntrack's defragmentation runs before
+//!   the table's hooks. Bridged pods' ports are checked in a second table
+//!   ([`compile_bridge`]), which also keeps pods from announcing addresses
+//!   that are not theirs (ARP, neighbour advertisements) and from sending
+//!   router messages.
 //! - **First packets** walk at most three chains per direction, with one
 //!   lookup each on the usual path: the local pod's group (written into `ct
 //!   mark` and jumped on in one rule: a miss means not isolated and ends the

@@ -98,6 +98,11 @@ pub enum SetId {
     BridgeBoundMacs,
     /// `port . MAC` bound to a pod.
     BridgePortMacs,
+    /// `port . MAC . address` of bound IPv6 addresses, as a neighbour
+    /// advertisement's target.
+    BridgeNdSrc,
+    /// Bound IPv6 addresses as a neighbour advertisement's target.
+    BridgeNdBound,
 }
 
 /// The `inet palisade` sets the wiring fills, and nothing else does.
@@ -183,6 +188,8 @@ impl SetId {
             BridgeBound(V6) => "bound6",
             BridgeBoundMacs => "bound_macs",
             BridgePortMacs => "port_macs",
+            BridgeNdSrc => "nd_src6",
+            BridgeNdBound => "nd_bound6",
         }
     }
 
@@ -206,6 +213,8 @@ impl SetId {
             BridgeBound(f) => vec![f.addr()],
             BridgeBoundMacs => vec![Type::Ether],
             BridgePortMacs => vec![Type::Ifname, Type::Ether],
+            BridgeNdSrc => vec![Type::Ifname, Type::Ether, Type::NdTarget],
+            BridgeNdBound => vec![Type::NdTarget],
         }
     }
 
@@ -304,6 +313,7 @@ impl SetId {
         out.extend(Family::BOTH.map(SetId::BridgePortSrc));
         out.extend(Family::BOTH.map(SetId::BridgeBound));
         out.extend([SetId::BridgeBoundMacs, SetId::BridgePortMacs]);
+        out.extend([SetId::BridgeNdSrc, SetId::BridgeNdBound]);
         out
     }
 

@@ -63,6 +63,7 @@ impl Encode for Type {
             Type::Proto => 5,
             Type::Port => 6,
             Type::Verdict => 7,
+            Type::NdTarget => 8,
         });
     }
 }
@@ -143,6 +144,17 @@ impl Encode for Expr {
             Expr::Random(n) => {
                 e.u8(13);
                 e.u32(*n);
+            }
+            Expr::Raw { base, offset, len } => {
+                e.u8(15);
+                e.str(base);
+                e.u32(*offset);
+                e.u32(*len);
+            }
+            Expr::Masked(x, m) => {
+                e.u8(14);
+                x.encode(e);
+                m.encode(e);
             }
         }
     }

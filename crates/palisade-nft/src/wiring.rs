@@ -137,6 +137,17 @@ pub fn bridge_text(table: Option<&Ruleset>) -> String {
 ///   are exempt, as in the `inet` table. An unbound address passes here
 ///   and meets the `inet` table, which knows bridged pods only once bound
 ///   ([`Wiring::sources`]): fail closed.
+/// - What a pod announces to its neighbours: ARP to other ports only for
+///   the port's own binding (in the ARP body: `port . sender MAC . sender
+///   address`; an ARP probe from 0.0.0.0 claims nothing); a neighbour
+///   advertisement to other ports only for the port's own binding (its
+///   target, `@th,64,128`, which is what a neighbour learns, whatever the
+///   source), to the node never for another pod's bound address; no router
+///   advertisement or redirect from a port. Neighbour discovery from an
+///   unbound address passes to the node only (how a new pod is learned),
+///   never to other pods: a pod could otherwise claim the gateway's or a
+///   remote pod's address, and its neighbours would send it their traffic.
+///   Link-local targets stay exempt (no binding holds them).
 ///
 /// Stateless: bridge-family tables have no conntrack here, and need none.
 pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
@@ -146,6 +157,8 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
     let sets = bridge_sets(w);
     let prerouting = bridge_prerouting();
     let check = bridge_check();
+    let mut forward = bridge_forward();
+    let mut input = vec![advertisement(false), bridge_learning()];
     let hooked = |name: &str, hook: &'static str, priority: i32, rules| Chain {
         name: name.into(),
         hook: Some(Hook { hook, priority }),
@@ -161,8 +174,14 @@ pub fn compile_bridge(w: &BridgeWiring) -> Option<Ruleset> {
         sets,
         chains: vec![
             hooked("prerouting", "prerouting", -200, prerouting),
-            hooked("forward", "forward", 0, jump()),
-            hooked("input", "input", 0, jump()),
+            hooked("forward", "forward", 0, {
+                forward.extend(jump());
+                forward
+            }),
+            hooked("input", "input", 0, {
+                input.extend(jump());
+                input
+            }),
             Chain {
                 name: "check".into(),
                 hook: None,
@@ -187,7 +206,12 @@ fn bridge_sets(w: &BridgeWiring) -> Vec<Set> {
     let mut bound = [BTreeSet::new(), BTreeSet::new()];
     let mut macs = BTreeSet::new();
     let mut port_macs = BTreeSet::new();
+    let (mut nd_src, mut nd_bound) = (BTreeSet::new(), BTreeSet::new());
     for (p, mac, ip) in &w.bindings {
+        if let IpAddr::V6(a) = ip {
+            nd_src.insert((p.clone(), *mac, *a));
+            nd_bound.insert(*a);
+        }
         let (fam, v) = crate::ip_value(*ip);
         src[fam].push(Element {
             key: vec![port(p), Value::Ether(*mac), v.clone()],
@@ -229,6 +253,20 @@ fn bridge_sets(w: &BridgeWiring) -> Vec<Set> {
                 .map(|(p, m)| el(vec![port(&p), Value::Ether(m)]))
                 .collect(),
         ),
+        set(
+            SetId::BridgeNdSrc,
+            nd_src
+                .into_iter()
+                .map(|(p, m, a)| el(vec![port(&p), Value::Ether(m), Value::NdTarget(a)]))
+                .collect(),
+        ),
+        set(
+            SetId::BridgeNdBound,
+            nd_bound
+                .into_iter()
+                .map(|a| el(vec![Value::NdTarget(a)]))
+                .collect(),
+        ),
     ]
 }
 
@@ -249,8 +287,111 @@ fn bridge_prerouting() -> Vec<Rule> {
     )]
 }
 
-/// The `check` chain of `forward` and `input`: bindings, bound addresses
-/// and ARP.
+/// `input`, before the checks: a new pod answers the node's neighbour
+/// solicitation from its unbound address, and that answer is how its port
+/// is learned. To the node only: between pods, neighbour discovery meets
+/// the checks like any frame (a pod could otherwise announce itself as any
+/// unbound address, the gateway's included, to its neighbours).
+fn bridge_learning() -> Rule {
+    let mut nd = vec![Stmt::is(
+        Expr::payload("ether", "type"),
+        Expr::Symbol("ip6"),
+    )];
+    nd.extend(crate::on_link(vec![
+        "nd-neighbor-solicit",
+        "nd-neighbor-advert",
+    ]));
+    nd.push(Stmt::is_not(
+        Expr::payload("ip6", "saddr"),
+        set_ref(SetId::BridgeBound(Family::V6)),
+    ));
+    nd.push(Stmt::Accept);
+    rule(nd, "neighbour discovery of an unbound address")
+}
+
+/// A neighbour advertisement from a pod port for a target that is not the
+/// port's own binding: to other pods (`to_pods`) any such target, to the
+/// node a target bound to another port (an unbound one is how a new pod is
+/// learned). The target, not the source, is what a neighbour learns: a pod
+/// may send from its own or its link-local address and still claim
+/// another's. Link-local targets are exempt (bindings hold none), as they
+/// are as sources.
+fn advertisement(to_pods: bool) -> Rule {
+    let target = || Expr::Raw {
+        base: "th",
+        offset: 64,
+        len: 128,
+    };
+    let mut stmts = vec![
+        Stmt::is(Expr::Meta(MetaKey::Iifname), set_ref(SetId::BridgePorts)),
+        Stmt::is(Expr::payload("ether", "type"), Expr::Symbol("ip6")),
+        Stmt::is(
+            Expr::payload("icmpv6", "type"),
+            Expr::Symbol("nd-neighbor-advert"),
+        ),
+        // fe80::/10: the first ten bits 1111111010.
+        Stmt::is_not(
+            Expr::Raw {
+                base: "th",
+                offset: 64,
+                len: 10,
+            },
+            Expr::Int(0x3fa),
+        ),
+    ];
+    if !to_pods {
+        stmts.push(Stmt::is(target(), set_ref(SetId::BridgeNdBound)));
+    }
+    stmts.extend([
+        Stmt::is_not(
+            Expr::Concat(vec![
+                Expr::Meta(MetaKey::Iifname),
+                Expr::payload("ether", "saddr"),
+                target(),
+            ]),
+            set_ref(SetId::BridgeNdSrc),
+        ),
+        Stmt::Drop,
+    ]);
+    let what = if to_pods {
+        "advertisement of another address than the port's"
+    } else {
+        "advertisement of another pod's address"
+    };
+    rule(stmts, what)
+}
+
+/// `forward`, before the checks: ARP from a pod port only for the port's
+/// own binding (an ARP probe, from 0.0.0.0, claims nothing). What a
+/// neighbour learns from ARP is the sender's addresses in the ARP body, not
+/// the frame's: a pod announcing the gateway's address, or its own with
+/// another pod's MAC, would redirect its neighbours' traffic.
+fn bridge_forward() -> Vec<Rule> {
+    let spa = || Expr::payload("arp", "saddr ip");
+    vec![
+        advertisement(true),
+        rule(
+            vec![
+                Stmt::is(Expr::Meta(MetaKey::Iifname), set_ref(SetId::BridgePorts)),
+                Stmt::is(Expr::payload("ether", "type"), Expr::Symbol("arp")),
+                Stmt::is_not(spa(), Expr::Symbol("0.0.0.0")),
+                Stmt::is_not(
+                    Expr::Concat(vec![
+                        Expr::Meta(MetaKey::Iifname),
+                        Expr::payload("arp", "saddr ether"),
+                        spa(),
+                    ]),
+                    set_ref(SetId::BridgePortSrc(Family::V4)),
+                ),
+                Stmt::Drop,
+            ],
+            "ARP for another address than the port's",
+        ),
+    ]
+}
+
+/// The `check` chain of `forward` and `input`: bindings, bound addresses,
+/// router messages and ARP.
 fn bridge_check() -> Vec<Rule> {
     let iif = || Expr::Meta(MetaKey::Iifname);
     let esrc = || Expr::payload("ether", "saddr");
@@ -262,23 +403,28 @@ fn bridge_check() -> Vec<Rule> {
         let (srcset, boundset) = (SetId::BridgePortSrc(f), SetId::BridgeBound(f));
         let saddr = || Expr::payload(proto, "saddr");
         let binding = || Stmt::is_not(Expr::Concat(vec![iif(), esrc(), saddr()]), set_ref(srcset));
-        if !v4 {
-            // A new pod answers the node's neighbour solicitation from its
-            // unbound address: that answer is how its port is learned.
-            let mut nd = vec![ether_type(proto)];
-            nd.extend(crate::on_link(vec![
-                "nd-neighbor-solicit",
-                "nd-neighbor-advert",
-            ]));
-            nd.push(Stmt::is_not(saddr(), set_ref(boundset)));
-            nd.push(Stmt::Accept);
-            check.push(rule(nd, "neighbour discovery of an unbound address"));
-        }
         let mut own = vec![from_port(), ether_type(proto)];
         if !v4 {
             own.extend(crate::not_link_local());
         }
         own.extend([binding(), Stmt::Drop]);
+        if !v4 {
+            // Pods are hosts: a router advertisement or redirect from one
+            // (from a link-local source, which no binding covers) would
+            // make it its neighbours' router.
+            check.push(rule(
+                vec![
+                    from_port(),
+                    ether_type(proto),
+                    Stmt::is(
+                        Expr::payload("icmpv6", "type"),
+                        Expr::AnonSet(vec!["nd-router-advert", "nd-redirect"]),
+                    ),
+                    Stmt::Drop,
+                ],
+                "router messages from a pod",
+            ));
+        }
         check.push(rule(own, "spoofed source"));
         check.push(rule(
             vec![

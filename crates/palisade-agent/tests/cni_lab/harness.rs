@@ -84,6 +84,7 @@ impl NodeAgent {
         let cfg = AgentConfig::new(node, vec![SCOPE.into(), NODE_SCOPE.into()]);
         let mut agent = Agent::new(cfg, Nft::new(Some(netns.to_string())));
         let metrics = agent.metrics();
+        metrics.watch_conntrack(Some(netns.to_string()));
         let flows = flows.map(|fc| {
             let log =
                 palisade_agent::flowlog::FlowLog::start(fc, node, Some(netns), agent.metrics())

@@ -330,3 +330,5 @@ fn a_staged_policy_logs_would_deny_and_blocks_nothing_until_promoted() {
         flows::staged(CniPlugin::Ptp, "ptp");
     }
 }
+
+mod hostile;

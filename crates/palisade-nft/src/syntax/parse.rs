@@ -150,6 +150,10 @@ fn addr_range(v: &Json) -> Option<(IpAddr, IpAddr)> {
 fn parse_field(t: Type, interval: bool, v: &Json) -> Option<Value> {
     Some(match t {
         Type::Ifname => Value::Ifname(v.as_str()?.to_string()),
+        Type::NdTarget => {
+            let hex = v.as_str()?.strip_prefix("0x")?;
+            Value::NdTarget(Ipv6Addr::from(u128::from_str_radix(hex, 16).ok()?))
+        }
         Type::Ether => Value::Ether(parse_mac(v.as_str()?)?),
         Type::Verdict => {
             let o = v.as_object()?;

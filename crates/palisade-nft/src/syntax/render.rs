@@ -21,6 +21,19 @@ impl Type {
             Type::Proto => "inet_proto",
             Type::Port => "inet_service",
             Type::Verdict => "verdict",
+            Type::NdTarget => "integer",
+        }
+    }
+
+    /// The expression a `typeof` declaration names for this field (sets
+    /// with a [`Type::NdTarget`] field have no `type` spelling); the bridge
+    /// table's fields only.
+    pub fn typeof_name(self) -> &'static str {
+        match self {
+            Type::Ifname => "iifname",
+            Type::Ether => "ether saddr",
+            Type::NdTarget => "@th,64,128",
+            other => other.nft_name(),
         }
     }
 }
@@ -104,6 +117,7 @@ pub(crate) fn value_text(v: &Value, sp: Spelling) -> String {
         Value::PortRange(a, b) if a == b && single => a.to_string(),
         Value::PortRange(a, b) => format!("{a}-{b}"),
         Value::Verdict(v) => v.name().to_string(),
+        Value::NdTarget(a) => format!("0x{:032x}", u128::from(*a)),
     }
 }
 
@@ -137,6 +151,7 @@ impl Value {
             Value::PortRange(a, b) if a == b => json!(a),
             Value::PortRange(a, b) => json!({"range": [a, b]}),
             Value::Verdict(v) => v.json(),
+            Value::NdTarget(a) => json!(format!("0x{:032x}", u128::from(*a))),
         }
     }
 }
@@ -171,6 +186,8 @@ impl Expr {
             Expr::AnonSet(v) => format!("{{ {} }}", v.join(", ")),
             Expr::CtStatus => "ct status".into(),
             Expr::Random(n) => format!("numgen random mod {n}"),
+            Expr::Masked(e, m) => format!("{} & ({})", e.text(), m.join("|")),
+            Expr::Raw { base, offset, len } => format!("@{base},{offset},{len}"),
         }
     }
 
@@ -194,6 +211,10 @@ impl Expr {
             Expr::AnonSet(v) => json!({ "set": v }),
             Expr::CtStatus => json!({"ct": {"key": "status"}}),
             Expr::Random(n) => json!({"numgen": {"mode": "random", "mod": n, "offset": 0}}),
+            Expr::Masked(e, m) => json!({"&": [e.json(), m]}),
+            Expr::Raw { base, offset, len } => {
+                json!({"payload": {"base": base, "offset": offset, "len": len}})
+            }
         }
     }
 }
@@ -317,13 +338,17 @@ impl Ruleset {
         for set in &self.sets {
             let kw = if set.data.is_some() { "map" } else { "set" };
             let _ = writeln!(s, "\t{kw} {} {{", set.name);
+            let raw = set.key.contains(&Type::NdTarget);
             let key = set
                 .key
                 .iter()
-                .map(|t| t.nft_name())
+                .map(|t| if raw { t.typeof_name() } else { t.nft_name() })
                 .collect::<Vec<_>>()
                 .join(" . ");
             match set.data {
+                None if raw => {
+                    let _ = writeln!(s, "\t\ttypeof {key}");
+                }
                 Some(d) => {
                     let _ = writeln!(s, "\t\ttype {key} : {}", d.nft_name());
                 }
