@@ -30,7 +30,9 @@ fn nft_check(json: bool, input: &str) {
         .expect("nft runs (the compile target needs nft and root)");
     // Written before waiting: nft reads all of its input first.
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).expect("nft reads the ruleset");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("nft reads the ruleset");
     }
     let out = child.wait_with_output().expect("nft finishes");
     assert!(
@@ -51,7 +53,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let engine = Engine::new(input.cluster);
-    let nodes: Vec<String> = engine.cluster().nodes.iter().map(|n| n.name.clone()).collect();
+    let nodes: Vec<String> = engine
+        .cluster()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
     let all = compile(&engine, None);
     assert_eq!(all, compile(&engine, None), "compiling is deterministic");
     nft_check(false, &all.to_nft_replace_text());

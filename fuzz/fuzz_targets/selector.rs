@@ -147,8 +147,8 @@ fn check_engine(s: &LabelSelector, sets: &[Labels]) {
         assert_eq!(s.matches(l), want, "{s} on {l:?}");
         let p = Endpoint::Pod(i);
         let from_outside = engine.flow(outside, p, Protocol::Tcp, 80).expect("IPv4");
-        let isolated = engine.outcome(Direction::Ingress, &from_outside).decision
-            != Decision::NotIsolated;
+        let isolated =
+            engine.outcome(Direction::Ingress, &from_outside).decision != Decision::NotIsolated;
         assert_eq!(isolated, want, "{s} isolates {l:?}");
         let to_peer = engine.flow(p, target, Protocol::Tcp, 80).expect("IPv4");
         assert_eq!(engine.allowed(&to_peer), want, "{s} admits {l:?}");
@@ -164,7 +164,12 @@ fuzz_target!(|data: &[u8]| {
     let json = decoded("s.json", &policy);
     let yaml = decoded("s.yaml", &policy);
     if let (Some(j), Some(y)) = (&json, &yaml) {
-        assert_eq!(j, y, "JSON and YAML read {:?} two ways", String::from_utf8_lossy(text));
+        assert_eq!(
+            j,
+            y,
+            "JSON and YAML read {:?} two ways",
+            String::from_utf8_lossy(text)
+        );
     }
     let Some(s) = json.or(yaml) else {
         return;
