@@ -380,7 +380,9 @@ fn edit(u: &mut Unstructured, c: &mut Cluster) -> arbitrary::Result<()> {
         8 if pods > 0 => {
             // A second address of a family, unless some pod has it.
             let i = u.choose_index(pods)?;
-            let n: u8 = u.arbitrary()?;
+            // Not .0 nor ::: a subnet's first address is its routers'
+            // anycast address in IPv6, which no pod is given.
+            let n: u8 = u.arbitrary::<u8>()?.max(1);
             let ip: IpAddr = if u.arbitrary()? {
                 IpAddr::from([10, 0, 0, n])
             } else {
