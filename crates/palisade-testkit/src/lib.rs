@@ -9,6 +9,9 @@
 //!   - "SRC DST PORT/PROTO allowed|denied [~ substring of the reasons]"
 //! ```
 
+pub mod fuzz;
+pub mod oracle;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -180,9 +180,14 @@ impl Index {
         self.nodes.addresses.get(node)
     }
 
-    /// Every node's addresses, in no particular order.
+    /// Every address a node's traffic comes from, in no particular order:
+    /// the nodes' own and their host-network endpoint pods'.
     pub fn all_node_addresses(&self) -> impl Iterator<Item = &IpAddr> + '_ {
-        self.nodes.addresses.values().flatten()
+        self.nodes
+            .addresses
+            .values()
+            .flatten()
+            .chain(&self.nodes.host_pod_addresses)
     }
 
     pub(crate) fn addr_classes(&self) -> &AddrClasses {

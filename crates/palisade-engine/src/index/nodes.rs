@@ -12,13 +12,18 @@ use crate::PodId;
 pub(crate) struct Nodes {
     /// Node name → its addresses.
     pub(crate) addresses: HashMap<String, Vec<IpAddr>>,
+    /// The addresses of host-network endpoint pods on some node: traffic
+    /// from them is that node's.
+    pub(crate) host_pod_addresses: Vec<IpAddr>,
     /// Each pod's node (`Cluster::pods` order), as an index into `lists`.
     pod_node: Vec<Option<u32>>,
-    /// Each pod's `spec.hostNetwork`, apart from `Pod` for the hot path.
+    /// Whether each pod is a host-network endpoint, apart from `Pod` for
+    /// the hot path.
     pod_host_network: Vec<bool>,
     lists: Vec<Vec<IpAddr>>,
-    /// Whether some node address is also an endpoint pod's address; when not,
-    /// a pod peer can never be "the pod's own node".
+    /// Whether some node's address (host-network pods' included) is also
+    /// an endpoint pod's address; when not, a pod peer can never be "the
+    /// pod's own node".
     address_is_pod_address: bool,
 }
 
@@ -41,15 +46,30 @@ impl Nodes {
                 }))
             })
             .collect();
-        let address_is_pod_address = cluster
-            .nodes
+        // A host-network pod's traffic is its node's, also when a flow
+        // names its address rather than the pod (the compiler puts those
+        // addresses in the node's own set too).
+        let mut host_pod_addresses = Vec::new();
+        for p in cluster
+            .pods
             .iter()
-            .flat_map(|n| &n.addresses)
-            .any(|a| ip_to_pod.contains_key(a));
+            .filter(|p| p.host_network && p.is_endpoint())
+        {
+            if let Some(&id) = p.node.as_deref().and_then(|n| node_ids.get(n)) {
+                lists[id as usize].extend(p.ips.iter().copied());
+                host_pod_addresses.extend(p.ips.iter().copied());
+            }
+        }
+        let address_is_pod_address = lists.iter().flatten().any(|a| ip_to_pod.contains_key(a));
         Nodes {
             addresses,
+            host_pod_addresses,
             pod_node,
-            pod_host_network: cluster.pods.iter().map(|p| p.host_network).collect(),
+            pod_host_network: cluster
+                .pods
+                .iter()
+                .map(|p| p.host_network && p.is_endpoint())
+                .collect(),
             lists,
             address_is_pod_address,
         }
