@@ -269,12 +269,20 @@ impl Pod {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Resolves a named port on this pod for one protocol.
-    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.ports
+    /// Resolves a named port on this pod for one protocol: every number
+    /// the name is given to, sorted. Two containers may give one name to
+    /// two numbers (the API only warns); a policy naming it allows both, as
+    /// the engine decides.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .ports
             .iter()
-            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .filter(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
             .map(|p| p.port)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 

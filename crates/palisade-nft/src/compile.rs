@@ -127,7 +127,7 @@ fn egress_rules(engine: &Engine, pi: usize) -> &[ResolvedRule] {
 
 /// A local identity's ingress group key: its isolating policies and how the
 /// named ports they use resolve on it (ingress resolves on the pod).
-fn ingress_key(engine: &Engine, id: usize) -> Option<(Vec<usize>, Vec<Option<u16>>)> {
+fn ingress_key(engine: &Engine, id: usize) -> Option<(Vec<usize>, Vec<Vec<u16>>)> {
     let ident = &engine.index().identities()[id];
     if ident.ingress_policies.is_empty() {
         return None;

@@ -21,16 +21,19 @@ pub(crate) fn port_items(ports: &Option<Vec<PortSpec>>, holder: Option<&Pod>) ->
         None => every_port(),
         Some(list) => list
             .iter()
-            .filter_map(|s| match s {
-                PortSpec::AllPorts(p) => Some((p.number(), 0, u16::MAX)),
+            .flat_map(|s| match s {
+                PortSpec::AllPorts(p) => vec![(p.number(), 0, u16::MAX)],
                 PortSpec::Range {
                     protocol,
                     start,
                     end,
-                } => Some((protocol.number(), *start, *end)),
+                } => vec![(protocol.number(), *start, *end)],
                 PortSpec::Named { protocol, name } => holder
-                    .and_then(|h| h.named_port(name, *protocol))
-                    .map(|p| (protocol.number(), p, p)),
+                    .map(|h| h.named_port(name, *protocol))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| (protocol.number(), p, p))
+                    .collect(),
             })
             .collect(),
     }
@@ -51,7 +54,7 @@ pub(crate) type Box4 = (u128, u128, u128, u128);
 /// An address range and the port ranges allowed over all of it.
 pub(crate) type Slice = (u128, u128, Vec<Span>);
 /// (isolating policies, resolved named ports) → (group id, members).
-pub(crate) type IngressGroups = BTreeMap<(Vec<usize>, Vec<Option<u16>>), (u32, usize)>;
+pub(crate) type IngressGroups = BTreeMap<(Vec<usize>, Vec<Vec<u16>>), (u32, usize)>;
 
 pub(crate) fn merge_ranges(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     v.sort();

@@ -263,7 +263,7 @@ mod tests {
             ("shop".to_string(), "web".to_string()),
         ];
         assert_eq!(u64::from(hash32(&policies)), GOLDEN[5]);
-        let ingress = (policies, vec![Some(8080u16), None]);
+        let ingress = (policies, vec![vec![8080u16], vec![]]);
         assert_eq!(u64::from(hash32(&ingress)), GOLDEN[6]);
         // Admin tier groups: (kind, name, rule) and named ports.
         let tier = (
@@ -280,7 +280,7 @@ mod tests {
         2_190_862_006,
         1_105_394_804,
         3_958_532_381,
-        261_920_723,
+        2_417_218_093,
         2_304_051_472,
     ];
 

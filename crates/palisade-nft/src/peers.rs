@@ -162,11 +162,13 @@ pub(crate) fn named_items(ports: &Option<Vec<PortSpec>>, holder: &Pod) -> Vec<Po
     ports
         .iter()
         .flatten()
-        .filter_map(|s| match s {
+        .flat_map(|s| match s {
             PortSpec::Named { protocol, name } => holder
                 .named_port(name, *protocol)
-                .map(|p| (protocol.number(), p, p)),
-            _ => None,
+                .into_iter()
+                .map(|p| (protocol.number(), p, p))
+                .collect(),
+            _ => Vec::new(),
         })
         .collect()
 }

@@ -243,7 +243,7 @@ fn common_name(dst: &[&Pod], protocol: Protocol, port: u16) -> Option<String> {
             .iter()
             .filter(|c| c.protocol == protocol && c.port == port);
         let n = of_port.next()?.name.as_deref()?;
-        if of_port.next().is_some() || p.named_port(n, protocol) != Some(port) {
+        if of_port.next().is_some() || p.named_port(n, protocol) != [port] {
             return None;
         }
         match name {

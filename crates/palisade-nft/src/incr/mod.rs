@@ -103,7 +103,7 @@ struct TierState {
     used: HashSet<u32>,
 }
 
-type IngressKey = (Vec<Key>, Vec<Option<u16>>);
+type IngressKey = (Vec<Key>, Vec<Vec<u16>>);
 
 #[derive(Clone, Debug)]
 struct Group {
