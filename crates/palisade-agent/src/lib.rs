@@ -56,6 +56,7 @@ pub mod message;
 pub mod metrics;
 pub mod netlink;
 pub mod node;
+pub mod privileges;
 pub mod promote;
 pub mod snapshot;
 pub mod store;
