@@ -542,3 +542,69 @@ fn another_namespace_keeps_sys_admin_to_enter_it() {
     // of its links and for `ip netns exec nft`: CAP_SYS_ADMIN stays.
     enforces_holding("netns", 5, &[], true, NET_ADMIN | SYS_ADMIN);
 }
+
+#[test]
+fn flows_are_served_and_followers_are_bounded() {
+    if skip_unless_root() {
+        return;
+    }
+    let ns = Netns::new("palsurf-flows", 7);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    manifests(&dir, &ns);
+    let log = tmp.path().join("agent.log");
+    let _a = agent(&ns, &[], &dir, &["--flows"], &log);
+    wait_for("ready", &log, || get(&ns, "/readyz").0 == 200);
+    assert_eq!(get(&ns, "/flows"), (200, String::new()));
+    assert_eq!(
+        get(&ns, "/flows?verdict=maybe"),
+        (400, "verdict=maybe: allowed or denied\n".into())
+    );
+    // Followers get the answer's head and then a heartbeat line while
+    // nothing happens; one more than the limit is refused.
+    let answers = ns
+        .run(|| {
+            let addr: SocketAddr = ([127, 0, 0, 1], DEFAULT_PORT).into();
+            let mut held = Vec::new();
+            let mut answers = Vec::new();
+            for _ in 0..17 {
+                let mut s = TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                s.write_all(b"GET /flows?follow=1 HTTP/1.0\r\n\r\n")?;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                let head_read = |got: &[u8]| got.windows(4).any(|w| w == b"\r\n\r\n");
+                while !head_read(&got) {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                // The first follower waits for its heartbeat.
+                if held.is_empty() && got.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut buf)?;
+                    got.extend_from_slice(&buf[..n]);
+                }
+                answers.push(String::from_utf8_lossy(&got).into_owned());
+                held.push(s);
+            }
+            Ok(answers)
+        })
+        .unwrap();
+    assert!(
+        answers[0].ends_with("\r\n\r\n\n"),
+        "a heartbeat: {:?}",
+        answers[0]
+    );
+    for a in &answers[..16] {
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+    }
+    assert!(answers[16].starts_with("HTTP/1.1 503"), "{}", answers[16]);
+    assert!(
+        answers[16].ends_with("at most 16 followers\n"),
+        "{}",
+        answers[16]
+    );
+}
