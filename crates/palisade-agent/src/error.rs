@@ -43,6 +43,9 @@ pub enum Error {
     /// A datastore was not read through (time out, source stopped).
     #[error("{0}")]
     Snapshot(String),
+    /// Capabilities could not be dropped as asked.
+    #[error("{0}")]
+    Privileges(String),
     /// The flow log could not start.
     #[error("{0}")]
     FlowLog(String),

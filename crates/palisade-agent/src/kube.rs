@@ -231,6 +231,26 @@ pub fn scopes() -> Vec<String> {
     REQUIRED.iter().map(|k| scope(k)).collect()
 }
 
+/// Every resource the source watches (list and watch, nothing else), and
+/// whether it is optional (a policy CRD the server may not serve). The
+/// agent's ClusterRole in `deploy/agent.yaml` grants exactly these.
+pub fn resources() -> Vec<(ApiResource, bool)> {
+    let required = [
+        ApiResource::erase::<Pod>(&()),
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<Node>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+    ];
+    required
+        .into_iter()
+        .map(|ar| (ar, false))
+        .chain(DYNAMIC.into_iter().map(|g| (dynamic(g), true)))
+        .collect()
+}
+
+/// The verbs the watchers use: a list, then a watch from its version.
+pub const VERBS: [&str; 2] = ["list", "watch"];
+
 /// Connects (kubeconfig, or the in-cluster service account) and runs every
 /// watcher until `tx` is closed; [`Error::KubeConfig`] when there is no
 /// client to connect with.
@@ -238,17 +258,8 @@ pub async fn run(tx: Sender<Input>) -> Result<(), Error> {
     let client = Client::try_default()
         .await
         .map_err(|e| Error::KubeConfig(crate::message::sentence(&e)))?;
-    let required = [
-        ApiResource::erase::<Pod>(&()),
-        ApiResource::erase::<Namespace>(&()),
-        ApiResource::erase::<Node>(&()),
-        ApiResource::erase::<NetworkPolicy>(&()),
-    ];
-    let kinds = required
+    let tasks: Vec<_> = resources()
         .into_iter()
-        .map(|ar| (ar, false))
-        .chain(DYNAMIC.into_iter().map(|g| (dynamic(g), true)));
-    let tasks: Vec<_> = kinds
         .map(|(ar, optional)| tokio::spawn(watch_kind(client.clone(), ar, optional, tx.clone())))
         .collect();
     for t in tasks {

@@ -57,6 +57,7 @@ pub mod message;
 pub mod metrics;
 pub mod netlink;
 pub mod node;
+pub mod privileges;
 pub mod promote;
 pub mod snapshot;
 pub mod store;

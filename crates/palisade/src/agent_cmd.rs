@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use palisade_agent::datastore::{self, DatastoreError};
 use palisade_agent::flowlog::{FlowLog, FlowLogConfig};
-use palisade_agent::{dir, etcd, http, kube, Agent, AgentConfig, Backend, DryRun, Nft};
+use palisade_agent::{dir, etcd, http, kube, privileges, Agent, AgentConfig, Backend, DryRun, Nft};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -40,7 +40,9 @@ pub struct AgentArgs {
     /// (routed through interfaces so named, e.g. `prefix:cali`).
     #[arg(long, default_value = "auto")]
     pod_interfaces: palisade_agent::wiring::PodInterfaces,
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz and /flows (GET only). The
+    /// default is the node's loopback: the flow log names pods and
+    /// policies, which is nobody else's business.
     #[arg(long, default_value = "127.0.0.1:9464")]
     listen: String,
     /// Print transactions instead of running them.
@@ -175,15 +177,25 @@ pub fn agent(args: AgentArgs) -> Result<ExitCode> {
     let Some(node) = args.node.clone() else {
         bail!("--node is required");
     };
+    let listener = http::bind(&args.listen).map_err(anyhow::Error::msg)?;
+    // Before the first thread: capabilities are per thread.
+    let dropped = privileges::restrict(&privileges::needed(args.netns.is_some()))
+        .map_err(anyhow::Error::msg)?;
+    let dropped = format!("{}; no_new_privs set", dropped.summary());
     if args.dry_run {
-        run(args, node, DryRun)
+        run(args, node, (listener, dropped), DryRun)
     } else {
         let backend = Nft::new(args.netns.clone());
-        run(args, node, backend)
+        run(args, node, (listener, dropped), backend)
     }
 }
 
-fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Result<ExitCode> {
+fn run<B: Backend + 'static>(
+    args: AgentArgs,
+    node: String,
+    (listener, dropped): (std::net::TcpListener, String),
+    backend: B,
+) -> Result<ExitCode> {
     let (tx, rx) = channel();
     let mut scopes = if args.kube {
         kube::scopes()
@@ -221,9 +233,11 @@ fn run<B: Backend + 'static>(args: AgentArgs, node: String, backend: B) -> Resul
         ring = Some(log.ring());
         agent.set_flow_log(log);
     }
-    let addr = http::serve(&args.listen, agent.metrics(), agent.health(), ring.clone())
+    let addr = http::serve(listener, agent.metrics(), agent.health(), ring.clone())
         .map_err(anyhow::Error::msg)?;
     tracing::info!(%addr, %node, flows = ring.is_some(), "serving /metrics, /healthz, /readyz and /flows");
+    // Said after the address, which readers of the log look for first.
+    tracing::info!("{dropped}");
     if args.kube {
         kube::spawn(tx).context("starting the Kubernetes source")?;
     } else if !args.etcd.is_empty() {

@@ -171,6 +171,11 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Run the node agent: watch a datastore, keep the node's nftables
     /// table in sync with minimal transactions (or `agent bench`).
+    ///
+    /// Once its HTTP port is bound and before anything else starts, the
+    /// agent keeps only CAP_NET_ADMIN (and CAP_SYS_ADMIN with --netns) in
+    /// its effective, permitted and bounding sets, empties the inheritable
+    /// and ambient ones and sets no_new_privs (docs/agent-security.md).
     Agent(agent_cmd::AgentArgs),
     /// Read a running agent's flow log (`palisade agent --flows`): each
     /// decision the kernel reported, with the policy and rule that made it.

@@ -5,73 +5,70 @@
 //! every few seconds when there is none, so that a reader that left is
 //! noticed).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_engine::flowlog::{FlowRecord, FlowVerdict};
 
+use super::{respond, status_head};
 use crate::flowlog::{format_time, Filter, Ring};
 
-/// Followers served at once; each holds a thread.
+/// Followers served at once; each holds a thread and one of the server's
+/// connections.
 const MAX_FOLLOWERS: usize = 16;
+const NDJSON: &str = "application/x-ndjson";
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub(super) fn answer(
-    req: tiny_http::Request,
+    mut conn: TcpStream,
     query: &str,
     ring: Option<&Arc<Ring>>,
     followers: &Arc<AtomicUsize>,
-) {
-    let text =
-        |code: u16, body: String| tiny_http::Response::from_string(body).with_status_code(code);
+) -> io::Result<()> {
     let Some(ring) = ring else {
-        let _ = req.respond(text(
+        return respond(
+            &mut conn,
             404,
-            "the flow log is off (palisade agent --flow-log)\n".into(),
-        ));
-        return;
+            "text/plain",
+            "the flow log is off (palisade agent --flow-log)\n",
+        );
     };
     let (filter, follow) = match parse_query(query) {
         Ok(q) => q,
-        Err(e) => {
-            let _ = req.respond(text(400, format!("{e}\n")));
-            return;
-        }
+        Err(e) => return respond(&mut conn, 400, "text/plain", &format!("{e}\n")),
     };
-    let header = tiny_http::Header::from_bytes("Content-Type", "application/x-ndjson")
-        .expect("static header is valid");
     if !follow {
         let (records, _) = ring.snapshot(&filter);
-        let _ = req.respond(text(200, lines(&records)).with_header(header));
-        return;
+        return respond(&mut conn, 200, NDJSON, &lines(&records));
     }
     if followers.fetch_add(1, Ordering::SeqCst) >= MAX_FOLLOWERS {
         followers.fetch_sub(1, Ordering::SeqCst);
-        let _ = req.respond(text(503, format!("at most {MAX_FOLLOWERS} followers\n")));
-        return;
+        return respond(
+            &mut conn,
+            503,
+            "text/plain",
+            &format!("at most {MAX_FOLLOWERS} followers\n"),
+        );
     }
     let (records, pos) = ring.snapshot(&filter);
-    let reader = Follow {
+    let mut reader = Follow {
         ring: ring.clone(),
         filter,
         pos,
         buf: lines(&records).into_bytes(),
         at: 0,
     };
-    let followers = followers.clone();
-    let spawned = std::thread::Builder::new()
-        .name("http-follow".into())
-        .spawn(move || {
-            let resp = tiny_http::Response::new(200.into(), vec![header], reader, None, None);
-            let _ = req.respond(resp);
-            followers.fetch_sub(1, Ordering::SeqCst);
-        });
-    if spawned.is_err() {
-        // The request went with the closure; nothing more can be said.
-        tracing::warn!("cannot start a thread for a /flows follower");
-    }
+    // This connection's own thread carries the stream; a follower that
+    // stops reading is cut by the write timeout, one that left by the
+    // next heartbeat.
+    let streamed = conn
+        .write_all(status_head(200, NDJSON, None).as_bytes())
+        .and_then(|()| io::copy(&mut reader, &mut conn).map(drop));
+    followers.fetch_sub(1, Ordering::SeqCst);
+    streamed
 }
 
 fn lines(records: &[FlowRecord]) -> String {

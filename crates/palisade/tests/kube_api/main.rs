@@ -7,6 +7,7 @@
 //! both); skipped with the reason printed otherwise, except under CI.
 
 mod promote;
+mod secrets;
 mod server;
 #[path = "../support/mod.rs"]
 mod support;
