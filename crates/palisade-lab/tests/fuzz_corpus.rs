@@ -6,12 +6,11 @@
 //! differ in the flows only the engine target uses) are probed once.
 //! Needs root; without it the test says why and returns.
 
+mod support;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use palisade_engine::Engine;
-use palisade_lab::{Config, ProbeOptions, Serve};
 use palisade_model::Cluster;
 use palisade_testkit::fuzz;
 
@@ -48,48 +47,8 @@ fn compile_corpus_agrees_with_the_engine() {
         "only {} clusters in the compile corpus",
         entries.len()
     );
-    let failures = Mutex::new(Vec::new());
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for w in 0..3 {
-            let (entries, failures, next) = (&entries, &failures, &next);
-            s.spawn(move || {
-                while let Some((file, cluster)) = entries.get(next.fetch_add(1, Ordering::Relaxed))
-                {
-                    let engine = Engine::new(cluster.clone());
-                    let ports = engine.default_ports();
-                    let name = format!("fuzz{w}");
-                    let _ = palisade_lab::down(&name);
-                    let lab = palisade_lab::up(
-                        &engine,
-                        &Config {
-                            name,
-                            serve: Serve::Threads,
-                            ports: ports.clone(),
-                            sources: Vec::new(),
-                            cni: None,
-                        },
-                    )
-                    .unwrap_or_else(|e| panic!("{file}: {e}"));
-                    let obs =
-                        palisade_lab::probe(&lab.state, &engine, &ports, &ProbeOptions::default())
-                            .unwrap_or_else(|e| panic!("{file}: {e}"));
-                    lab.down().unwrap_or_else(|e| panic!("{file}: {e}"));
-                    let bad: Vec<String> = obs
-                        .iter()
-                        .filter(|o| !o.agrees())
-                        .map(|o| format!("{file}: {o}"))
-                        .collect();
-                    eprintln!(
-                        "{file}: {} probes, {} allowed, {} disagreements",
-                        obs.len(),
-                        obs.iter().filter(|o| o.observed).count(),
-                        bad.len()
-                    );
-                    failures.lock().expect("no worker panicked").extend(bad);
-                }
-            });
-        }
+    let bad = support::disagreements(&entries, "fuzz", |(file, cluster)| {
+        (file.clone(), Engine::new(cluster.clone()))
     });
-    palisade_testkit::assert_agrees(&failures.into_inner().expect("no worker panicked"));
+    palisade_testkit::assert_agrees(&bad);
 }

@@ -4,12 +4,10 @@
 //! Needs root; without it the test says why and returns.
 //! `PALISADE_SYNTH_CLUSTERS` sets how many clusters (default 50).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+mod support;
 
 use palisade_bench::synth;
 use palisade_engine::Engine;
-use palisade_lab::{Config, ProbeOptions, Serve};
 
 #[test]
 fn random_clusters_agree_with_the_engine() {
@@ -22,55 +20,16 @@ fn random_clusters_agree_with_the_engine() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let seeds: Vec<u64> = (1..=n).collect();
-    let failures = Mutex::new(Vec::new());
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for w in 0..3 {
-            let (seeds, failures, next) = (&seeds, &failures, &next);
-            s.spawn(move || {
-                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let params = if seed % 2 == 0 {
-                        synth::Params {
-                            admin_policies: 2,
-                            ..synth::Params::small(seed)
-                        }
-                    } else {
-                        synth::Params::small(seed)
-                    };
-                    let engine = Engine::new(synth::cluster(&params));
-                    let ports = engine.default_ports();
-                    let name = format!("synth{w}");
-                    let _ = palisade_lab::down(&name);
-                    let lab = palisade_lab::up(
-                        &engine,
-                        &Config {
-                            name,
-                            serve: Serve::Threads,
-                            ports: ports.clone(),
-                            sources: Vec::new(),
-                            cni: None,
-                        },
-                    )
-                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-                    let obs =
-                        palisade_lab::probe(&lab.state, &engine, &ports, &ProbeOptions::default())
-                            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-                    lab.down().unwrap();
-                    let bad: Vec<String> = obs
-                        .iter()
-                        .filter(|o| !o.agrees())
-                        .map(|o| format!("seed {seed}: {o}"))
-                        .collect();
-                    eprintln!(
-                        "seed {seed}: {} probes, {} allowed, {} disagreements",
-                        obs.len(),
-                        obs.iter().filter(|o| o.observed).count(),
-                        bad.len()
-                    );
-                    failures.lock().unwrap().extend(bad);
-                }
-            });
-        }
+    let bad = support::disagreements(&seeds, "synth", |&seed| {
+        let params = if seed % 2 == 0 {
+            synth::Params {
+                admin_policies: 2,
+                ..synth::Params::small(seed)
+            }
+        } else {
+            synth::Params::small(seed)
+        };
+        (format!("seed {seed}"), Engine::new(synth::cluster(&params)))
     });
-    palisade_testkit::assert_agrees(&failures.into_inner().unwrap());
+    palisade_testkit::assert_agrees(&bad);
 }
