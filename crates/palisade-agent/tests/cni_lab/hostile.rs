@@ -15,44 +15,14 @@ use palisade_lab::{in_netns, CniPlugin, Lab};
 use palisade_model::Protocol;
 
 use crate::harness::{agents, lab_up, root, wait_settled, NodeAgent};
-use crate::{plugins, tag};
+use crate::{plugins, spoof, tag};
 
 /// node-a: a1 (evil), a2 (trusted), a3 (target); node-b: b1 (target).
 /// Targets accept only trusted pods, on port 7000 only; trusted pods may
 /// send only to targets; a1 and a2 accept anything (not isolated).
-pub const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-b}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a1, namespace: s, labels: {app: evil}}
-spec: {nodeName: node-a, containers: [{name: c, image: i}]}
-status: {phase: Running, podIPs: [{ip: 10.78.1.10}, {ip: "fd78::1:10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a2, namespace: s, labels: {app: trusted}}
-spec: {nodeName: node-a, containers: [{name: c, image: i}]}
-status: {phase: Running, podIPs: [{ip: 10.78.1.11}, {ip: "fd78::1:11"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a3, namespace: s, labels: {app: target}}
-spec: {nodeName: node-a, containers: [{name: c, image: i}]}
-status: {phase: Running, podIPs: [{ip: 10.78.1.12}, {ip: "fd78::1:12"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b1, namespace: s, labels: {app: target}}
-spec: {nodeName: node-b, containers: [{name: c, image: i}]}
-status: {phase: Running, podIPs: [{ip: 10.78.2.10}, {ip: "fd78::2:10"}]}
----
+pub const CLUSTER: &str = concat!(
+    spoof::pods!(),
+    r#"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: targets, namespace: s}
@@ -61,15 +31,9 @@ spec:
   ingress:
   - from: [{podSelector: {matchLabels: {app: trusted}}}]
     ports: [{port: 7000, protocol: TCP}, {port: 7000, protocol: UDP}, {port: 7000, protocol: SCTP}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: trusted, namespace: s}
-spec:
-  podSelector: {matchLabels: {app: trusted}}
-  policyTypes: [Egress]
-  egress: [{to: [{podSelector: {matchLabels: {app: target}}}]}]
-"#;
+"#,
+    spoof::trusted_egress!()
+);
 
 pub const ALLOWED: u16 = 7000;
 pub const DENIED: u16 = 7001;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use palisade_engine::Engine;
 use palisade_lab::{in_netns, Lab};
 
-/// node-a: a1 (evil), a2 (trusted), a3 (target); node-b: b1 (target).
-/// Targets accept only trusted pods; trusted pods may send only to
-/// targets.
-pub const CLUSTER: &str = r#"
+/// The nodes and pods of [`CLUSTER`], shared with the hostile-traffic
+/// cluster (a macro, so that both stay one literal each).
+macro_rules! pods {
+    () => {
+        r#"
 apiVersion: v1
 kind: Node
 metadata: {name: node-a}
@@ -45,14 +46,15 @@ kind: Pod
 metadata: {name: b1, namespace: s, labels: {app: target}}
 spec: {nodeName: node-b, containers: [{name: c, image: i}]}
 status: {phase: Running, podIPs: [{ip: 10.78.2.10}, {ip: "fd78::2:10"}]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: targets, namespace: s}
-spec:
-  podSelector: {matchLabels: {app: target}}
-  ingress: [{from: [{podSelector: {matchLabels: {app: trusted}}}]}]
----
+"#
+    };
+}
+pub(crate) use pods;
+
+/// The egress policy of [`CLUSTER`], shared like [`pods`].
+macro_rules! trusted_egress {
+    () => {
+        r#"---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: trusted, namespace: s}
@@ -60,7 +62,26 @@ spec:
   podSelector: {matchLabels: {app: trusted}}
   policyTypes: [Egress]
   egress: [{to: [{podSelector: {matchLabels: {app: target}}}]}]
-"#;
+"#
+    };
+}
+pub(crate) use trusted_egress;
+
+/// node-a: a1 (evil), a2 (trusted), a3 (target); node-b: b1 (target).
+/// Targets accept only trusted pods; trusted pods may send only to
+/// targets.
+pub const CLUSTER: &str = concat!(
+    pods!(),
+    r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: targets, namespace: s}
+spec:
+  podSelector: {matchLabels: {app: target}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: trusted}}}]}]
+"#,
+    trusted_egress!()
+);
 
 pub const PORT: u16 = 7000;
 
