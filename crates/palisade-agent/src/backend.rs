@@ -211,8 +211,10 @@ impl Nft {
 /// kernel transaction, with the included text parsed as part of it. (The
 /// text itself as one line would do too, but libedit reads its input one
 /// byte per system call: about 1 µs a byte; an include is read in blocks.)
-/// The file is unlinked as soon as it is created and reached through
-/// `/proc/<agent>/fd/<n>`: nothing is left behind, nobody else can write it.
+/// The file is anonymous memory (`memfd`), or where that is refused an
+/// unlinked file in `$TMPDIR`, reached through `/proc/<agent>/fd/<n>`:
+/// nothing is left behind, nobody else can write it, and with a memfd the
+/// agent needs no writable filesystem at all.
 ///
 /// nft says nothing on success and writes errors to standard error; `nft
 /// -i` neither stops on errors nor has an exit status per line. So each
@@ -242,7 +244,7 @@ struct Session {
 impl Session {
     /// Starts `nft -i` and checks that it reads the transaction file.
     fn start(mut cmd: Command, timeout: Duration) -> std::io::Result<Session> {
-        let file = unlinked_file()?;
+        let file = transaction_file()?;
         let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
         let mut child = cmd
             // No history file read or written.
@@ -331,7 +333,22 @@ impl Drop for Session {
     }
 }
 
-/// A new file, only the agent's, already unlinked.
+/// A new file, only the agent's, with no name: a memfd where the kernel
+/// and the seccomp profile allow it, else an unlinked file in `$TMPDIR`.
+fn transaction_file() -> std::io::Result<File> {
+    // SAFETY: the name is a NUL-terminated literal; the returned descriptor
+    // is new and owned by nothing else.
+    let fd = unsafe { libc::memfd_create(c"palisade-nft".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        return Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    let err = std::io::Error::last_os_error();
+    debug!(error = %err, "no memfd for nft transactions; using $TMPDIR");
+    unlinked_file()
+}
+
+/// A new file in `$TMPDIR`, only the agent's, already unlinked.
 fn unlinked_file() -> std::io::Result<File> {
     let dir = std::env::temp_dir();
     let mut last = None;
@@ -519,6 +536,21 @@ impl Backend for Recording {
 #[cfg(test)]
 mod session_tests {
     use super::*;
+
+    /// The deployment gives the agent no writable filesystem: transactions
+    /// live in memory, and nft can still open them by their `/proc` path.
+    #[test]
+    fn transactions_need_no_filesystem() {
+        let file = transaction_file().unwrap();
+        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let target = std::fs::read_link(&path).unwrap();
+        assert!(
+            target.to_string_lossy().starts_with("/memfd:palisade-nft"),
+            "{target:?}"
+        );
+        file.write_all_at(b"add table inet t\n", 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"add table inet t\n");
+    }
 
     /// A process that reads nothing and says nothing stands for an nft that
     /// never answers: the transaction times out instead of blocking.

@@ -482,11 +482,12 @@ pub(crate) fn on_link(types: Vec<&'static str>) -> Vec<Stmt> {
 ///
 /// `forward` first recognizes a local pod's packets by `iifname . saddr`
 /// (one lookup per family: the wiring's `pod_src`, which is also the
-/// anti-spoofing check) and sends them to `from_pod`: conntrack, egress,
-/// then ingress when the destination is local too. Anything else from a
-/// pod interface, or with a local pod's address, is dropped (see
-/// [`unknown_source_rules`]); the rest meets conntrack and, if new and
-/// bound for a local pod address, the ingress check.
+/// anti-spoofing check) and sends them to `from_pod`: conntrack, then
+/// (`from_pod_check`) egress, and ingress when the destination is local
+/// too. Anything else from a pod interface, or with a local pod's address,
+/// is dropped (see [`unknown_source_rules`]); the rest meets conntrack and,
+/// if new and bound for a local pod address, the ingress check
+/// (`to_local`). Both checks are entered through [`keeping_marks`].
 ///
 /// Anti-spoofing stays *before* conntrack, on every packet from a pod,
 /// established or not. Skipping it for established packets would be
@@ -569,11 +570,16 @@ pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
     }));
     forward.extend(unknown_source_rules(false));
     forward.extend(conntrack.clone());
-    forward.extend(to_pod_rules(ingress));
+    forward.extend(to_pod_rules("to_local"));
+    // Past conntrack, a new connection's checks write the marks: entered
+    // through the chains that give the packet its mark back (marks.rs).
+    let (to_local, to_local_marks) = keeping_marks("to_local", ingress);
+    let (pod_dispatch, pod_marks) = keeping_marks("from_pod", "from_pod_check");
     let mut pod = conntrack;
-    pod.push(rule(vec![Stmt::Jump("egress".into())]));
-    pod.extend(log.and_then(|l| allowed_report(l, Dir::Egress)));
-    pod.extend(to_pod_rules(ingress));
+    pod.extend(pod_dispatch);
+    let mut check = vec![rule(vec![Stmt::Jump("egress".into())])];
+    check.extend(log.and_then(|l| allowed_report(l, Dir::Egress)));
+    check.extend(to_pod_rules(ingress));
     // A bridged pod that is not bound yet answers the node's neighbour
     // solicitation from its own address: how it gets bound.
     let mut input = vec![neighbour_discovery()];
@@ -600,8 +606,20 @@ pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
             hook: None,
             rules: pod,
         },
-        direction_chain(Dir::Egress, stages),
+        Chain {
+            name: "from_pod_check".into(),
+            hook: None,
+            rules: check,
+        },
+        Chain {
+            name: "to_local".into(),
+            hook: None,
+            rules: to_local,
+        },
     ];
+    out.extend(pod_marks);
+    out.extend(to_local_marks);
+    out.push(direction_chain(Dir::Egress, stages));
     out.extend(np_chains(Dir::Egress));
     out.push(direction_chain(Dir::Ingress, stages));
     out.extend(np_chains(Dir::Ingress));

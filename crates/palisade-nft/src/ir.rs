@@ -124,6 +124,8 @@ pub enum Expr {
     },
     /// `EXPR & (a|b|c)`: the bits of `EXPR` among the named flags.
     Masked(Box<Expr>, Vec<&'static str>),
+    /// `EXPR & MASK`: compared with `==`.
+    And(Box<Expr>, u32),
 }
 
 impl Expr {

@@ -115,8 +115,10 @@
 //!   deletes and re-adds the table in one transaction: `flush table` would keep
 //!   old set elements.
 //!
-//! The marks are scratch registers for the first packet of a connection:
-//! `ct mark` and `meta mark` of pod traffic are owned by this table.
+//! The marks are scratch registers for the first packet of a connection.
+//! An allowed new connection leaves with the bits of its packet mark in
+//! [`KEPT_MARK`] (kube-proxy's masquerade bit) as it came, every other bit
+//! and its `ct mark` at 0; established packets are not touched (marks.rs).
 //!
 //! Not supported: ICMP and other protocols are not matched by any allow
 //! (denied to isolated pods) nor by any tier rule (the API leaves them
@@ -135,6 +137,7 @@ mod elements;
 pub mod encode;
 pub mod incr;
 mod ir;
+mod marks;
 mod numbering;
 mod peers;
 pub mod schema;
@@ -150,6 +153,8 @@ use chains::*;
 use compile::*;
 pub use compile::{compile_numbered, compile_with, generation_elements};
 use elements::*;
+pub use marks::KEPT_MARK;
+use marks::*;
 use peers::*;
 
 pub use delta::{ElementDelta, ElementOp, SetDelta};

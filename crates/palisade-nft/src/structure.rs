@@ -156,6 +156,11 @@ impl Encode for Expr {
                 x.encode(e);
                 m.encode(e);
             }
+            Expr::And(x, m) => {
+                e.u8(16);
+                x.encode(e);
+                e.u32(*m);
+            }
         }
     }
 }

@@ -187,6 +187,7 @@ impl Expr {
             Expr::CtStatus => "ct status".into(),
             Expr::Random(n) => format!("numgen random mod {n}"),
             Expr::Masked(e, m) => format!("{} & ({})", e.text(), m.join("|")),
+            Expr::And(e, m) => format!("{} & 0x{m:x}", e.text()),
             Expr::Raw { base, offset, len } => format!("@{base},{offset},{len}"),
         }
     }
@@ -212,6 +213,7 @@ impl Expr {
             Expr::CtStatus => json!({"ct": {"key": "status"}}),
             Expr::Random(n) => json!({"numgen": {"mode": "random", "mod": n, "offset": 0}}),
             Expr::Masked(e, m) => json!({"&": [e.json(), m]}),
+            Expr::And(e, m) => json!({"&": [e.json(), m]}),
             Expr::Raw { base, offset, len } => {
                 json!({"payload": {"base": base, "offset": offset, "len": len}})
             }
@@ -223,6 +225,11 @@ impl Stmt {
     fn text(&self) -> String {
         match self {
             Stmt::Match { left, op, right } => match op {
+                // `EXPR & MASK VALUE` would read as one expression.
+                Op::Eq if matches!(left, Expr::And(..)) => match right {
+                    Expr::Int(v) => format!("{} == 0x{v:x}", left.text()),
+                    _ => format!("{} == {}", left.text(), right.text()),
+                },
                 Op::Eq | Op::In => format!("{} {}", left.text(), right.text()),
                 Op::Ne => format!("{} != {}", left.text(), right.text()),
                 Op::NotIn => format!("{} & {} == 0", left.text(), right.text()),
