@@ -75,6 +75,9 @@ pub struct AgentConfig {
     pub collect_replace_above: usize,
     /// How local pods' interfaces are found in the node's facts.
     pub pod_interfaces: PodInterfaces,
+    /// The packet mark's bits that an allowed new connection leaves with
+    /// as it came (kube-proxy's masquerade bit by default).
+    pub kept_mark: palisade_nft::KeptMark,
 }
 
 impl AgentConfig {
@@ -89,6 +92,7 @@ impl AgentConfig {
             collect_batch: 2,
             collect_replace_above: 64,
             pod_interfaces: PodInterfaces::Auto,
+            kept_mark: palisade_nft::KeptMark::default(),
         }
     }
 }
@@ -308,6 +312,7 @@ impl<B: crate::Backend> Agent<B> {
                 .flow_log
                 .as_ref()
                 .map(|f| f.options(self.generation.wrapping_add(1))),
+            kept_mark: self.cfg.kept_mark,
         };
         let rs = compile_numbered(&engine, &opts, Numbering::Stable)
             .map_err(|e| Error::Compile(e.to_string()))?;

@@ -300,6 +300,7 @@ impl Lab {
                     local,
                     wiring,
                     flow_log: None,
+                    kept_mark: Default::default(),
                 },
             )?;
             run(

@@ -534,7 +534,7 @@ fn not_a_first_segment() -> Rule {
 /// With a flow log, denials are reported in `{dir}_denied`, and allowed
 /// directions after their check: egress in `from_pod`, ingress in
 /// `to_pod`, which wraps the ingress check so that there is an "after".
-pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
+pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>, kept: KeptMark) -> Vec<Chain> {
     let allowed_in = log.and_then(|l| allowed_report(l, Dir::Ingress));
     let ingress = if allowed_in.is_some() {
         "to_pod"
@@ -573,8 +573,8 @@ pub(crate) fn chains(stages: Stages, log: Option<&FlowLog>) -> Vec<Chain> {
     forward.extend(to_pod_rules("to_local"));
     // Past conntrack, a new connection's checks write the marks: entered
     // through the chains that give the packet its mark back (marks.rs).
-    let (to_local, to_local_marks) = keeping_marks("to_local", ingress);
-    let (pod_dispatch, pod_marks) = keeping_marks("from_pod", "from_pod_check");
+    let (to_local, to_local_marks) = keeping_marks("to_local", ingress, kept);
+    let (pod_dispatch, pod_marks) = keeping_marks("from_pod", "from_pod_check", kept);
     let mut pod = conntrack;
     pod.extend(pod_dispatch);
     let mut check = vec![rule(vec![Stmt::Jump("egress".into())])];

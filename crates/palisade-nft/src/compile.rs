@@ -42,7 +42,7 @@ pub fn compile_numbered(
     }
     Ok(Ruleset {
         sets,
-        chains: chains(stages, opts.flow_log.as_ref()),
+        chains: chains(stages, opts.flow_log.as_ref(), opts.kept_mark),
     })
 }
 

@@ -117,8 +117,9 @@
 //!
 //! The marks are scratch registers for the first packet of a connection.
 //! An allowed new connection leaves with the bits of its packet mark in
-//! [`KEPT_MARK`] (kube-proxy's masquerade bit) as it came, every other bit
-//! and its `ct mark` at 0; established packets are not touched (marks.rs).
+//! [`Options::kept_mark`] (by default kube-proxy's masquerade bit) as it
+//! came, every other bit and its `ct mark` at 0; established packets are
+//! not touched (marks.rs).
 //!
 //! Not supported: ICMP and other protocols are not matched by any allow
 //! (denied to isolated pods) nor by any tier rule (the API leaves them
@@ -153,7 +154,7 @@ use chains::*;
 use compile::*;
 pub use compile::{compile_numbered, compile_with, generation_elements};
 use elements::*;
-pub use marks::KEPT_MARK;
+pub use marks::KeptMark;
 use marks::*;
 use peers::*;
 
@@ -178,6 +179,8 @@ pub enum CompileError {
     /// The named node is not in the cluster and no pod runs on it.
     #[error("node {0:?} is neither a Node object nor any pod's node")]
     UnknownNode(String),
+    #[error("kept mark bits: {0}")]
+    KeptMark(String),
 }
 
 /// Which pods are local to the node the ruleset is for.
@@ -200,6 +203,9 @@ pub struct Options {
     /// Report decisions to the agent's flow log; `None`: the kernel
     /// reports nothing.
     pub flow_log: Option<FlowLog>,
+    /// The packet mark's bits that an allowed new connection leaves with
+    /// as it came (marks.rs).
+    pub kept_mark: KeptMark,
 }
 
 /// What the dataplane reports to the agent's flow log, over NFLOG.
@@ -316,6 +322,7 @@ pub fn compile(
             local,
             wiring: wiring.clone(),
             flow_log: None,
+            kept_mark: KeptMark::default(),
         },
     )
 }

@@ -22,37 +22,91 @@
 use super::*;
 
 /// The bits of the packet mark an allowed new connection leaves with as it
-/// came: kube-proxy's masquerade bit. Every other bit leaves at 0.
-pub const KEPT_MARK: u32 = 0x4000;
+/// came; every other bit leaves at 0. At most [`KeptMark::MAX_BITS`] bits:
+/// each doubles the chains that restore them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeptMark(u32);
 
-/// Every value the kept bits can take, 0 first.
-fn kept_values() -> Vec<u32> {
-    let bits: Vec<u32> = (0..32)
-        .map(|b| 1 << b)
-        .filter(|b| KEPT_MARK & b != 0)
-        .collect();
-    (0..1u32 << bits.len())
-        .map(|subset| {
-            bits.iter()
-                .enumerate()
-                .filter(|(i, _)| subset & (1 << i) != 0)
-                .fold(0, |v, (_, b)| v | b)
-        })
-        .collect()
+impl KeptMark {
+    pub const MAX_BITS: u32 = 4;
+    /// kube-proxy's masquerade bit at its default place
+    /// (`--iptables-masquerade-bit 14`).
+    pub const KUBE_PROXY: KeptMark = KeptMark(1 << 14);
+    /// Nothing kept: both marks leave at 0.
+    pub const NONE: KeptMark = KeptMark(0);
+
+    pub fn new(mask: u32) -> Result<KeptMark, CompileError> {
+        if mask.count_ones() > Self::MAX_BITS {
+            return Err(CompileError::KeptMark(format!(
+                "0x{mask:x} has {} bits, at most {} can be kept",
+                mask.count_ones(),
+                Self::MAX_BITS
+            )));
+        }
+        Ok(KeptMark(mask))
+    }
+
+    pub fn mask(self) -> u32 {
+        self.0
+    }
+
+    /// Every value the kept bits can take, 0 first.
+    fn values(self) -> Vec<u32> {
+        let bits: Vec<u32> = (0..32)
+            .map(|b| 1 << b)
+            .filter(|b| self.0 & b != 0)
+            .collect();
+        (0..1u32 << bits.len())
+            .map(|subset| {
+                bits.iter()
+                    .enumerate()
+                    .filter(|(i, _)| subset & (1 << i) != 0)
+                    .fold(0, |v, (_, b)| v | b)
+            })
+            .collect()
+    }
+}
+
+impl Default for KeptMark {
+    fn default() -> KeptMark {
+        KeptMark::KUBE_PROXY
+    }
+}
+
+impl std::fmt::Display for KeptMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "0x{:x}", self.0)
+    }
+}
+
+/// A mask as `0x4000` or `16384`.
+impl std::str::FromStr for KeptMark {
+    type Err = CompileError;
+    fn from_str(s: &str) -> Result<KeptMark, CompileError> {
+        let t = s.trim();
+        let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => t.parse(),
+        };
+        let mask = parsed.map_err(|_| {
+            CompileError::KeptMark(format!("{s:?} is not a 32-bit mask (0x4000 or 16384)"))
+        })?;
+        KeptMark::new(mask)
+    }
 }
 
 /// Rules that `goto` chain `{entry}_mark_{value}` by the kept bits of the
 /// packet's mark (one always matches), and those chains: each jumps to
 /// `target` and, when it returns, restores the kept bits and clears the
 /// rest of both marks.
-pub(crate) fn keeping_marks(entry: &str, target: &str) -> (Vec<Rule>, Vec<Chain>) {
+pub(crate) fn keeping_marks(entry: &str, target: &str, kept: KeptMark) -> (Vec<Rule>, Vec<Chain>) {
     let mut dispatch = Vec::new();
     let mut chains = Vec::new();
-    for v in kept_values() {
+    for v in kept.values() {
         let name = format!("{entry}_mark_{v:x}");
         dispatch.push(rule(vec![
             Stmt::Match {
-                left: Expr::And(Box::new(Expr::Meta(MetaKey::Mark)), KEPT_MARK),
+                left: Expr::And(Box::new(Expr::Meta(MetaKey::Mark)), kept.0),
                 op: Op::Eq,
                 right: Expr::Int(v),
             },
@@ -88,13 +142,33 @@ mod tests {
 
     #[test]
     fn every_value_of_the_kept_bits_has_a_chain() {
-        let values = kept_values();
-        assert_eq!(values.len(), 1 << KEPT_MARK.count_ones());
-        assert!(values.iter().all(|v| v & !KEPT_MARK == 0));
-        let distinct: BTreeSet<u32> = values.iter().copied().collect();
-        assert_eq!(distinct.len(), values.len());
-        let (dispatch, chains) = keeping_marks("e", "t");
-        assert_eq!(dispatch.len(), values.len());
-        assert_eq!(chains.len(), values.len());
+        for mask in [0, 0x4000, 0xc000, 0x8000_0001, 0xf0] {
+            let kept = KeptMark::new(mask).unwrap();
+            let values = kept.values();
+            assert_eq!(values.len(), 1 << mask.count_ones(), "0x{mask:x}");
+            assert!(values.iter().all(|v| v & !mask == 0));
+            let distinct: BTreeSet<u32> = values.iter().copied().collect();
+            assert_eq!(distinct.len(), values.len());
+            let (dispatch, chains) = keeping_marks("e", "t", kept);
+            assert_eq!((dispatch.len(), chains.len()), (values.len(), values.len()));
+        }
+    }
+
+    #[test]
+    fn masks_are_read_and_bounded() {
+        assert_eq!("0x4000".parse::<KeptMark>().unwrap(), KeptMark::KUBE_PROXY);
+        assert_eq!("16384".parse::<KeptMark>().unwrap(), KeptMark::KUBE_PROXY);
+        assert_eq!("0".parse::<KeptMark>().unwrap(), KeptMark::NONE);
+        assert_eq!(KeptMark::default().to_string(), "0x4000");
+        let err = |s: &str| s.parse::<KeptMark>().unwrap_err().to_string();
+        assert_eq!(
+            err("0xff00"),
+            "kept mark bits: 0xff00 has 8 bits, at most 4 can be kept"
+        );
+        assert_eq!(
+            err("mark"),
+            "kept mark bits: \"mark\" is not a 32-bit mask (0x4000 or 16384)"
+        );
+        assert!(err("0x1ffffffff").contains("not a 32-bit mask"));
     }
 }

@@ -118,6 +118,9 @@ fn flow_log() {
             sample_ppm: 250_000,
             generation: 42,
         }),
+        // Two kept bits (a drop mark beside the masquerade mark): four
+        // chains per entry, each checked by nft below.
+        kept_mark: palisade_nft::KeptMark::new(0xc000).unwrap(),
     };
     let r = palisade_nft::compile_with(&e, &opts).unwrap();
     let text = r.to_nft_text();
@@ -291,6 +294,7 @@ fn templates_put_nothing_in_the_ruleset() {
                 wiring: palisade_nft::named_wiring(e, &local, palisade_nft::interface_name),
                 local: local.clone(),
                 flow_log: None,
+                kept_mark: Default::default(),
             };
             palisade_nft::compile_numbered(e, &opts, palisade_nft::Numbering::Stable)
                 .unwrap()

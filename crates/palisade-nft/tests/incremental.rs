@@ -42,6 +42,7 @@ fn full(c: &Cluster) -> Ruleset {
         // The wiring is the caller's, outside the incremental state.
         wiring: Default::default(),
         flow_log: None,
+        kept_mark: Default::default(),
     };
     compile_numbered(&engine, &opts, Numbering::Stable).unwrap()
 }

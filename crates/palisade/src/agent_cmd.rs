@@ -40,6 +40,13 @@ pub struct AgentArgs {
     /// (routed through interfaces so named, e.g. `prefix:cali`).
     #[arg(long, default_value = "auto")]
     pod_interfaces: palisade_agent::wiring::PodInterfaces,
+    /// Bits of the packet mark that an allowed new connection keeps as it
+    /// came, for the hooks after this agent's (the policy checks use the
+    /// marks as scratch; every other bit leaves at 0). The default is
+    /// kube-proxy's masquerade bit: give `1 << N` for
+    /// `--iptables-masquerade-bit N`, `0` for nothing. At most 4 bits.
+    #[arg(long, default_value = "0x4000")]
+    kept_mark_bits: palisade_nft::KeptMark,
     /// Address of /metrics, /healthz, /readyz and /flows (GET only). The
     /// default is the node's loopback: the flow log names pods and
     /// policies, which is nobody else's business.
@@ -210,6 +217,7 @@ fn run<B: Backend + 'static>(
     let mut cfg = AgentConfig::new(&node, scopes);
     cfg.debounce = Duration::from_millis(args.debounce_ms);
     cfg.pod_interfaces = args.pod_interfaces.clone();
+    cfg.kept_mark = args.kept_mark_bits;
     let mut agent = Agent::new(cfg, backend);
     let netns = args.netns.clone();
     agent.set_poke(Box::new(move |stale, ips| {

@@ -140,3 +140,55 @@ fn the_agent_outlives_its_log_reader() {
     let (code, _) = palisade_agent::http::get(addr, "/healthz").unwrap();
     assert_eq!(code, 200);
 }
+
+/// `--kept-mark-bits` reaches the ruleset the agent applies, and a mask
+/// it cannot keep is refused before anything starts, naming the flag.
+#[test]
+fn kept_mark_bits_are_applied_or_refused() {
+    let refused = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["agent", "--node", "worker-1", "--dry-run"])
+        .args(["--kept-mark-bits", "0xff00"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--kept-mark-bits") && err.contains("0xff00 has 8 bits, at most 4"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["agent", "--node", "worker-1", "--dry-run"])
+        .args(["--listen", "127.0.0.1:0", "--kept-mark-bits", "0x8000"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _agent = Kill(child);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        seen.push(line);
+        if seen.iter().any(|l| l.contains("goto from_pod_mark_8000")) {
+            break;
+        }
+    }
+    let dispatch: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("meta mark & 0x"))
+        .collect();
+    assert!(
+        !dispatch.is_empty() && dispatch.iter().all(|l| l.contains("meta mark & 0x8000 ==")),
+        "{seen:#?}"
+    );
+}

@@ -316,6 +316,7 @@ fn compile_nodes(
                 local: Local::Node(name.clone()),
                 wiring: named_wiring(engine, &Local::Node(name.clone()), interface_name),
                 flow_log,
+                kept_mark: Default::default(),
             },
         )?;
         let compile = t.elapsed();
