@@ -31,6 +31,10 @@ pub struct DoctorArgs {
     /// How local pods' interfaces are found (see `agent --pod-interfaces`).
     #[arg(long, default_value = "auto")]
     pod_interfaces: PodInterfaces,
+    /// The agent's `--kept-mark-bits`: other tables' mark bits outside it
+    /// are reported.
+    #[arg(long, default_value = "0x4000")]
+    kept_mark_bits: palisade_nft::KeptMark,
 }
 
 #[derive(Default)]
@@ -273,19 +277,24 @@ fn check_wiring(r: &mut Report, a: &DoctorArgs, facts: &NodeFacts) -> Result<()>
     Ok(())
 }
 
-/// Base chains of other tables on the hooks pod traffic takes.
-fn check_other_tables(r: &mut Report, netns: Option<&str>) {
+/// The whole ruleset as `nft -j` prints it.
+fn ruleset(r: &mut Report, netns: Option<&str>) -> Option<Json> {
     let text = match nft_run(netns, &["-j", "list", "ruleset"], "") {
         Ok(t) => t,
         Err(e) => {
             r.warn(format!("cannot list the ruleset: {e}"));
-            return;
+            return None;
         }
     };
-    let Ok(json) = serde_json::from_str::<Json>(&text) else {
+    let json = serde_json::from_str::<Json>(&text).ok();
+    if json.is_none() {
         r.warn("nft -j list ruleset printed something that is not JSON");
-        return;
-    };
+    }
+    json
+}
+
+/// Base chains of other tables on the hooks pod traffic takes.
+fn check_other_tables(r: &mut Report, json: &Json) {
     let chains = json["nftables"]
         .as_array()
         .into_iter()
@@ -328,6 +337,69 @@ fn check_other_tables(r: &mut Report, netns: Option<&str>) {
     }
 }
 
+/// The bits a rule's text ORs (or XORs) into the packet mark, as
+/// kube-proxy's `meta mark set meta mark | 0x00004000` (nftables mode) and
+/// iptables-nft's `MARK --or-mark` (iptables mode; `nft -j` shows that
+/// target only as an opaque `xt`, its text listing translates it:
+/// `meta mark set mark or 0x4000`).
+fn mark_bits_set(line: &str) -> Option<u32> {
+    let rest = &line[line.find("meta mark set ")? + "meta mark set ".len()..];
+    let rest = rest.strip_prefix("meta ").unwrap_or(rest);
+    let rest = rest.strip_prefix("mark ")?;
+    let (op, rest) = rest.split_once(' ')?;
+    if !["|", "or", "^", "xor"].contains(&op) {
+        return None;
+    }
+    let token = rest.split_whitespace().next()?;
+    match token.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => token.parse().ok(),
+    }
+}
+
+/// Mark bits other tables set, against the bits the agent keeps: the
+/// checks write the marks of a new connection's first packet, and only
+/// the kept bits leave as they came.
+fn check_marks(r: &mut Report, netns: Option<&str>, kept: palisade_nft::KeptMark) {
+    let text = match nft_run(netns, &["list", "ruleset"], "") {
+        Ok(t) => t,
+        Err(e) => {
+            r.warn(format!("cannot list the ruleset: {e}"));
+            return;
+        }
+    };
+    let (mut table, mut chain) = (String::new(), String::new());
+    let mut all = 0u32;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["table", family, name, "{"] => table = format!("{family} {name}"),
+            ["chain", name, "{"] => chain = name.to_string(),
+            _ => {}
+        }
+        let Some(bits) = mark_bits_set(line) else {
+            continue;
+        };
+        // Ours (inet and bridge) set the marks, never OR into them.
+        if table.ends_with(&format!(" {}", palisade_nft::TABLE)) {
+            continue;
+        }
+        all |= bits;
+        let lost = bits & !kept.mask();
+        if lost != 0 {
+            r.warn(format!(
+                "table {table} chain {chain} sets mark bits 0x{bits:x}: 0x{lost:x} is not kept by Palisade's checks of new connections (--kept-mark-bits {kept}); if that component reads them after the forward hook, run the agent with --kept-mark-bits 0x{:x}",
+                kept.mask() | bits
+            ));
+        }
+    }
+    if all != 0 && all & !kept.mask() == 0 {
+        r.ok(format!(
+            "the mark bits other tables set (0x{all:x}) are kept (--kept-mark-bits {kept})"
+        ));
+    }
+}
+
 pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
     let mut r = Report::default();
     let ns = a.netns.as_deref();
@@ -339,7 +411,10 @@ pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
         Ok(facts) => check_wiring(&mut r, &a, &facts)?,
         Err(e) => r.fail(format!("cannot read the node's links and routes: {e}")),
     }
-    check_other_tables(&mut r, ns);
+    if let Some(json) = ruleset(&mut r, ns) {
+        check_other_tables(&mut r, &json);
+    }
+    check_marks(&mut r, ns, a.kept_mark_bits);
     if r.fails.is_empty() {
         println!("enforcement can work on this node");
         Ok(ExitCode::SUCCESS)
@@ -349,5 +424,31 @@ pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
             r.fails.join("; ")
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_bits_set;
+
+    #[test]
+    fn mark_bits_are_read_from_both_listings() {
+        // kube-proxy, nftables mode.
+        assert_eq!(
+            mark_bits_set("\t\tmeta mark set meta mark | 0x00004000"),
+            Some(0x4000)
+        );
+        // iptables-nft's MARK --or-mark and --set-xmark, as nft prints them.
+        assert_eq!(
+            mark_bits_set("\t\tcounter packets 0 bytes 0 meta mark set mark or 0x4000 "),
+            Some(0x4000)
+        );
+        assert_eq!(mark_bits_set("meta mark set mark xor 0x100"), Some(0x100));
+        assert_eq!(mark_bits_set("meta mark set meta mark ^ 16"), Some(16));
+        // Setting the whole mark, or copying it, is not ORing bits in.
+        assert_eq!(mark_bits_set("meta mark set 0x4000"), None);
+        assert_eq!(mark_bits_set("meta mark set ct mark"), None);
+        assert_eq!(mark_bits_set("meta mark set meta mark & 0xffffbfff"), None);
+        assert_eq!(mark_bits_set("ct mark set meta mark"), None);
     }
 }

@@ -127,3 +127,62 @@ fn doctor_reads_routed_and_bridged_nodes() {
         assert_eq!(code, 0, "{err}");
     }
 }
+
+/// Deletes the test's network namespace, also when the test panics.
+struct Netns(&'static str);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
+/// Mark bits that another table sets and the agent's checks do not keep
+/// are named, with the flag that keeps them.
+#[test]
+fn doctor_names_mark_bits_the_checks_do_not_keep() {
+    if !root() {
+        return;
+    }
+    let ns = Netns("palisade-doctor-marks");
+    let _ = Command::new("ip").args(["netns", "del", ns.0]).status();
+    assert!(Command::new("ip")
+        .args(["netns", "add", ns.0])
+        .status()
+        .unwrap()
+        .success());
+    // kube-proxy's nftables mode asks for masquerading with 0x4000 (kept
+    // by default); another component sets 0x8000 before forward.
+    let table = "table ip kube-proxy {\n\
+                 \x20chain mark-for-masquerade {\n  meta mark set meta mark | 0x4000\n }\n\
+                 \x20chain other {\n  type filter hook prerouting priority -150; policy accept;\n\
+                 \x20 meta mark set meta mark | 0x8000\n }\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns.0, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(table.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+
+    let (_, out, _) = run(&["doctor", "--netns", ns.0]);
+    assert!(
+        out.contains(
+            "warn  table ip kube-proxy chain other sets mark bits 0x8000: 0x8000 is not kept"
+        ) && out.contains("run the agent with --kept-mark-bits 0xc000"),
+        "{out}"
+    );
+    assert!(!out.contains("chain mark-for-masquerade sets"), "{out}");
+    let (_, out, _) = run(&["doctor", "--netns", ns.0, "--kept-mark-bits", "0xc000"]);
+    assert!(
+        out.contains(
+            "ok    the mark bits other tables set (0xc000) are kept (--kept-mark-bits 0xc000)"
+        ) && !out.contains("is not kept"),
+        "{out}"
+    );
+}
