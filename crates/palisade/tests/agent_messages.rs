@@ -53,11 +53,18 @@ fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pods.yaml"), POD).unwrap();
     let mut child = spawn(node, dir.path());
-    let stderr = child.stderr.take().unwrap();
+    let lines = lines_until(child.stderr.take().unwrap(), until);
+    std::mem::forget(dir);
+    (Kill(child), lines)
+}
+
+/// Lines of `out` up to the first containing `until` (or its end, or 30 s
+/// of silence). A thread reads it to the end, so the agent never writes
+/// into a closed pipe.
+fn lines_until(out: impl std::io::Read + Send + 'static, until: &str) -> Vec<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        // Reads to the end, so the agent never writes into a closed pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -69,8 +76,7 @@ fn agent(node: &str, until: &str) -> (Kill, Vec<String>) {
             break;
         }
     }
-    std::mem::forget(dir);
-    (Kill(child), lines)
+    lines
 }
 
 /// The address the agent's log says it serves on.
@@ -168,21 +174,8 @@ fn kept_mark_bits_are_applied_or_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let seen = lines_until(child.stdout.take().unwrap(), "goto from_pod_mark_8000");
     let _agent = Kill(child);
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        seen.push(line);
-        if seen.iter().any(|l| l.contains("goto from_pod_mark_8000")) {
-            break;
-        }
-    }
     let dispatch: Vec<&String> = seen
         .iter()
         .filter(|l| l.contains("meta mark & 0x"))
