@@ -50,20 +50,17 @@ impl KeptMark {
         self.0
     }
 
-    /// Every value the kept bits can take, 0 first.
+    /// Every value the kept bits can take, 0 first: the submasks of the
+    /// mask in increasing order (adding 1 to `v` with the other bits set
+    /// carries into the next kept bit).
     fn values(self) -> Vec<u32> {
-        let bits: Vec<u32> = (0..32)
-            .map(|b| 1 << b)
-            .filter(|b| self.0 & b != 0)
-            .collect();
-        (0..1u32 << bits.len())
-            .map(|subset| {
-                bits.iter()
-                    .enumerate()
-                    .filter(|(i, _)| subset & (1 << i) != 0)
-                    .fold(0, |v, (_, b)| v | b)
-            })
-            .collect()
+        let mut values = vec![0];
+        let mut v = 0u32;
+        while v != self.0 {
+            v = (v | !self.0).wrapping_add(1) & self.0;
+            values.push(v);
+        }
+        values
     }
 }
 

@@ -31,6 +31,19 @@ pub fn binary() -> Result<PathBuf, String> {
     }
 }
 
+/// Whether a test can meet a real API server: without the binary it says
+/// why and is skipped, except under CI, where that is a failure.
+pub fn available() -> bool {
+    match binary() {
+        Ok(_) => true,
+        Err(why) => {
+            assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
 pub fn crd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kube/crds")
 }

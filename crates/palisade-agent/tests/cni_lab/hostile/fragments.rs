@@ -69,6 +69,15 @@ fn send(c: &Case, v4: bool, n: u32) -> (bool, bool, usize) {
 fn fragments(plugin: CniPlugin) {
     let Some(h) = up("f", &plugin) else { return };
     let whole = |at: usize| vec![(0, true, 0..at, false), (at as u16, false, at..56, false)];
+    // A second fragment that overlaps the first and goes beyond it, with
+    // the denied port.
+    let overlap = || {
+        vec![
+            (0, true, 0..24, false),
+            (0, true, 0..32, true),
+            (32, false, 32..56, false),
+        ]
+    };
     let mut bad = Vec::new();
     let mut n = 0;
     for v4 in [true, false] {
@@ -178,11 +187,7 @@ fn fragments(plugin: CniPlugin) {
                 src: h.a2.ip(v4),
                 to: h.a3.clone(),
                 dport: ALLOWED,
-                pieces: vec![
-                    (0, true, 0..24, false),
-                    (0, true, 0..32, true),
-                    (32, false, 32..56, false),
-                ],
+                pieces: overlap(),
                 delivered: false,
             },
             // The same from a denied source.
@@ -192,11 +197,7 @@ fn fragments(plugin: CniPlugin) {
                 src: h.a1.ip(v4),
                 to: h.a3.clone(),
                 dport: ALLOWED,
-                pieces: vec![
-                    (0, true, 0..24, false),
-                    (0, true, 0..32, true),
-                    (32, false, 32..56, false),
-                ],
+                pieces: overlap(),
                 delivered: false,
             },
         ];
